@@ -38,7 +38,25 @@ app.command(coordinator_app)
 app.command(llm_app)
 llm_app.command(engine_app)
 
+config_app = App(name="config", help="Show the effective configuration.")
+app.command(config_app)
+
+gateway_app.command("sage.unified.cli.gateway:start", name="start")
+gateway_app.command("sage.unified.cli.gateway:run", name="run")
+gateway_app.command("sage.unified.cli.gateway:stop", name="stop")
+gateway_app.command("sage.unified.cli.gateway:restart", name="restart")
+gateway_app.command("sage.unified.cli.gateway:status", name="status")
+gateway_app.command("sage.unified.cli.gateway:logs", name="logs")
+agent_app.command("sage.unified.cli.agent:run", name="run")
+agent_app.command("sage.unified.cli.agent:status", name="status")
+coordinator_app.command("sage.unified.cli.coordinator:run", name="run")
+engine_app.command("sage.unified.cli.engine:list_engines", name="list")
+engine_app.command("sage.unified.cli.engine:start", name="start")
+engine_app.command("sage.unified.cli.engine:stop", name="stop")
+engine_app.command("sage.unified.cli.engine:logs", name="logs")
+llm_app.command("sage.unified.cli.engine:gpu", name="gpu")
 llm_app.command("sage.unified.cli.simulate:simulate", name="simulate")
+config_app.command("sage.unified.cli.config:show", name="show")
 
 
 def _version() -> str:

@@ -1,0 +1,91 @@
+"""Errors raised by the agent.
+
+::
+
+    AgentError                      base; status 500
+    ├── SpecRejectedError           the launch spec cannot be honoured here; 422
+    │   ├── ModelNotAllowedError    model not in the agent's allowlist; 403
+    │   ├── PortUnavailableError    requested port outside the range, taken or busy; 409
+    │   ├── NoFreeGpuError          not enough free GPUs (or GPU memory) for the spec; 409
+    │   └── RuntimeUnavailableError the runtime's program is not installed; 422
+    ├── EngineNotFoundError         no engine with that id on this agent; 404
+    └── LaunchError                 the engine process could not be started; 500
+
+Each class carries the HTTP ``status`` and an OpenAI-style error ``code`` that the
+agent's exception handler puts in the error body. Messages say what to change.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentError",
+    "EngineNotFoundError",
+    "LaunchError",
+    "ModelNotAllowedError",
+    "NoFreeGpuError",
+    "PortUnavailableError",
+    "RuntimeUnavailableError",
+    "SpecRejectedError",
+]
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+    status: int = 500
+    code: str = "agent_error"
+
+    @property
+    def message(self) -> str:
+        """The human-readable message (the first argument)."""
+        return str(self.args[0]) if self.args else self.code
+
+
+class SpecRejectedError(AgentError):
+    """Raised when a launch spec is valid JSON but cannot be run on this agent."""
+
+    status = 422
+    code = "spec_rejected"
+
+
+class ModelNotAllowedError(SpecRejectedError):
+    """Raised when the spec's model matches no pattern of the agent's allowlist."""
+
+    status = 403
+    code = "model_not_allowed"
+
+
+class PortUnavailableError(SpecRejectedError):
+    """Raised when a requested port is outside the engine range, reserved or in use,
+    or when no port of the range is free."""
+
+    status = 409
+    code = "port_unavailable"
+
+
+class NoFreeGpuError(SpecRejectedError):
+    """Raised when the GPUs the spec needs are missing, taken, or not visible at all."""
+
+    status = 409
+    code = "no_free_gpu"
+
+
+class RuntimeUnavailableError(SpecRejectedError):
+    """Raised when the runtime's executable (``vllm``, the SGLang python) is not found."""
+
+    status = 422
+    code = "runtime_unavailable"
+
+
+class EngineNotFoundError(AgentError):
+    """Raised when an engine id is unknown to this agent."""
+
+    status = 404
+    code = "engine_not_found"
+
+
+class LaunchError(AgentError):
+    """Raised when the engine process could not be started (other than a missing program)."""
+
+    status = 500
+    code = "launch_failed"

@@ -1,0 +1,213 @@
+"""Agent configuration (pydantic-settings).
+
+Precedence, highest first: constructor arguments, environment variables
+(``SAGE_AGENT_<FIELD>``, nested with ``__``; ``SAGE_HOME`` for :attr:`sage_home`),
+TOML files (``/etc/sage/agent.toml`` then ``~/.config/sage/agent.toml``, the later
+one winning; ``SAGE_AGENT_CONFIG`` names one file to use instead), then defaults.
+
+Lists and ranges read from the environment accept JSON or a plain form:
+``SAGE_AGENT_MODEL_ALLOWLIST="Qwen/*,meta-llama/*"``,
+``SAGE_AGENT_ENGINE_PORT_RANGE=8900-8999``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sage.unified.agent.runtimes import RuntimeConfig
+
+__all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "AgentSettings", "is_loopback"]
+
+CONFIG_ENV = "SAGE_AGENT_CONFIG"
+DEFAULT_TOML_FILES: tuple[Path, ...] = (
+    Path("/etc/sage/agent.toml"),
+    Path("~/.config/sage/agent.toml").expanduser(),
+)
+
+
+def _default_sage_home() -> Path:
+    return Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts local connections."""
+    if host.lower() in {"localhost", "localhost.localdomain", "ip6-localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class AgentSettings(BaseSettings):
+    """Settings of one agent process. See the module docstring for where values come from."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAGE_AGENT_",
+        env_nested_delimiter="__",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    toml_files: ClassVar[tuple[Path, ...]] = DEFAULT_TOML_FILES
+
+    agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    advertise_host: str = "127.0.0.1"
+    """Address the gateway and coordinator use to reach this agent and its engines."""
+    bind_host: str = "127.0.0.1"
+    """Address the agent API listens on. Non-loopback needs a token (or ``insecure``)."""
+    engine_bind_host: str = "127.0.0.1"
+    """Engines' ``--host``. Set it to a routable address on multi-host clusters."""
+    port: int = Field(default=8200, ge=1, le=65535)
+    coordinator_url: str | None = "http://127.0.0.1:8000"
+    token: SecretStr | None = None
+    """Bearer token: required on the agent API and sent to the coordinator."""
+    insecure: bool = False
+    """Allow a non-loopback bind without a token (trusted networks only)."""
+    engine_port_range: Annotated[tuple[int, int], NoDecode] = (8900, 8999)
+    model_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    vllm_executable: str = "vllm"
+    vllm_entrypoint: Literal["serve", "api_server"] = "serve"
+    vllm_shutdown_timeout: bool = True
+    """The installed vLLM supports ``--shutdown-timeout`` (vLLM ≥ 0.18)."""
+    sglang_python: str = "python3"
+    simulator_python: str = sys.executable
+    sage_home: Path = Field(
+        default_factory=_default_sage_home,
+        validation_alias=AliasChoices("sage_home", "SAGE_HOME"),
+    )
+
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    probe_interval_s: float = Field(default=2.0, gt=0)
+    probe_timeout_s: float = Field(default=3.0, gt=0)
+    probe_failures: int = Field(default=3, ge=1)
+    restart_backoff_initial_s: float = Field(default=2.0, ge=0)
+    restart_backoff_max_s: float = Field(default=60.0, ge=0)
+    restart_max: int = Field(default=5, ge=0)
+    restart_window_s: float = Field(default=600.0, gt=0)
+    stop_grace_s: float = Field(default=30.0, ge=0)
+    drain_propagation_s: float = Field(default=2.0, ge=0)
+    default_drain_timeout_s: float = Field(default=300.0, ge=0)
+    log_max_bytes: int = Field(default=10 * 2**20, ge=1024)
+    log_backups: int = Field(default=3, ge=0)
+    stop_engines_on_exit: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the agent keeps its state file."""
+        return self.sage_home / "agent"
+
+    @property
+    def log_dir(self) -> Path:
+        """Where engine logs are written."""
+        return self.state_dir / "logs"
+
+    def runtime_config(self) -> RuntimeConfig:
+        """The runtime installation settings :func:`build_launch_plan` needs."""
+        return RuntimeConfig(
+            vllm_executable=self.vllm_executable,
+            vllm_entrypoint=self.vllm_entrypoint,
+            vllm_shutdown_timeout=self.vllm_shutdown_timeout,
+            sglang_python=self.sglang_python,
+            simulator_python=self.simulator_python,
+        )
+
+    def check_bind_safety(self) -> None:
+        """Refuse to expose an unauthenticated agent API to the network.
+
+        Raises:
+            ValueError: ``bind_host`` is not a loopback address, no token is set and
+                ``insecure`` is false.
+        """
+        if is_loopback(self.bind_host) or self.insecure:
+            return
+        if self.token is None or not self.token.get_secret_value():
+            raise ValueError(
+                f"refusing to bind the agent API to {self.bind_host!r} without a token: "
+                "set SAGE_AGENT_TOKEN (the same token the coordinator uses), bind to "
+                "127.0.0.1, or set SAGE_AGENT_INSECURE=1 on a trusted network"
+            )
+
+    @field_validator("sage_home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("engine_port_range", mode="before")
+    @classmethod
+    def _parse_port_range(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            low, sep, high = text.replace(",", "-").partition("-")
+            if not sep:
+                raise ValueError(f"engine_port_range {value!r} must look like 8900-8999")
+            return (low.strip(), high.strip())
+        return value
+
+    @field_validator("engine_port_range", mode="after")
+    @classmethod
+    def _check_port_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(
+                f"engine_port_range {low}-{high} must satisfy 1 <= low <= high <= 65535"
+            )
+        return value
+
+    @field_validator("model_allowlist", mode="before")
+    @classmethod
+    def _parse_allowlist(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> AgentSettings:
+        if self.restart_backoff_max_s < self.restart_backoff_initial_s:
+            raise ValueError(
+                f"restart_backoff_max_s ({self.restart_backoff_max_s}) must be >= "
+                f"restart_backoff_initial_s ({self.restart_backoff_initial_s})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        explicit = os.environ.get(CONFIG_ENV)
+        files = [Path(explicit).expanduser()] if explicit else list(cls.toml_files)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=files)
+        return (init_settings, env_settings, toml)

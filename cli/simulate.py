@@ -1,0 +1,107 @@
+"""``sage llm simulate``: run the built-in vLLM-compatible engine simulator in the foreground."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sage.unified.cli.errors import UsageError
+
+__all__ = ["simulate"]
+
+
+def simulate(
+    *,
+    model: str,
+    served_model_name: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    kind: Literal["llm", "embedding"] = "llm",
+    max_num_seqs: int = 256,
+    max_model_len: int = 4096,
+    ttft_ms: float = 0.0,
+    itl_ms: float = 0.0,
+    output_tokens: int = 16,
+    startup_delay_s: float = 0.0,
+    embedding_dim: int = 384,
+    shutdown_timeout: float = 0.0,
+    keep_alive_timeout: float = 5.0,
+    failure_rate: float = 0.0,
+    crash_after: int | None = None,
+    hang_rate: float = 0.0,
+    unhealthy: bool = False,
+    enable_control: bool = False,
+    seed: int = 0,
+) -> int:
+    """Serve a simulated vLLM engine (OpenAI API, /health, /metrics) until Ctrl-C or SIGTERM.
+
+    Parameters
+    ----------
+    model
+        Model id the engine pretends to serve.
+    served_model_name
+        Name clients send in ``model`` (defaults to the model id).
+    host
+        Address to listen on.
+    port
+        Port to listen on.
+    kind
+        ``llm`` (chat and completions) or ``embedding``.
+    max_num_seqs
+        Requests running at once; the rest wait in a queue, as in vLLM.
+    max_model_len
+        Context length reported by /v1/models.
+    ttft_ms
+        Time to first token in milliseconds.
+    itl_ms
+        Time between tokens in milliseconds.
+    output_tokens
+        Tokens generated per request (a request's max_tokens lowers it).
+    startup_delay_s
+        Seconds before the port opens, like a model loading.
+    embedding_dim
+        Length of embedding vectors.
+    shutdown_timeout
+        On SIGTERM, seconds in-flight requests may finish before they are aborted.
+    keep_alive_timeout
+        Idle keep-alive connections are closed after this many seconds.
+    failure_rate
+        Fraction of inference requests answered with a 5xx error.
+    crash_after
+        Exit abruptly after this many inference requests.
+    hang_rate
+        Fraction of inference requests that never get an answer.
+    unhealthy
+        Start with /health answering 503 while the API keeps serving.
+    enable_control
+        Serve /sim/config, /sim/stats and /sim/crash to change behaviour at run time.
+    seed
+        Seed of the generated text.
+    """
+    from sage.unified.agent.simulator import SimulatorConfig, run
+
+    try:
+        config = SimulatorConfig(
+            model=model,
+            served_model_name=served_model_name,
+            host=host,
+            port=port,
+            kind=kind,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            ttft_ms=ttft_ms,
+            itl_ms=itl_ms,
+            output_tokens=output_tokens,
+            startup_delay_s=startup_delay_s,
+            embedding_dim=embedding_dim,
+            shutdown_timeout=shutdown_timeout,
+            keep_alive_timeout=keep_alive_timeout,
+            failure_rate=failure_rate,
+            crash_after=crash_after,
+            hang_rate=hang_rate,
+            unhealthy=unhealthy,
+            enable_control=enable_control,
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run(config)
