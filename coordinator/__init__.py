@@ -1,5 +1,69 @@
-"""Coordinator: registry of agents and engines, leases, revisions, placement, persistence."""
+"""Coordinator: registry of agents and engines, leases, revisions + watch, placement, persistence.
+
+Embedded in the gateway by default (``async with Coordinator(settings)`` plus the two
+routers), or standalone (:func:`sage.unified.coordinator.serve.run`, port 8100).
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from sage.unified.coordinator._app import (
+    EXCEPTION_HANDLERS,
+    create_agents_router,
+    create_coordinator_app,
+    create_management_router,
+)
+from sage.unified.coordinator._errors import (
+    AgentRejectedError,
+    AgentUnreachableError,
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    CoordinatorError,
+    InvalidRequestError,
+    NotFoundError,
+    PlacementError,
+    ReportRejectedError,
+    StaleIncarnationError,
+    UrlPolicyError,
+)
+from sage.unified.coordinator._registry import AgentRecord, Registry
+from sage.unified.coordinator._service import Coordinator
+from sage.unified.coordinator._settings import CoordinatorSettings, default_db_path
+from sage.unified.coordinator._store import (
+    AuditEntry,
+    MemoryStore,
+    SqliteStore,
+    StartRequestRecord,
+    Store,
+    StoredState,
+)
+
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "AgentRecord",
+    "AgentRejectedError",
+    "AgentUnreachableError",
+    "AuditEntry",
+    "AuthenticationError",
+    "ConfigError",
+    "ConflictError",
+    "Coordinator",
+    "CoordinatorError",
+    "CoordinatorSettings",
+    "InvalidRequestError",
+    "MemoryStore",
+    "NotFoundError",
+    "PlacementError",
+    "Registry",
+    "ReportRejectedError",
+    "SqliteStore",
+    "StaleIncarnationError",
+    "StartRequestRecord",
+    "Store",
+    "StoredState",
+    "UrlPolicyError",
+    "create_agents_router",
+    "create_coordinator_app",
+    "create_management_router",
+    "default_db_path",
+]

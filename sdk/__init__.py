@@ -26,10 +26,20 @@ from sage.unified.sdk.models import (
 from sage.unified.sdk.states import EngineEvent, EngineState, IllegalTransitionError, transition
 
 __all__ = [
+    "APIStatusError",
+    "AgentClient",
     "AgentReport",
     "AgentReportReply",
     "AgentSummary",
+    "AsyncAgentClient",
+    "AsyncChatStream",
+    "AsyncGatewayManagementClient",
+    "AsyncUnifiedInferenceClient",
     "Backend",
+    "ChatResult",
+    "ChatStream",
+    "CompletionResult",
+    "EmbeddingResult",
     "EngineEvent",
     "EngineInfo",
     "EngineKind",
@@ -40,22 +50,60 @@ __all__ = [
     "EngineStopRequest",
     "ErrorBody",
     "ErrorDetail",
+    "GatewayManagementClient",
+    "GatewayUnreachableError",
     "GpuInfo",
     "GpuProcess",
     "HostMetrics",
     "IllegalTransitionError",
+    "ModelNotSpecifiedError",
+    "NoBackendAvailableError",
     "RegisterEngineRequest",
     "RoutingTable",
     "Runtime",
+    "SageClientError",
     "SimulatorOptions",
+    "StreamInterruptedError",
+    "UnifiedInferenceClient",
+    "Usage",
     "__version__",
     "transition",
 ]
 
 
-def __getattr__(name: str) -> str:
+_CLIENT_NAMES = frozenset(
+    {
+        "APIStatusError",
+        "AgentClient",
+        "AsyncAgentClient",
+        "AsyncChatStream",
+        "AsyncGatewayManagementClient",
+        "AsyncUnifiedInferenceClient",
+        "ChatResult",
+        "ChatStream",
+        "CompletionResult",
+        "EmbeddingResult",
+        "GatewayManagementClient",
+        "GatewayUnreachableError",
+        "ModelNotSpecifiedError",
+        "NoBackendAvailableError",
+        "SageClientError",
+        "StreamInterruptedError",
+        "UnifiedInferenceClient",
+        "Usage",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    # The clients load httpx; agents and the coordinator import this package for the
+    # wire models alone, so the client names resolve on first use.
     if name == "__version__":
         from importlib.metadata import version
 
         return version("sage-unified-gateway")
+    if name in _CLIENT_NAMES:
+        from sage.unified.sdk import client
+
+        return getattr(client, name)
     raise AttributeError(name)

@@ -29,6 +29,7 @@ __all__ = [
     "EngineKind",
     "EngineLoad",
     "EngineSpec",
+    "EngineSpecView",
     "EngineStartRequest",
     "EngineStopRequest",
     "ErrorBody",
@@ -93,10 +94,11 @@ class SimulatorOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     max_num_seqs: Annotated[int, Meta(ge=1, le=100_000)] = 256
 
 
-class EngineSpec(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A typed launch request. The agent maps it to a fixed argv per runtime.
+class EngineSpecView(Struct, kw_only=True):
+    """The fields of an engine spec, as reported back (``EngineInfo.spec``).
 
-    There is deliberately no field for a command, extra arguments or environment.
+    Tolerant of fields a newer agent adds; launch requests use :class:`EngineSpec`,
+    which rejects them.
     """
 
     model: ModelName
@@ -144,6 +146,14 @@ class EngineSpec(Struct, kw_only=True, forbid_unknown_fields=True):
         return self.served_model_name or self.model
 
 
+class EngineSpec(EngineSpecView, kw_only=True, forbid_unknown_fields=True):
+    """A typed launch request. The agent maps it to a fixed argv per runtime.
+
+    There is deliberately no field for a command, extra arguments or environment, and
+    unknown fields are rejected: the launch API is a security boundary.
+    """
+
+
 class EngineInfo(Struct, kw_only=True):
     """One engine as its agent (or the coordinator, for registered engines) sees it."""
 
@@ -167,7 +177,7 @@ class EngineInfo(Struct, kw_only=True):
     load: EngineLoad = msgspec.field(default_factory=EngineLoad)
     agent_id: str | None = None
     restarts: int = 0
-    spec: EngineSpec | None = None
+    spec: EngineSpecView | None = None
 
     @property
     def routable(self) -> bool:

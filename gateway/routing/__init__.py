@@ -41,7 +41,7 @@ from sage.unified.gateway.routing._policies import (
     get_policy,
     policy_names,
 )
-from sage.unified.gateway.routing._retry_budget import RetryBudget
+from sage.unified.gateway.routing._retry_budget import RetryBudget, RetryThrottle
 from sage.unified.gateway.routing._table import BackendState, RoutingState
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "PeekError",
     "RequestPeek",
     "RetryBudget",
+    "RetryThrottle",
     "RoundRobinPolicy",
     "RoutingPolicy",
     "RoutingState",

@@ -1,17 +1,25 @@
-"""Envoy-style retry budget and the retry back-off.
+"""Retry budget (concurrency), retry throttle (rate) and the retry back-off.
 
-A retry storm turns a partial outage into a full one, so retries are capped by
-concurrency, not by rate: at any moment at most
-``max(min_retry_concurrency, budget_percent % of active requests)`` retries may be in
-progress (Envoy ``retry_budget``: 20 %, minimum 3). Pure: the caller passes the
-number of active requests and the random source.
+A retry storm turns a partial outage into a full one, so two limits apply and a retry
+needs both:
+
+- :class:`RetryBudget` (Envoy ``retry_budget``): at any moment at most
+  ``max(min_retry_concurrency, budget_percent % of active requests)`` retries in
+  progress. The floor is 10, not Envoy's 3: a killed engine fails all its in-flight
+  requests in the same instant, and at this gateway's scale those should all move on.
+- :class:`RetryThrottle` (gRPC A6 retry throttling): a token bucket that failures drain
+  and successes refill; retries stop while it is below half full. Concurrency alone
+  does not bound the *rate* when failures are instant (connection refused), so without
+  it an outage of every backend would double the load on them.
+
+Pure: the caller passes the number of active requests and the random source.
 """
 
 from __future__ import annotations
 
 import random
 
-__all__ = ["RetryBudget"]
+__all__ = ["RetryBudget", "RetryThrottle"]
 
 
 class RetryBudget:
@@ -39,7 +47,7 @@ class RetryBudget:
         self,
         *,
         budget_percent: float = 20.0,
-        min_retry_concurrency: int = 3,
+        min_retry_concurrency: int = 10,
         backoff_base_s: float = 0.050,
         backoff_jitter: float = 0.5,
     ) -> None:
@@ -86,3 +94,38 @@ class RetryBudget:
         """
         spread = self.backoff_base_s * self.backoff_jitter
         return self.backoff_base_s - spread + 2.0 * spread * rng.random()
+
+
+class RetryThrottle:
+    """Token bucket that stops retries while most recent attempts fail (gRPC A6).
+
+    Each failed attempt takes one token, each success returns ``token_ratio``; a retry
+    is allowed only while more than half of ``max_tokens`` remain. With the defaults a
+    healthy gateway can retry a burst of 50 failures at once (an engine dying under
+    load), while a total outage stops retrying after those 50 until successes return.
+
+    Args:
+        max_tokens: Bucket size.
+        token_ratio: Tokens a success returns.
+
+    Raises:
+        ValueError: Non-positive settings.
+    """
+
+    __slots__ = ("max_tokens", "token_ratio", "tokens")
+
+    def __init__(self, *, max_tokens: float = 100.0, token_ratio: float = 0.1) -> None:
+        if max_tokens <= 0 or token_ratio <= 0:
+            raise ValueError("max_tokens and token_ratio must be > 0")
+        self.max_tokens = max_tokens
+        self.token_ratio = token_ratio
+        self.tokens = max_tokens
+
+    def record_failure(self) -> None:
+        self.tokens = max(0.0, self.tokens - 1.0)
+
+    def record_success(self) -> None:
+        self.tokens = min(self.max_tokens, self.tokens + self.token_ratio)
+
+    def allows_retry(self) -> bool:
+        return self.tokens > self.max_tokens / 2

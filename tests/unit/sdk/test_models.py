@@ -26,7 +26,7 @@ def _engine(**overrides: object) -> m.EngineInfo:
         "pid": 4242,
         "load": m.EngineLoad(running=3, waiting=1, kv_cache_usage=0.25, updated_at=1.0),
         "agent_id": "gpu-host-1",
-        "spec": m.EngineSpec(model="tiny", runtime=m.Runtime.SIMULATED),
+        "spec": m.EngineSpecView(model="tiny", runtime=m.Runtime.SIMULATED),
     }
     fields.update(overrides)
     return m.EngineInfo(**fields)  # type: ignore[arg-type]
@@ -120,6 +120,16 @@ def test_launch_spec_rejects_unknown_fields() -> None:
 def test_launch_spec_validation(body: dict[str, object], message: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=message):
         m.decode(msgspec.json.encode(body), m.EngineSpec)
+
+
+def test_a_reported_spec_tolerates_fields_from_a_newer_agent() -> None:
+    # A newer agent may report spec fields this coordinator does not know yet; its whole
+    # report must not be rejected for that (only launch requests are strict).
+    raw = msgspec.json.decode(m.encode(_engine()))
+    raw["spec"]["speculative_decoding"] = {"method": "ngram"}
+    decoded = m.decode(msgspec.json.encode(raw), m.EngineInfo)
+    assert decoded.spec is not None
+    assert decoded.spec.model == "tiny"
 
 
 def test_spec_name_defaults_to_model() -> None:

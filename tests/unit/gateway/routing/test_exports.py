@@ -16,6 +16,7 @@ def test_public_names() -> None:
             "PeekError",
             "RequestPeek",
             "RetryBudget",
+            "RetryThrottle",
             "RoundRobinPolicy",
             "RoutingPolicy",
             "RoutingState",

@@ -4,15 +4,44 @@ import random
 
 import pytest
 
-from sage.unified.gateway.routing import RetryBudget
+from sage.unified.gateway.routing import RetryBudget, RetryThrottle
 
 
 def test_minimum_concurrency_with_few_requests() -> None:
-    budget = RetryBudget()
+    budget = RetryBudget(min_retry_concurrency=3)
     assert [budget.try_acquire(1) for _ in range(4)] == [True, True, True, False]
     assert budget.active_retries == 3
     budget.release()
     assert budget.try_acquire(1) is True
+
+
+def test_default_floor_lets_a_dead_engines_requests_all_move_on() -> None:
+    budget = RetryBudget()
+    assert sum(budget.try_acquire(12) for _ in range(12)) == 10
+
+
+def test_throttle_stops_retries_when_most_attempts_fail() -> None:
+    throttle = RetryThrottle(max_tokens=10, token_ratio=0.5)
+    assert throttle.allows_retry()
+    for _ in range(4):
+        throttle.record_failure()
+    assert throttle.allows_retry()  # 6 tokens left: a burst of failures still retries
+    throttle.record_failure()
+    assert not throttle.allows_retry()  # 5 of 10: half empty, stop
+    for _ in range(100):
+        throttle.record_failure()
+    assert throttle.tokens == 0
+    for _ in range(11):
+        throttle.record_success()
+    assert throttle.allows_retry()  # successes refill it
+    for _ in range(100):
+        throttle.record_success()
+    assert throttle.tokens == 10
+
+
+def test_throttle_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="max_tokens"):
+        RetryThrottle(max_tokens=0)
 
 
 def test_percent_of_active_requests() -> None:

@@ -1,0 +1,175 @@
+"""Push the agent's full snapshot to the coordinator.
+
+``PUT {coordinator_url}/v1/agents/{agent_id}`` with an :class:`AgentReport`, at once
+on every state change (:meth:`Reporter.report_now`) and every heartbeat interval
+(3 s, or what the coordinator's reply says). The report is the whole state, so a
+restarted coordinator is rebuilt from the next one (anti-entropy) and a lost
+report needs no replay.
+
+When the coordinator is unreachable the engines keep serving; the reporter retries
+with jittered exponential backoff (0.5 s doubling to 10 s) and, once it answers
+again, the next report carries the full current state. :attr:`Reporter.reachable`
+feeds the agent's ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote
+
+import anyio
+import httpx
+import msgspec
+
+from sage.unified.sdk.models import AgentReport, AgentReportReply, encode
+
+__all__ = ["Backoff", "Reporter"]
+
+log = logging.getLogger(__name__)
+
+_MIN_INTERVAL_S = 0.1
+
+
+class Backoff:
+    """Jittered exponential backoff: ``initial_s`` doubling up to ``max_s``.
+
+    Each delay is drawn uniformly from ``[d/2, d]`` ("equal jitter"), so agents that
+    lost the coordinator together do not come back in lockstep.
+    """
+
+    def __init__(
+        self,
+        initial_s: float = 0.5,
+        max_s: float = 10.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.initial_s = initial_s
+        self.max_s = max_s
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.max_s, self.initial_s * 2.0 ** min(self._attempt, 30))
+        self._attempt += 1
+        return ceiling / 2 + self._rng() * ceiling / 2
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+Sleep = Callable[[float, anyio.Event], Awaitable[None]]
+
+
+async def _event_sleep(seconds: float, wake: anyio.Event) -> None:
+    with anyio.move_on_after(max(0.0, seconds)):
+        await wake.wait()
+
+
+class Reporter:
+    """Sends snapshots built by ``snapshot()`` until cancelled.
+
+    Args:
+        client: the HTTP client (owned by the caller; its transport can be mocked).
+        coordinator_url: base URL of the coordinator.
+        agent_id: this agent's id (the path segment).
+        snapshot: builds the current :class:`AgentReport`.
+        token: Bearer token sent on every call, or ``None``.
+        interval_s: heartbeat interval until a reply says otherwise.
+        timeout_s: per-request timeout.
+        backoff: retry delays while the coordinator is unreachable.
+        sleep: ``sleep(seconds, wake)``; tests inject one that records delays.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        coordinator_url: str,
+        agent_id: str,
+        snapshot: Callable[[], AgentReport],
+        *,
+        token: str | None = None,
+        interval_s: float = 3.0,
+        timeout_s: float = 5.0,
+        backoff: Backoff | None = None,
+        sleep: Sleep = _event_sleep,
+    ) -> None:
+        self._client = client
+        self._url = f"{coordinator_url.rstrip('/')}/v1/agents/{quote(agent_id, safe='')}"
+        self._snapshot = snapshot
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.interval_s = interval_s
+        self._timeout = httpx.Timeout(timeout_s)
+        self._backoff = backoff or Backoff()
+        self._sleep = sleep
+        self._wake = anyio.Event()
+        self.reachable = False
+        self.last_error: str | None = "no report sent yet"
+        self.last_success_at: float | None = None
+        """``anyio.current_time()`` of the last accepted report."""
+        self.last_reply: AgentReportReply | None = None
+        self.sent = 0
+        self.failures = 0
+
+    def report_now(self) -> None:
+        """Send a report as soon as possible (a state changed). Never blocks."""
+        self._wake.set()
+
+    async def send_once(self) -> bool:
+        """Send one snapshot; return whether the coordinator accepted it. Never raises
+        for network or HTTP errors (they are recorded in :attr:`last_error`)."""
+        report = self._snapshot()
+        try:
+            response = await self._client.put(
+                self._url,
+                content=encode(report),
+                headers={**self._headers, "Content-Type": "application/json"},
+                timeout=self._timeout,
+            )
+        except httpx.HTTPError as exc:
+            return self._failed(f"coordinator unreachable: {type(exc).__name__}: {exc}")
+        if response.status_code >= 300:
+            return self._failed(
+                f"coordinator answered {response.status_code}: {response.text[:200]}"
+            )
+        try:
+            reply = msgspec.json.decode(response.content, type=AgentReportReply)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            reply = None
+        if reply is not None:
+            self.last_reply = reply
+            if reply.heartbeat_interval_s > 0:
+                self.interval_s = max(_MIN_INTERVAL_S, reply.heartbeat_interval_s)
+        if not self.reachable:
+            log.info("coordinator reachable at %s", self._url)
+        self.reachable = True
+        self.last_error = None
+        self.last_success_at = anyio.current_time()
+        self.sent += 1
+        self._backoff.reset()
+        return True
+
+    def _failed(self, reason: str) -> bool:
+        if self.reachable or self.failures == 0:
+            log.warning("agent report failed: %s", reason)
+        self.reachable = False
+        self.last_error = reason
+        self.failures += 1
+        return False
+
+    async def run(self) -> None:
+        """Report at once, then on every change and every interval, until cancelled.
+
+        Cancellation: stops reporting at once (an in-flight request is abandoned).
+        """
+        while True:
+            # Taken before the send: a change during the request triggers one more.
+            self._wake = anyio.Event()
+            ok = await self.send_once()
+            if ok:
+                await self._sleep(self.interval_s, self._wake)
+            else:
+                # Retry on the backoff schedule; a state change does not shorten it,
+                # so an outage is not answered with a burst of requests.
+                await self._sleep(self._backoff.next_delay(), anyio.Event())

@@ -1,0 +1,181 @@
+"""Serve the agent: hypercorn on asyncio or trio, sd_notify, signals.
+
+``sage agent run`` calls :func:`run`; :func:`serve` is the async form (tests and
+embedders can start it in their own task group). ``python -m
+sage.unified.agent.server [asyncio|trio]`` runs an agent configured from the
+environment (``SAGE_AGENT_*``, ``SAGE_HOME``) and TOML files.
+
+systemd protocol: ``READY=1`` once the API listens *and* local state is reconciled
+(adopted engines are not waited for to finish loading); ``WATCHDOG=1`` from the
+event loop at half of ``WATCHDOG_USEC``, so a wedged loop trips the watchdog;
+``STOPPING=1`` when a SIGTERM/SIGINT arrives.
+
+On SIGTERM the agent stops reporting and exits, leaving engines running (they are
+re-adopted by the next start; see ``systemd/sage-agent.service`` ``KillMode=process``)
+unless ``stop_engines_on_exit`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+import anyio
+import anyio.abc
+import sniffio
+from hypercorn.config import Config
+
+from sage.unified.agent.app import create_agent_app
+from sage.unified.agent.sdnotify import notify, watchdog_interval_s
+from sage.unified.agent.service import Agent
+from sage.unified.agent.settings import AgentSettings
+
+__all__ = ["main", "run", "serve"]
+
+log = logging.getLogger(__name__)
+
+_LISTEN_WAIT_S = 30.0
+
+
+def _hypercorn_config(settings: AgentSettings) -> Config:
+    config = Config()
+    host = settings.bind_host
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # Drains can take minutes; the keep-alive and graceful timeouts are for idle
+    # connections only.
+    config.graceful_timeout = 5.0
+    config.keep_alive_timeout = 30.0
+    return config
+
+
+async def _wait_listening(host: str, port: int) -> None:
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
+    with anyio.fail_after(_LISTEN_WAIT_S):
+        while True:
+            try:
+                stream = await anyio.connect_tcp(connect_host.strip("[]"), port)
+            except OSError:
+                await anyio.sleep(0.02)
+                continue
+            await stream.aclose()
+            return
+
+
+async def _watchdog(interval_s: float) -> None:
+    while True:
+        notify("WATCHDOG=1")
+        await anyio.sleep(interval_s / 2)
+
+
+async def _signals(shutdown: anyio.Event) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+        async for signum in received:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return
+
+
+async def serve(
+    settings: AgentSettings,
+    *,
+    shutdown: anyio.Event | None = None,
+    handle_signals: bool = True,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the agent and its API until SIGTERM/SIGINT (or ``shutdown`` is set).
+
+    ``task_status.started()`` is called once the API listens and the agent has
+    reconciled its state (the same moment ``READY=1`` goes to systemd).
+
+    Raises:
+        ValueError: the bind address is not loopback and no token is configured.
+        OSError: the port is taken.
+    """
+    settings.check_bind_safety()
+    shutdown = shutdown or anyio.Event()
+    config = _hypercorn_config(settings)
+    backend = sniffio.current_async_library()
+    async with Agent(settings) as agent:
+        app: Any = create_agent_app(agent)
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                tg.start_soon(_signals, shutdown)
+            served = anyio.Event()
+
+            async def serve_http() -> None:
+                try:
+                    if backend == "trio":
+                        import hypercorn.trio
+
+                        await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait)
+                    else:
+                        import hypercorn.asyncio
+
+                        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)
+                finally:
+                    served.set()
+                    shutdown.set()
+
+            tg.start_soon(serve_http)
+            await _wait_listening(settings.bind_host, settings.port)
+            notify("READY=1")
+            interval = watchdog_interval_s()
+            if interval:
+                tg.start_soon(_watchdog, interval)
+            log.info(
+                "agent %s listening on %s (engines: %d)",
+                settings.agent_id,
+                config.bind[0],
+                len(agent.engines()),
+            )
+            task_status.started()
+            await shutdown.wait()
+            notify("STOPPING=1")
+            # hypercorn returns once the trigger fired and open requests finished.
+            with anyio.move_on_after(config.graceful_timeout + 2):
+                await served.wait()
+            tg.cancel_scope.cancel()
+
+
+def run(settings: AgentSettings, backend: str = "asyncio") -> int:
+    """Run the agent until a signal (blocking). Returns the process exit status.
+
+    Exit status 2 means the configuration was refused (e.g. an unsafe bind).
+    """
+    try:
+        settings.check_bind_safety()
+    except ValueError as exc:
+        print(f"sage agent: {exc}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {}
+    if backend == "asyncio":
+        try:
+            import uvloop  # noqa: F401
+
+            options["use_uvloop"] = True
+        except ImportError:
+            pass
+    anyio.run(serve, settings, backend=backend, backend_options=options)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sage.unified.agent.server [asyncio|trio]``."""
+    args = sys.argv[1:] if argv is None else argv
+    backend = args[0] if args else "asyncio"
+    if backend not in ("asyncio", "trio"):
+        print("usage: python -m sage.unified.agent.server [asyncio|trio]", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(AgentSettings(), backend)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,570 @@
+"""One engine's supervisor: drives the shared state machine from probes and process exits.
+
+::
+
+    (launch) ─▶ STARTING ──/health 200 + model listed──▶ READY ──drain──▶ DRAINING
+                  │  exit / startup allowance spent        │ exit / N failed    │ in-flight 0
+                  ▼                                        ▼  probes            ▼ or deadline
+                ERROR ◀────────────────────────────────────┘                 STOPPED
+                  │ backoff (RestartPolicy), old tree terminated
+                  └──restart──▶ STARTING (same id, same port + GPUs, incarnation + 1)
+
+Every move goes through :func:`sage.unified.sdk.states.transition`; nothing sets a
+state by hand. The supervisor knows nothing about HTTP or processes: it is given a
+``launch`` callable, an :class:`EngineProbe`, a :class:`~sage.unified.sdk.clock.Clock`
+and a ``sleep`` function, so its logic is tested with fakes and a fake clock.
+
+One task (:meth:`EngineSupervisor.run`) owns all transitions. Operators' commands
+(:meth:`~EngineSupervisor.drain`, :meth:`~EngineSupervisor.stop`) only record a request
+and wake that task, so two transitions never race.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+from sage.unified.sdk.clock import Clock
+from sage.unified.sdk.models import EngineInfo, EngineLoad, EngineSpec
+from sage.unified.sdk.states import EngineEvent, EngineState, transition
+
+__all__ = [
+    "EngineProbe",
+    "EngineSupervisor",
+    "ProbeResult",
+    "ProcessHandle",
+    "ProcessRecordLike",
+    "RestartPolicyLike",
+    "SupervisorTiming",
+    "event_sleep",
+]
+
+log = logging.getLogger(__name__)
+
+_LOG_TAIL_LINES = 5
+_REASON_MAX = 1500
+
+
+class ProcessRecordLike(Protocol):
+    """How a process is recognised again (``agent.launcher.ProcessRecord``)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def create_time(self) -> float: ...
+    @property
+    def pgid(self) -> int: ...
+
+
+class ProcessHandle(Protocol):
+    """A running engine process (``agent.launcher.EngineProcess``)."""
+
+    @property
+    def record(self) -> ProcessRecordLike: ...
+    @property
+    def returncode(self) -> int | None: ...
+    def is_alive(self) -> bool: ...
+    async def wait(self) -> int: ...
+    async def terminate(self, grace_s: float) -> None: ...
+    def refresh_tree(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """Outcome of one probe; ``detail`` says why it failed (status code, error)."""
+
+    ok: bool
+    detail: str = ""
+
+
+class EngineProbe(Protocol):
+    """HTTP checks of one engine. Implementations bound each call by their own timeout
+    and never raise for a failed check (they return ``ok=False``)."""
+
+    async def readiness(self) -> ProbeResult:
+        """``/health`` answers 200 *and* ``/v1/models`` lists the served model."""
+        ...
+
+    async def health(self) -> ProbeResult:
+        """``/health`` answers 200."""
+        ...
+
+    async def load(self) -> EngineLoad | None:
+        """Load scraped from ``/metrics``; ``None`` when the scrape failed."""
+        ...
+
+
+class RestartPolicyLike(Protocol):
+    """``agent.restart_policy.RestartPolicy``."""
+
+    def next_delay(self, now: float) -> float | None: ...
+    def record_restart(self, now: float) -> None: ...
+    def record_healthy(self, now: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorTiming:
+    """Intervals and budgets (from ``AgentSettings``)."""
+
+    probe_interval_s: float = 2.0
+    probe_failures: int = 3
+    stop_grace_s: float = 30.0
+    drain_propagation_s: float = 2.0
+    default_drain_timeout_s: float = 300.0
+    restart_window_s: float = 600.0
+
+
+Sleep = Callable[[float, anyio.Event], Awaitable[None]]
+"""``sleep(seconds, wake)``: wait ``seconds`` or until ``wake`` is set."""
+
+
+async def event_sleep(seconds: float, wake: anyio.Event) -> None:
+    """The real :data:`Sleep`: returns after ``seconds`` or as soon as ``wake`` is set."""
+    with anyio.move_on_after(max(0.0, seconds)):
+        await wake.wait()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "process exited (exit code unknown: not a child of this agent)"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"process exited with code {code} ({name})"
+    return f"process exited with code {code}"
+
+
+class EngineSupervisor:
+    """Drives one engine through its states until it is STOPPED.
+
+    Args:
+        engine_id: stable id (kept across restarts).
+        spec: the launch spec.
+        host: address the engine is reachable at (for ``EngineInfo.url``).
+        port: the engine's port (kept across restarts).
+        gpu_ids: the GPUs it holds (kept across restarts).
+        launch: starts a new process for an incarnation; raises on failure.
+        probe: the engine's HTTP checks.
+        policy: restart backoff and cap.
+        clock: time source for deadlines and timestamps.
+        timing: intervals and budgets.
+        on_change: called (synchronously, must not block) after every state,
+            reason, incarnation or pid change.
+        log_tail: returns the last ``n`` lines of the engine's log.
+        sleep: waits between rounds; tests inject one that moves a fake clock.
+        process: an already running process (first launch or adopted), or ``None``
+            to launch one when :meth:`run` starts.
+        state: initial state (STARTING for new and adopted engines; ERROR for a
+            dead adopted engine; DRAINING to resume a drain; STOPPED to only list it).
+    """
+
+    def __init__(
+        self,
+        *,
+        engine_id: str,
+        spec: EngineSpec,
+        host: str,
+        port: int,
+        gpu_ids: tuple[int, ...],
+        launch: Callable[[int], Awaitable[ProcessHandle]],
+        probe: EngineProbe,
+        policy: RestartPolicyLike,
+        clock: Clock,
+        timing: SupervisorTiming = SupervisorTiming(),
+        on_change: Callable[[EngineSupervisor], None] = lambda _s: None,
+        log_tail: Callable[[int], Awaitable[list[str]]] | None = None,
+        sleep: Sleep = event_sleep,
+        process: ProcessHandle | None = None,
+        state: EngineState = EngineState.STARTING,
+        reason: str = "",
+        incarnation: int = 0,
+        restarts: int = 0,
+        created_at: float | None = None,
+        agent_id: str | None = None,
+    ) -> None:
+        self.engine_id = engine_id
+        self.spec = spec
+        self.host = host
+        self.port = port
+        self.gpu_ids = gpu_ids
+        self.agent_id = agent_id
+        self._launch = launch
+        self._probe = probe
+        self._policy = policy
+        self._clock = clock
+        self._timing = timing
+        self._on_change = on_change
+        self._log_tail = log_tail
+        self._sleep = sleep
+        self.process = process
+        self.state = state
+        self.reason = reason or ("adopted" if process is not None else "launching")
+        self.incarnation = incarnation
+        self.restarts = restarts
+        self.created_at = clock.time() if created_at is None else created_at
+        self.state_changed_at = clock.time()
+        self.state_changed_at_mono = clock.monotonic()
+        self.last_healthy_at: float | None = None
+        self.load = EngineLoad()
+        self.probe_failures = 0
+        """Failed readiness/health probes so far (a counter for ``/metrics``)."""
+        self._wake = anyio.Event()
+        self._exit_seen = anyio.Event()
+        self._stop_requested = False
+        self._drain_deadline: float | None = None
+        self._drain_started = anyio.Event()
+        self._stopped = anyio.Event()
+        self.first_round_done = anyio.Event()
+        """Set after the first readiness probe (or once nothing is left to probe);
+        reconciliation waits for it so adopted engines are reported READY at once."""
+        if state is EngineState.STOPPED:
+            self._stopped.set()
+            self._drain_started.set()
+            self.first_round_done.set()
+
+    # ---- public view -------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.record.pid if self.process is not None else None
+
+    @property
+    def stopped(self) -> bool:
+        return self.state is EngineState.STOPPED
+
+    def info(self) -> EngineInfo:
+        """A snapshot for the API and the coordinator."""
+        return EngineInfo(
+            id=self.engine_id,
+            model=self.spec.name,
+            kind=self.spec.kind,
+            runtime=self.spec.runtime,
+            host=self.host,
+            port=self.port,
+            url=self.url,
+            state=self.state,
+            reason=self.reason,
+            incarnation=self.incarnation,
+            created_at=self.created_at,
+            state_changed_at=self.state_changed_at,
+            last_heartbeat=self.last_healthy_at,
+            gpu_ids=list(self.gpu_ids),
+            pid=self.pid,
+            load=self.load,
+            agent_id=self.agent_id,
+            restarts=self.restarts,
+            spec=self.spec,
+        )
+
+    # ---- commands (any task) -----------------------------------------------------
+
+    async def drain(self, timeout_s: float | None = None, *, wait: bool = True) -> EngineInfo:
+        """Take the engine out of routing, wait for in-flight requests, then stop it.
+
+        Args:
+            timeout_s: drain deadline; ``spec.drain_timeout_s`` when omitted. After
+                it the engine is stopped even with requests in flight.
+            wait: return only once STOPPED; otherwise return as soon as the engine
+                has left READY.
+
+        Cancellation: cancelling the caller does not cancel the drain.
+        """
+        if not self.stopped and self._drain_deadline is None:
+            budget = timeout_s if timeout_s is not None else self.spec.drain_timeout_s
+            self._drain_deadline = self._clock.monotonic() + budget
+            self._wake.set()
+        await (self._stopped.wait() if wait else self._drain_started.wait())
+        return self.info()
+
+    async def stop(self) -> EngineInfo:
+        """Stop the engine now (SIGTERM to its group, SIGKILL after the grace).
+
+        Returns once STOPPED. Cancellation: the stop still happens.
+        """
+        if not self.stopped:
+            self._stop_requested = True
+            self._wake.set()
+        await self._stopped.wait()
+        return self.info()
+
+    def request_stop(self) -> None:
+        """Ask for a stop without waiting (used when the agent shuts down)."""
+        if not self.stopped:
+            self._stop_requested = True
+            self._wake.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ---- the driver --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise until STOPPED. Run it in the agent's task group.
+
+        Cancellation: returns at once, leaving the process running (the agent is
+        going away and a successor re-adopts it).
+        """
+        async with anyio.create_task_group() as tg:
+            if self.process is not None:
+                tg.start_soon(self._watch_exit, self.process)
+            while not self.stopped:
+                if self._stop_requested:
+                    await self._stop_now("stopped by request")
+                elif self._drain_deadline is not None or self.state is EngineState.DRAINING:
+                    await self._drain_phase()
+                elif self.state is EngineState.ERROR:
+                    await self._error_phase(tg)
+                elif self.state is EngineState.STARTING:
+                    if self.process is None:
+                        await self._launch_new(tg)
+                    else:
+                        await self._starting_phase()
+                else:
+                    await self._ready_phase()
+            self.first_round_done.set()
+            tg.cancel_scope.cancel()
+
+    # ---- phases ------------------------------------------------------------------
+
+    def _interrupted(self) -> bool:
+        return self._stop_requested or self._drain_deadline is not None
+
+    def _exited(self) -> bool:
+        return self.process is not None and (
+            self._exit_seen.is_set() or not self.process.is_alive()
+        )
+
+    async def _pause(self, seconds: float) -> None:
+        if not self._wake.is_set():
+            await self._sleep(seconds, self._wake)
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+
+    async def _watch_exit(self, process: ProcessHandle) -> None:
+        await process.wait()
+        if process is self.process:
+            self._exit_seen.set()
+            self._wake.set()
+
+    async def _starting_phase(self) -> None:
+        deadline = self.state_changed_at_mono + self.spec.startup_timeout_s
+        while self.state is EngineState.STARTING and not self._interrupted():
+            if self._exited():
+                await self._fail(await self._exit_reason(" while starting"))
+                return
+            result = await self._probe.readiness()
+            self.first_round_done.set()
+            if not result.ok:
+                self.probe_failures += 1
+            if self._interrupted():
+                return
+            if result.ok:
+                self.last_healthy_at = self._clock.time()
+                self._policy.record_healthy(self._clock.monotonic())
+                self._apply(EngineEvent.HEALTHY, "health checks passed")
+                return
+            if self._exited():
+                continue
+            if self._clock.monotonic() >= deadline:
+                await self._fail(
+                    f"not ready within the startup allowance of {self.spec.startup_timeout_s:g} s"
+                    f" (last check: {result.detail or 'failed'})"
+                )
+                return
+            await self._pause(self._timing.probe_interval_s)
+
+    async def _ready_phase(self) -> None:
+        self.first_round_done.set()
+        failures = 0
+        last_detail = ""
+        while self.state is EngineState.READY and not self._interrupted():
+            if self._exited():
+                await self._fail(await self._exit_reason(""))
+                return
+            if self.process is not None:
+                # Workers are spawned late; remember them so a stop reaches them all.
+                self.process.refresh_tree()
+            result = await self._probe.health()
+            await self._scrape_load()
+            if self._interrupted():
+                return
+            if result.ok:
+                failures = 0
+                self.last_healthy_at = self._clock.time()
+            else:
+                if self._exited():
+                    continue
+                failures += 1
+                self.probe_failures += 1
+                last_detail = result.detail or "failed"
+                if failures >= self._timing.probe_failures:
+                    await self._fail(f"health check failed {failures} times: {last_detail}")
+                    return
+            await self._pause(self._timing.probe_interval_s)
+
+    async def _drain_phase(self) -> None:
+        if self._drain_deadline is None:
+            # Resumed after an agent restart: the original deadline is lost.
+            self._drain_deadline = self._clock.monotonic() + self.spec.drain_timeout_s
+        deadline = self._drain_deadline
+        self.first_round_done.set()
+        if self.state is not EngineState.DRAINING and self.state is not EngineState.READY:
+            # Never served a request (or not serving now): nothing to wait for.
+            await self._stop_now(f"stopped: drain requested while {self.state.value}")
+            return
+        if self.process is None:
+            await self._stop_now("stopped: drain resumed but the process is gone")
+            return
+        if self.state is EngineState.READY:
+            self._apply(EngineEvent.DRAIN, "draining: waiting for in-flight requests")
+        self._drain_started.set()
+        # The gateway keeps routing until it sees DRAINING; on_change pushed it, give
+        # the routing table time to propagate before counting in-flight requests.
+        propagate_until = self._clock.monotonic() + self._timing.drain_propagation_s
+        while not self._stop_requested and self._clock.monotonic() < propagate_until:
+            if self._exited():
+                break
+            await self._pause(propagate_until - self._clock.monotonic())
+        reason = "drained"
+        while not self._stop_requested:
+            if self._exited():
+                reason = "drained: " + await self._exit_reason(" while draining")
+                break
+            load = await self._scrape_load()
+            # An unreadable scrape is "unknown", never "idle": keep waiting.
+            if load is not None and load.running == 0 and load.waiting == 0:
+                reason = "drained: no requests in flight"
+                break
+            now = self._clock.monotonic()
+            if now >= deadline:
+                shown = (
+                    "unknown" if load is None else f"{load.running} running, {load.waiting} waiting"
+                )
+                reason = f"drain deadline reached with requests in flight ({shown}); stopped"
+                break
+            await self._pause(min(self._timing.probe_interval_s, max(0.0, deadline - now)))
+        await self._stop_now(
+            reason if not self._stop_requested else "stopped by request during drain"
+        )
+
+    async def _error_phase(self, tg: anyio.abc.TaskGroup) -> None:
+        self.first_round_done.set()
+        await self._terminate_process()
+        now = self._clock.monotonic()
+        delay = self._policy.next_delay(now)
+        if delay is None:
+            if "restarts exhausted" not in self.reason:
+                self._set_reason(
+                    f"restarts exhausted ({self.restarts} restarts, at most "
+                    f"{self._restart_cap_text()}); last failure: {self.reason}"
+                )
+            # Stays ERROR until an operator stops (or drains) it.
+            while not self._interrupted():
+                await self._pause(math.inf)
+            return
+        restart_at = now + delay
+        while not self._interrupted() and self._clock.monotonic() < restart_at:
+            await self._pause(restart_at - self._clock.monotonic())
+        if self._interrupted():
+            return
+        self._policy.record_restart(self._clock.monotonic())
+        self.incarnation += 1
+        self.restarts += 1
+        self._apply(
+            EngineEvent.RESTART, f"restarting (restart {self.restarts}) after: {self.reason}"
+        )
+        await self._launch_new(tg)
+
+    def _restart_cap_text(self) -> str:
+        cap = getattr(self._policy, "max_restarts", None)
+        window = self._timing.restart_window_s
+        return f"{cap} in {window:g} s" if cap is not None else f"the cap in {window:g} s"
+
+    async def _launch_new(self, tg: anyio.abc.TaskGroup) -> None:
+        try:
+            process = await self._launch(self.incarnation)
+        except Exception as exc:
+            log.warning("engine %s: launch failed: %s", self.engine_id, exc)
+            await self._fail(f"launch failed: {exc}")
+            return
+        self.process = process
+        self._exit_seen = anyio.Event()
+        self.state_changed_at_mono = self._clock.monotonic()
+        tg.start_soon(self._watch_exit, process)
+        self._on_change(self)
+
+    # ---- helpers -----------------------------------------------------------------
+
+    async def _scrape_load(self) -> EngineLoad | None:
+        load = await self._probe.load()
+        if load is not None:
+            self.load = load
+        # On failure the previous values stay, with their old ``updated_at``: readers
+        # see how stale they are; a drain treats the failure as unknown.
+        return load
+
+    async def _exit_reason(self, when: str) -> str:
+        code = self.process.returncode if self.process is not None else None
+        if getattr(self.process, "adopted", False):
+            # Only a process's real parent sees its exit status (the launcher gives -1).
+            code = None
+        text = _describe_exit(code) + when
+        if self._log_tail is not None:
+            try:
+                lines = await self._log_tail(_LOG_TAIL_LINES)
+            except OSError as exc:
+                lines = [f"(log unreadable: {exc})"]
+            lines = [line.rstrip() for line in lines if line.strip()]
+            if lines:
+                text += "; last log lines: " + " | ".join(lines)
+        return text[:_REASON_MAX]
+
+    async def _fail(self, reason: str) -> None:
+        log.warning("engine %s: %s", self.engine_id, reason)
+        self._apply(EngineEvent.FAILED, reason)
+
+    async def _terminate_process(self) -> None:
+        process = self.process
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
+            await process.terminate(self._timing.stop_grace_s)
+        self.process = None
+        self._on_change(self)
+
+    async def _stop_now(self, reason: str) -> None:
+        await self._terminate_process()
+        self._apply(EngineEvent.STOPPED, reason)
+        self._drain_started.set()
+        self._stopped.set()
+
+    def _apply(self, event: EngineEvent, reason: str) -> None:
+        moved = transition(self.state, event, reason)
+        log.info("engine %s: %s -> %s (%s)", self.engine_id, self.state, moved.state, moved.reason)
+        self.state = moved.state
+        self.reason = moved.reason[:_REASON_MAX]
+        self.state_changed_at = self._clock.time()
+        self.state_changed_at_mono = self._clock.monotonic()
+        if moved.state is not EngineState.READY and moved.state is not EngineState.DRAINING:
+            self.load = EngineLoad()
+        if moved.state is EngineState.DRAINING:
+            self._drain_started.set()
+        self._on_change(self)
+
+    def _set_reason(self, reason: str) -> None:
+        self.reason = reason[:_REASON_MAX]
+        self._on_change(self)

@@ -1,0 +1,42 @@
+"""``sage coordinator run``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sage.unified.cli.errors import UsageError
+
+__all__ = ["run"]
+
+
+def run(*, host: str | None = None, port: int | None = None, insecure: bool = False) -> int:
+    """Run a standalone coordinator in the foreground (for several gateways).
+
+    Gateways use it with `sage gateway start --coordinator http://HOST:8100`; agents
+    report to it with `sage agent run --coordinator http://HOST:8100`.
+
+    Parameters
+    ----------
+    host
+        Address to listen on (default 127.0.0.1; others need SAGE_ADMIN_TOKEN and SAGE_AGENT_TOKEN).
+    port
+        Port to listen on (default 8100).
+    insecure
+        Allow a non-loopback bind without tokens.
+    """
+    from pydantic import ValidationError
+
+    from sage.unified.coordinator import ConfigError, CoordinatorSettings
+    from sage.unified.coordinator.serve import run as serve
+
+    given: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    if insecure:
+        given["insecure"] = True
+    try:
+        serve(CoordinatorSettings(**given))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"invalid coordinator configuration: {problems}") from None
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return 0

@@ -1,0 +1,363 @@
+"""``sage gateway start|run|stop|restart|status|logs``."""
+
+from __future__ import annotations
+
+import collections
+import sys
+import time
+from typing import Annotated, Any, Literal
+
+import httpx
+from cyclopts import Parameter
+
+from sage.unified.cli._common import admin_token, client_errors, make_console, print_json
+from sage.unified.cli._daemon import (
+    DaemonFiles,
+    python_argv,
+    running_record,
+    spawn,
+    tail_lines,
+    terminate,
+    wait_ready,
+)
+from sage.unified.cli.errors import CliError, UsageError
+
+__all__ = ["logs", "restart", "run", "start", "status", "stop"]
+
+FILES = DaemonFiles("gateway")
+Policy = Literal["least_load", "round_robin", "session"]
+
+
+def _settings_kwargs(
+    host: str | None,
+    port: int | None,
+    coordinator: str | None,
+    backend: list[str] | None,
+    no_local_agent: bool,
+    insecure: bool,
+    policy: Policy | None,
+    log_level: str | None,
+) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    if host is not None:
+        given["host"] = host
+    if port is not None:
+        given["port"] = port
+    if coordinator:
+        given["coordinator_url"] = coordinator
+    if backend:
+        given["backends"] = backend
+    if no_local_agent:
+        given["local_agent"] = False
+    if insecure:
+        given["insecure"] = True
+    if policy:
+        given["routing_policy"] = policy
+    if log_level:
+        given["log_level"] = log_level
+    return given
+
+
+def _flags(
+    host: str | None,
+    port: int | None,
+    coordinator: str | None,
+    backend: list[str] | None,
+    no_local_agent: bool,
+    insecure: bool,
+    policy: Policy | None,
+    log_level: str | None,
+) -> list[str]:
+    flags: list[str] = []
+    for name, value in (
+        ("--host", host),
+        ("--port", port),
+        ("--coordinator", coordinator),
+        ("--policy", policy),
+        ("--log-level", log_level),
+    ):
+        if value is not None:
+            flags += [name, str(value)]
+    for url in backend or []:
+        flags += ["--backend", url]
+    if no_local_agent:
+        flags.append("--no-local-agent")
+    if insecure:
+        flags.append("--insecure")
+    return flags
+
+
+def _settings(given: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    from sage.unified.gateway.settings import GatewaySettings, InsecureBindError
+
+    try:
+        settings = GatewaySettings(**given)
+        settings.check_bind_safety()
+    except InsecureBindError as exc:
+        raise UsageError(str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"invalid gateway configuration: {problems}") from None
+    return settings
+
+
+def start(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    coordinator: str | None = None,
+    backend: Annotated[list[str] | None, Parameter(consume_multiple=False)] = None,
+    no_local_agent: bool = False,
+    insecure: bool = False,
+    policy: Policy | None = None,
+    log_level: Literal["debug", "info", "warning", "error"] | None = None,
+    timeout: float = 60.0,
+) -> int:
+    """Start the gateway in the background and wait until it is ready.
+
+    By default it embeds the coordinator and a local agent, so on one GPU host
+    ``sage gateway start`` and ``sage llm engine start MODEL`` are all you need.
+
+    Parameters
+    ----------
+    host
+        Address to listen on (default 127.0.0.1). Other addresses need API keys
+        (SAGE_API_KEYS) and an admin token (SAGE_ADMIN_TOKEN), or --insecure.
+    port
+        Port to listen on (default 8000).
+    coordinator
+        URL of a standalone coordinator to use instead of the embedded one.
+    backend
+        Serve these engine URLs with no control plane (repeatable).
+    no_local_agent
+        Do not run an agent for this host inside the gateway.
+    insecure
+        Allow a non-loopback address without API keys.
+    policy
+        Routing policy (default least_load).
+    log_level
+        Log level of the gateway process.
+    timeout
+        Seconds to wait for the gateway to become ready.
+    """
+    existing = running_record(FILES)
+    if existing is not None:
+        print(f"The gateway is already running (pid {existing.pid}) at {existing.url}.")
+        return 0
+    given = _settings_kwargs(
+        host, port, coordinator, backend, no_local_agent, insecure, policy, log_level
+    )
+    settings = _settings(given)
+    from sage.unified.gateway.serve import PortInUseError, check_port_free
+
+    try:
+        check_port_free(settings.host, settings.port)
+        if settings.mode == "embedded" and settings.local_agent:
+            check_port_free("127.0.0.1", settings.agent_port)
+    except PortInUseError as exc:
+        raise UsageError(str(exc)) from None
+    argv = python_argv(
+        "gateway",
+        "run",
+        *_flags(host, port, coordinator, backend, no_local_agent, insecure, policy, log_level),
+    )
+    record = spawn(FILES, argv, url=settings.url)
+    problem = wait_ready(record, FILES, "/readyz", timeout)
+    if problem is not None:
+        terminate(record, timeout_s=10)
+        FILES.clear()
+        lines = "\n".join(tail_lines(FILES.log, 15))
+        raise CliError(f"the gateway did not start: {problem}. Last lines of {FILES.log}:\n{lines}")
+    print(f"Gateway ready at {settings.url} (pid {record.pid}, mode {settings.mode}).")
+    print(f"Logs: {FILES.log}. Stop it with `sage gateway stop`.")
+    return 0
+
+
+def run(
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    coordinator: str | None = None,
+    backend: Annotated[list[str] | None, Parameter(consume_multiple=False)] = None,
+    no_local_agent: bool = False,
+    insecure: bool = False,
+    policy: Policy | None = None,
+    log_level: Literal["debug", "info", "warning", "error"] | None = None,
+) -> int:
+    """Run the gateway in the foreground (what systemd runs). Same flags as ``start``."""
+    settings = _settings(
+        _settings_kwargs(
+            host, port, coordinator, backend, no_local_agent, insecure, policy, log_level
+        )
+    )
+    from sage.unified.gateway.serve import run as serve
+
+    return serve(settings)
+
+
+def _stop_local_engines(url: str) -> int:
+    """Stop the engines of the gateway's own agent, so nothing is left behind."""
+    from sage.unified.sdk.client import GatewayManagementClient, SageClientError
+
+    stopped = 0
+    try:
+        with GatewayManagementClient(url, admin_token(), timeout=60.0) as client:
+            for engine in client.engines():
+                if engine.state.value in {"STOPPED"} or engine.agent_id is None:
+                    continue
+                client.stop_engine(engine.id, drain=False)
+                stopped += 1
+    except SageClientError as exc:
+        print(f"warning: could not stop engines through {url}: {exc}", file=sys.stderr)
+    return stopped
+
+
+def stop(*, timeout: float = 30.0, keep_engines: bool = False) -> int:
+    """Stop the gateway gracefully (in-flight requests finish first).
+
+    Parameters
+    ----------
+    timeout
+        Seconds to wait before the gateway is killed.
+    keep_engines
+        Leave the local agent's engines running; the next start adopts them.
+    """
+    record = running_record(FILES)
+    if record is None:
+        print("The gateway is not running.")
+        return 0
+    if not keep_engines:
+        count = _stop_local_engines(record.url)
+        if count:
+            print(f"Stopped {count} engine(s).")
+    terminate(record, timeout)
+    FILES.clear()
+    print(f"Gateway stopped (pid {record.pid}).")
+    return 0
+
+
+def restart(*, timeout: float = 30.0) -> int:
+    """Restart the gateway with the flags it was started with; engines keep running.
+
+    Parameters
+    ----------
+    timeout
+        Seconds to wait for the old process to stop and the new one to be ready.
+    """
+    record = running_record(FILES)
+    argv = record.argv if record is not None else python_argv("gateway", "run")
+    if record is not None:
+        terminate(record, timeout)
+        FILES.clear()
+        print(f"Gateway stopped (pid {record.pid}); engines left running.")
+    url = record.url if record is not None else _settings({}).url
+    new = spawn(FILES, argv, url=url)
+    problem = wait_ready(new, FILES, "/readyz", max(timeout, 30.0))
+    if problem is not None:
+        raise CliError(f"the gateway did not restart: {problem}; see {FILES.log}")
+    print(f"Gateway ready at {url} (pid {new.pid}).")
+    return 0
+
+
+def status(*, url: str | None = None, token: str | None = None, json: bool = False) -> int:
+    """Show gateway health, control-plane mode, agents, engines per state and models.
+
+    Parameters
+    ----------
+    url
+        Gateway URL (default: the one `sage gateway start` recorded, else SAGE_GATEWAY_URL,
+        else http://127.0.0.1:8000).
+    token
+        Admin token (default SAGE_ADMIN_TOKEN).
+    json
+        Print JSON for scripts.
+    """
+    from sage.unified.cli._common import gateway_url
+    from sage.unified.sdk.client import GatewayManagementClient
+
+    record = running_record(FILES)
+    base = gateway_url(url or (record.url if record else None))
+    try:
+        ready = httpx.get(f"{base}/readyz", timeout=3.0, trust_env=False)
+        readiness: dict[str, Any] = ready.json()
+    except (httpx.HTTPError, ValueError):
+        raise UsageError(
+            f"The gateway is not running at {base} — start it with `sage gateway start`."
+        ) from None
+    engines: list[Any] = []
+    agents: list[Any] = []
+    if readiness.get("mode") != "static":
+        with (
+            client_errors(base),
+            GatewayManagementClient(base, admin_token(token), timeout=10.0) as client,
+        ):
+            engines = client.engines()
+            agents = client.agents()
+    by_state = collections.Counter(e.state.value for e in engines)
+    summary = {
+        "url": base,
+        "pid": record.pid if record else None,
+        "status": readiness.get("status"),
+        "mode": readiness.get("mode"),
+        "control_plane_reachable": readiness.get("control_plane_reachable"),
+        "models": readiness.get("models", []),
+        "revision": readiness.get("revision"),
+        "agents": [
+            {"agent_id": a.agent_id, "host": a.host, "lost": a.lost, "engines": a.engines}
+            for a in agents
+        ],
+        "engines_by_state": dict(by_state),
+    }
+    if json:
+        print_json(summary)
+        return 0
+    console = make_console()
+    console.print(
+        f"Gateway [bold]{base}[/bold]  status: {summary['status']}  mode: {summary['mode']}"
+        + (f"  pid: {record.pid}" if record else "")
+    )
+    console.print(
+        f"Control plane reachable: {summary['control_plane_reachable']}  revision: {summary['revision']}"
+    )
+    console.print(f"Models served: {', '.join(summary['models']) or 'none'}")
+    console.print(f"Agents: {len(agents)} ({sum(1 for a in agents if a.lost)} lost)")
+    states = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"
+    console.print(f"Engines: {states}")
+    return 0
+
+
+def logs(
+    *,
+    follow: Annotated[bool, Parameter(name=["--follow", "-f"])] = False,
+    lines: Annotated[int, Parameter(name=["--lines", "-n"])] = 50,
+) -> int:
+    """Print the gateway's log (started by `sage gateway start`).
+
+    Parameters
+    ----------
+    follow
+        Keep printing new lines until Ctrl-C.
+    lines
+        How many of the last lines to print.
+    """
+    path = FILES.log
+    if not path.exists():
+        raise UsageError(f"no gateway log at {path} — start the gateway with `sage gateway start`")
+    for line in tail_lines(path, lines):
+        print(line)
+    if not follow:
+        return 0
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        try:
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                    sys.stdout.flush()
+                else:
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0

@@ -1,0 +1,112 @@
+"""Placement: which agent starts an engine. Pure: no I/O.
+
+Rule: among agents that are not lost, those that can fit the spec; the one with the
+most free GPU memory wins (ties: fewer engines, then agent id). A spec fits an agent
+when ``tensor_parallel_size`` GPUs (or exactly ``spec.gpu_ids``) each have at least
+``gpu_memory_utilization * memory_total`` bytes free (vLLM's default fraction 0.9
+when the spec gives none). The ``simulated`` runtime needs no GPU: the agent with the
+fewest engines wins. A named host (agent id or host address) skips the choice but
+still has to fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sage.unified.coordinator._errors import PlacementError
+from sage.unified.sdk.models import EngineSpec, GpuInfo, Runtime
+
+__all__ = ["DEFAULT_GPU_MEMORY_UTILIZATION", "Candidate", "fit_reason", "place"]
+
+DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An agent as placement sees it."""
+
+    agent_id: str
+    host: str
+    url: str
+    lost: bool
+    gpus: Sequence[GpuInfo]
+    engines: int
+    gpu_error: str | None = None
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(g.memory_free_bytes or 0 for g in self.gpus)
+
+
+def _gpu_fits(gpu: GpuInfo, fraction: float) -> bool:
+    if gpu.memory_total_bytes is None or gpu.memory_free_bytes is None:
+        return False
+    return gpu.memory_free_bytes >= fraction * gpu.memory_total_bytes
+
+
+def fit_reason(spec: EngineSpec, candidate: Candidate) -> str | None:
+    """Why ``spec`` does not fit ``candidate``, or ``None`` when it fits."""
+    if candidate.lost:
+        return "agent lost (lease expired)"
+    if spec.runtime is Runtime.SIMULATED:
+        return None
+    if not candidate.gpus:
+        return f"no GPUs ({candidate.gpu_error})" if candidate.gpu_error else "no GPUs"
+    fraction = spec.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    if spec.gpu_ids is not None:
+        by_index = {g.index: g for g in candidate.gpus}
+        for index in spec.gpu_ids:
+            gpu = by_index.get(index)
+            if gpu is None:
+                return f"no GPU {index}"
+            if not _gpu_fits(gpu, fraction):
+                return f"GPU {index} has less than {fraction:.0%} of its memory free"
+        return None
+    fitting = sum(1 for g in candidate.gpus if _gpu_fits(g, fraction))
+    if fitting < spec.tensor_parallel_size:
+        return (
+            f"{fitting} of {len(candidate.gpus)} GPUs have {fraction:.0%} of their memory free; "
+            f"{spec.tensor_parallel_size} needed"
+        )
+    return None
+
+
+def place(spec: EngineSpec, candidates: Sequence[Candidate], host: str | None = None) -> Candidate:
+    """Choose the agent that starts ``spec``.
+
+    Args:
+        spec: the engine to place.
+        candidates: every known agent (lost ones are skipped with a reason).
+        host: an agent id or host address to use instead of choosing.
+
+    Raises:
+        PlacementError: 422 when ``host`` names no agent; 409 when no agent is known or
+            nothing fits (the message lists each agent's reason).
+    """
+    if host is not None:
+        named = [c for c in candidates if host in (c.agent_id, c.host)]
+        if not named:
+            raise PlacementError(
+                f"no agent has id or host {host!r}", status_code=422, code="unknown_host"
+            )
+        reasons = [(c, fit_reason(spec, c)) for c in named]
+        fitting = [c for c, reason in reasons if reason is None]
+        if not fitting:
+            detail = "; ".join(f"{c.agent_id}: {reason}" for c, reason in reasons)
+            raise PlacementError(f"engine does not fit on {host!r}: {detail}")
+        return _best(spec, fitting)
+    if not candidates:
+        raise PlacementError("no agent is registered", code="no_agent")
+    reasons = [(c, fit_reason(spec, c)) for c in candidates]
+    fitting = [c for c, reason in reasons if reason is None]
+    if not fitting:
+        detail = "; ".join(f"{c.agent_id}: {reason}" for c, reason in reasons)
+        raise PlacementError(f"no agent can take the engine: {detail}")
+    return _best(spec, fitting)
+
+
+def _best(spec: EngineSpec, fitting: Sequence[Candidate]) -> Candidate:
+    if spec.runtime is Runtime.SIMULATED:
+        return min(fitting, key=lambda c: (c.engines, c.agent_id))
+    return min(fitting, key=lambda c: (-c.free_bytes, c.engines, c.agent_id))

@@ -1,0 +1,189 @@
+"""Coordinator configuration (pydantic-settings).
+
+Precedence, highest first: constructor arguments, environment variables
+(``SAGE_COORDINATOR_<FIELD>``), TOML files (``/etc/sage/coordinator.toml`` then
+``~/.config/sage/coordinator.toml``, the later one winning; ``SAGE_COORDINATOR_CONFIG``
+names one file to use instead), then defaults. The shared ``SAGE_ADMIN_TOKEN`` and
+``SAGE_AGENT_TOKEN`` are added to the token lists when set.
+
+Lists from the environment accept JSON or comma-separated values
+(``SAGE_COORDINATOR_ADMIN_TOKENS=t1,t2``). ``SAGE_COORDINATOR_DB_PATH=`` (empty)
+selects the in-memory store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sage.unified.coordinator._errors import ConfigError
+from sage.unified.coordinator._netcheck import DEFAULT_ALLOWED_NETWORKS, IPNetwork, parse_networks
+from sage.unified.sdk.auth import TokenSet, is_loopback_host
+
+__all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "CoordinatorSettings", "default_db_path"]
+
+CONFIG_ENV = "SAGE_COORDINATOR_CONFIG"
+DEFAULT_TOML_FILES: tuple[Path, ...] = (
+    Path("/etc/sage/coordinator.toml"),
+    Path("~/.config/sage/coordinator.toml").expanduser(),
+)
+
+
+def default_db_path() -> Path:
+    """``<SAGE_HOME>/coordinator/coordinator.db`` (``SAGE_HOME`` defaults to ``~/.sage``)."""
+    home = Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
+    return home / "coordinator" / "coordinator.db"
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class CoordinatorSettings(BaseSettings):
+    """Settings of the coordinator (embedded or standalone). See the module docstring."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAGE_COORDINATOR_", extra="ignore", validate_default=True
+    )
+
+    toml_files: ClassVar[tuple[Path, ...]] = DEFAULT_TOML_FILES
+
+    admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Tokens for ``/v1/management/*``. None configured (and no agent tokens): auth off."""
+    agent_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Tokens agents present on ``PUT /v1/agents/{id}``; also sent to agents' APIs."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8100, ge=1, le=65535)
+    insecure: bool = False
+    """Allow a non-loopback bind without tokens (trusted networks only)."""
+    lease_ttl_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=3.0, gt=0)
+    restart_grace_s: float = Field(default=30.0, ge=0)
+    lost_engine_retention_s: float = Field(default=300.0, ge=0)
+    sweep_interval_s: float = Field(default=1.0, gt=0)
+    load_publish_interval_s: float = Field(default=1.0, ge=0)
+    probe_interval_s: float = Field(default=2.0, gt=0)
+    probe_timeout_s: float = Field(default=3.0, gt=0)
+    probe_failures: int = Field(default=3, ge=1)
+    probe_successes_to_recover: int = Field(default=2, ge=1)
+    """Good probes that bring an ERROR engine back to READY (the first one moves it to STARTING)."""
+    probe_successes_to_start: int = Field(default=1, ge=1)
+    """Good probes that make a newly registered engine READY."""
+    agent_timeout_s: float = Field(default=10.0, gt=0)
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ALLOWED_NETWORKS)
+    )
+    """Networks registered engine URLs may resolve into (link-local never allowed)."""
+    db_path: Path | None = Field(default_factory=default_db_path)
+    """SQLite database; ``None`` keeps everything in memory."""
+    max_watch_s: float = Field(default=60.0, gt=0)
+    watch_coalesce_s: float = Field(default=0.05, ge=0, le=0.1)
+    """Watchers are woken at most once per this window (0: on every revision)."""
+    log_level: str = "info"
+
+    @field_validator("admin_tokens", "agent_tokens", "allowed_networks", mode="before")
+    @classmethod
+    def _parse_lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("db_path", mode="before")
+    @classmethod
+    def _empty_path_is_memory(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("allowed_networks", mode="after")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _add_shared_tokens(self) -> CoordinatorSettings:
+        for env, target in (
+            ("SAGE_ADMIN_TOKEN", self.admin_tokens),
+            ("SAGE_AGENT_TOKEN", self.agent_tokens),
+        ):
+            token = os.environ.get(env, "").strip()
+            if token and token not in target:
+                target.append(token)
+        self.admin_tokens = [t for t in self.admin_tokens if t]
+        self.agent_tokens = [t for t in self.agent_tokens if t]
+        if self.lease_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"lease_ttl_s ({self.lease_ttl_s}) must be at least twice heartbeat_interval_s "
+                f"({self.heartbeat_interval_s})"
+            )
+        return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether any token is configured (otherwise every request is accepted)."""
+        return bool(self.admin_tokens or self.agent_tokens)
+
+    def admin_token_set(self) -> TokenSet:
+        return TokenSet(self.admin_tokens)
+
+    def agent_token_set(self) -> TokenSet:
+        return TokenSet(self.agent_tokens)
+
+    def networks(self) -> tuple[IPNetwork, ...]:
+        return parse_networks(self.allowed_networks)
+
+    def check_bind(self, host: str | None = None) -> None:
+        """Refuse to serve without authentication on a non-loopback address.
+
+        Args:
+            host: the address the serving process binds (``self.host`` when omitted;
+                the gateway passes its own bind address in embedded mode).
+
+        Raises:
+            ConfigError: ``host`` is not loopback, admin or agent tokens are missing,
+                and ``insecure`` is false.
+        """
+        bind = self.host if host is None else host
+        if is_loopback_host(bind) or self.insecure:
+            return
+        missing = [
+            name
+            for name, tokens in (("admin", self.admin_tokens), ("agent", self.agent_tokens))
+            if not tokens
+        ]
+        if missing:
+            raise ConfigError(
+                f"refusing to bind the coordinator to {bind!r} without {' and '.join(missing)} "
+                "tokens: set SAGE_ADMIN_TOKEN / SAGE_AGENT_TOKEN (or SAGE_COORDINATOR_ADMIN_TOKENS "
+                "/ SAGE_COORDINATOR_AGENT_TOKENS), bind to 127.0.0.1, or set "
+                "SAGE_COORDINATOR_INSECURE=1 on a trusted network"
+            )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        explicit = os.environ.get(CONFIG_ENV)
+        files = [Path(explicit).expanduser()] if explicit else list(cls.toml_files)
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=files)
+        return (init_settings, env_settings, toml)

@@ -1,0 +1,149 @@
+"""Header rules of the proxy (pure).
+
+Hop-by-hop headers (RFC 9110 §7.6.1) and every header a ``Connection`` header names are
+dropped in both directions; the client's ``Authorization`` never reaches an engine (the
+engine's own key replaces it); ``X-Forwarded-*`` are set by the gateway, never taken
+from the client; ``Host`` and ``Content-Length`` are set by the upstream client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+
+__all__ = [
+    "HOP_BY_HOP",
+    "RequestHeaderInfo",
+    "downstream_headers",
+    "scan_request_headers",
+    "upstream_headers",
+]
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by us (or by the upstream client) and never copied from the client.
+_REPLACED_UPSTREAM: frozenset[bytes] = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"authorization",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-request-id",
+        b"expect",
+    }
+)
+_REPLACED_DOWNSTREAM: frozenset[bytes] = frozenset(
+    {b"content-length", b"server", b"date", b"x-request-id", b"x-sage-backend"}
+)
+
+
+class RequestHeaderInfo:
+    """What the proxy needs from the client's headers, read in one pass."""
+
+    __slots__ = (
+        "authorization",
+        "connection_tokens",
+        "content_length",
+        "count",
+        "host",
+        "request_id",
+        "session_id",
+        "size",
+    )
+
+    def __init__(self) -> None:
+        self.authorization: bytes | None = None
+        self.content_length: int | None = None
+        self.request_id: bytes | None = None
+        self.session_id: bytes | None = None
+        self.host: bytes | None = None
+        self.connection_tokens: frozenset[bytes] = frozenset()
+        self.count = 0
+        self.size = 0
+
+
+def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
+    """Read the headers the proxy acts on (names are lower-case in ASGI)."""
+    info = RequestHeaderInfo()
+    for name, value in headers:
+        info.count += 1
+        info.size += len(name) + len(value)
+        if name == b"authorization":
+            info.authorization = value
+        elif name == b"content-length":
+            try:
+                info.content_length = int(value)
+            except ValueError:
+                info.content_length = -1
+        elif name == b"x-request-id":
+            if 0 < len(value) <= 128:
+                info.request_id = value
+        elif name == b"x-session-id":
+            info.session_id = value
+        elif name == b"host":
+            info.host = value
+        elif name == b"connection":
+            info.connection_tokens = frozenset(
+                t.strip().lower() for t in value.split(b",") if t.strip()
+            )
+    return info
+
+
+def new_request_id() -> bytes:
+    return uuid.uuid4().hex.encode()
+
+
+def upstream_headers(
+    headers: Sequence[Header],
+    info: RequestHeaderInfo,
+    *,
+    request_id: bytes,
+    client_host: str | None,
+    scheme: str,
+    engine_authorization: bytes | None,
+) -> list[Header]:
+    """Headers sent to the engine for one client request."""
+    dropped = HOP_BY_HOP | _REPLACED_UPSTREAM | info.connection_tokens
+    out = [(n, v) for n, v in headers if n not in dropped]
+    out.append((b"x-request-id", request_id))
+    if client_host:
+        out.append((b"x-forwarded-for", client_host.encode()))
+    out.append((b"x-forwarded-proto", scheme.encode()))
+    if info.host:
+        out.append((b"x-forwarded-host", info.host))
+    if engine_authorization:
+        out.append((b"authorization", engine_authorization))
+    return out
+
+
+def downstream_headers(
+    headers: Iterable[Header], *, request_id: bytes, backend_id: str | None
+) -> list[Header]:
+    """Headers returned to the client for an engine response (no length: set by the caller)."""
+    connection_named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            connection_named.update(t.strip().lower() for t in value.split(b","))
+    dropped = HOP_BY_HOP | _REPLACED_DOWNSTREAM | connection_named
+    out = [(n.lower(), v) for n, v in headers if n.lower() not in dropped]
+    out.append((b"x-request-id", request_id))
+    if backend_id is not None:
+        out.append((b"x-sage-backend", backend_id.encode()))
+    return out

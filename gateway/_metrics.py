@@ -1,0 +1,152 @@
+"""Prometheus metrics of one gateway (``sage_gateway_*``), on a per-app registry.
+
+Label values are bounded: ``model`` and ``backend`` come from the routing table (a model
+the table does not know is recorded as ``"unknown"``), ``status`` is an HTTP status class
+(``2xx`` … ``5xx``). Labelled children are cached so the hot path pays one dict lookup
+and one ``inc()`` per request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from sage.unified.gateway.routing import RoutingState
+
+__all__ = ["GatewayMetrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _BackendCollector(Collector):
+    """Backend state read at scrape time from the routing state (no background work)."""
+
+    def __init__(self, state: RoutingState, source_status: dict[str, object]) -> None:
+        self._state = state
+        self._source = source_status
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        in_flight = GaugeMetricFamily(
+            "sage_gateway_backend_in_flight",
+            "Requests this gateway has in flight per backend",
+            labels=["model", "backend"],
+        )
+        ejected = GaugeMetricFamily(
+            "sage_gateway_backend_ejected",
+            "1 while a backend is passively ejected",
+            labels=["model", "backend"],
+        )
+        for backend in self._state.backends():
+            labels = [backend.backend.model, backend.key]
+            in_flight.add_metric(labels, backend.in_flight)
+            ejected.add_metric(labels, 1.0 if backend.ejected else 0.0)
+        yield in_flight
+        yield ejected
+        yield GaugeMetricFamily(
+            "sage_gateway_backends",
+            "Routable backends in the current table",
+            value=len(self._state),
+        )
+        yield GaugeMetricFamily(
+            "sage_gateway_table_revision",
+            "Revision of the routing table in use",
+            value=self._state.revision,
+        )
+        reachable = self._source.get("reachable")
+        yield GaugeMetricFamily(
+            "sage_gateway_control_plane_reachable",
+            "1 when the routing-table source answered recently",
+            value=1.0 if reachable else 0.0,
+        )
+
+
+class GatewayMetrics:
+    """The gateway's counters and histograms."""
+
+    def __init__(self, state: RoutingState, source_status: dict[str, object]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "sage_gateway_requests",
+            "Proxied requests by model, backend and status class",
+            ["model", "backend", "status"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "sage_gateway_request_duration_seconds",
+            "Time from request to the last response byte",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self._ttft = Histogram(
+            "sage_gateway_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "sage_gateway_in_flight", "Requests being proxied", registry=self.registry
+        )
+        self._retries = Counter(
+            "sage_gateway_retries",
+            "Requests retried on another backend",
+            ["model"],
+            registry=self.registry,
+        )
+        self._ejections = Counter(
+            "sage_gateway_ejections",
+            "Backends passively ejected",
+            ["model", "backend"],
+            registry=self.registry,
+        )
+        self._rejections = Counter(
+            "sage_gateway_rejected",
+            "Requests answered by the gateway itself",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._interrupted = Counter(
+            "sage_gateway_streams_interrupted",
+            "Streams ended with an in-band error event",
+            ["model"],
+            registry=self.registry,
+        )
+        self.registry.register(_BackendCollector(state, source_status))
+        self._request_children: dict[tuple[str, str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
+        self._ttft_children: dict[str, Histogram] = {}
+
+    def request_done(self, model: str, backend: str, status: int, seconds: float) -> None:
+        key = (model, backend, f"{status // 100}xx")
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self._requests.labels(*key)
+        child.inc()
+        latency = self._latency_children.get(model)
+        if latency is None:
+            latency = self._latency_children[model] = self._latency.labels(model)
+        latency.observe(seconds)
+
+    def first_token(self, model: str, seconds: float) -> None:
+        child = self._ttft_children.get(model)
+        if child is None:
+            child = self._ttft_children[model] = self._ttft.labels(model)
+        child.observe(seconds)
+
+    def retried(self, model: str) -> None:
+        self._retries.labels(model).inc()
+
+    def ejected(self, model: str, backend: str) -> None:
+        self._ejections.labels(model, backend).inc()
+
+    def rejected(self, reason: str) -> None:
+        self._rejections.labels(reason).inc()
+
+    def stream_interrupted(self, model: str) -> None:
+        self._interrupted.labels(model).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

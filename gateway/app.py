@@ -1,0 +1,328 @@
+"""The gateway's Litestar app: OpenAI proxy, models, health, metrics, management routes.
+
+The proxy endpoints are ``asgi`` route handlers over :class:`DataPlane` (the hot path);
+everything else is ordinary Litestar handlers. :class:`GatewayRuntime` owns what lives
+as long as the app (upstream pool, routing state, table source, the embedded
+coordinator) and is entered by the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+from litestar import Litestar, Request, Response, Router, get
+from litestar.handlers import asgi
+
+from sage.unified.coordinator import (
+    Coordinator,
+    CoordinatorSettings,
+    create_agents_router,
+    create_management_router,
+)
+from sage.unified.gateway._errors import UnauthorizedError, error_bytes, exception_handlers
+from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, Send
+from sage.unified.gateway._sources import EmbeddedSource, RemoteSource, StaticSource, TableSource
+from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
+from sage.unified.gateway.settings import GatewaySettings
+from sage.unified.gateway.upstream import UpstreamPool
+from sage.unified.sdk.auth import bearer_token
+from sage.unified.sdk.models import EngineKind, RoutingTable
+
+__all__ = ["GatewayRuntime", "create_gateway_app"]
+
+_PROXIED: tuple[tuple[str, EngineKind], ...] = (
+    ("/v1/chat/completions", EngineKind.LLM),
+    ("/v1/completions", EngineKind.LLM),
+    ("/v1/embeddings", EngineKind.EMBEDDING),
+)
+
+
+def embedded_coordinator_settings(settings: GatewaySettings) -> CoordinatorSettings:
+    """The settings of the coordinator a gateway embeds (its tokens, its SAGE_HOME)."""
+    return CoordinatorSettings(
+        admin_tokens=[t.get_secret_value() for t in settings.admin_tokens],
+        agent_tokens=[t.get_secret_value() for t in settings.agent_tokens],
+        host=settings.host,
+        port=settings.port,
+        insecure=settings.insecure,
+        db_path=settings.sage_home / "coordinator" / "coordinator.db",
+    )
+
+
+class GatewayRuntime:
+    """Everything one gateway process runs besides the HTTP server.
+
+    Args:
+        settings: configuration.
+        coordinator: the embedded coordinator to use (built from ``settings`` in
+            embedded mode when omitted; ignored in remote and static modes).
+    """
+
+    def __init__(
+        self, settings: GatewaySettings, *, coordinator: Coordinator | None = None
+    ) -> None:
+        self.settings = settings
+        self.state = RoutingState()
+        self.policy = get_policy(settings.routing_policy)()
+        self.detector = OutlierDetector(
+            self.state,
+            consecutive_failures=settings.ejection_failures,
+            base_ejection_s=settings.ejection_base_s,
+            max_ejection_s=settings.ejection_max_s,
+        )
+        self.retry_budget = RetryBudget(
+            budget_percent=settings.retry_budget_percent, backoff_base_s=settings.retry_backoff_s
+        )
+        self.coordinator: Coordinator | None = None
+        source: TableSource
+        if settings.mode == "embedded":
+            self.coordinator = coordinator or Coordinator(embedded_coordinator_settings(settings))
+            source = EmbeddedSource(self.coordinator)
+        elif settings.mode == "remote":
+            assert settings.coordinator_url is not None
+            admin = settings.admin_tokens[0].get_secret_value() if settings.admin_tokens else None
+            source = RemoteSource(settings.coordinator_url, token=admin)
+        else:
+            source = StaticSource(settings.backends, refresh_s=settings.static_refresh_s)
+        self.source = source
+        self.metrics = GatewayMetrics(self.state, source.status)
+        self._data_plane: DataPlane | None = None
+        self.management_client: httpx.AsyncClient | None = None
+        self.started_at = time.time()
+        self.local_agent_pending = False
+        """Set by the server while the embedded local agent has not registered yet, so
+        ``/readyz`` only turns 200 once an engine can be started."""
+
+    @property
+    def data_plane(self) -> DataPlane:
+        if self._data_plane is None:
+            raise RuntimeError("the gateway runtime is not started (app lifespan not entered)")
+        return self._data_plane
+
+    @asynccontextmanager
+    async def run(self) -> AsyncIterator[None]:
+        """Start the coordinator (embedded), the upstream pool and the table source."""
+        settings = self.settings
+        async with AsyncExitStack() as stack:
+            if self.coordinator is not None:
+                await stack.enter_async_context(self.coordinator)
+            pool = UpstreamPool(
+                max_connections_per_origin=settings.max_connections_per_backend,
+                keepalive_expiry_s=settings.keepalive_expiry_s,
+                connect_timeout_s=settings.connect_timeout_s,
+                first_byte_timeout_s=settings.first_byte_timeout_s,
+                read_idle_timeout_s=settings.read_idle_timeout_s,
+            )
+            stack.push_async_callback(pool.aclose)
+            if settings.mode == "remote":
+                self.management_client = await stack.enter_async_context(
+                    httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=90.0), trust_env=False)
+                )
+            self._data_plane = DataPlane(
+                state=self.state,
+                policy=self.policy,
+                detector=self.detector,
+                retry_budget=self.retry_budget,
+                pool=pool,
+                metrics=self.metrics,
+                config=ProxyConfig(
+                    api_keys=settings.api_key_set(),
+                    engine_api_key=settings.engine_api_key.get_secret_value()
+                    if settings.engine_api_key
+                    else None,
+                    max_body_bytes=settings.max_body_bytes,
+                    max_header_bytes=settings.max_header_bytes,
+                    max_headers=settings.max_headers,
+                    retries=settings.retries,
+                    expose_backend_header=settings.expose_backend_header,
+                ),
+                unavailable_models=self.source.unavailable_models,
+            )
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            task_group.start_soon(self.source.run, self.state)
+            stack.callback(task_group.cancel_scope.cancel)
+            yield
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        status = self.source.status
+        has_table = status.get("last_update") is not None
+        body: dict[str, Any] = {
+            "mode": self.settings.mode,
+            "control_plane_reachable": bool(status.get("reachable")),
+            "backends": len(self.state),
+            "models": self.state.models(),
+            "revision": self.state.revision,
+        }
+        if status.get("error"):
+            body["control_plane_error"] = status["error"]
+        if self.coordinator is not None:
+            has_table = has_table and self.coordinator.ready and not self.local_agent_pending
+        if self.local_agent_pending:
+            body["local_agent"] = "starting"
+        body["status"] = (
+            "ready"
+            if has_table and status.get("reachable")
+            else ("degraded" if has_table else "starting")
+        )
+        return has_table, body
+
+
+def _json_response(
+    status: int, payload: bytes, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        content=payload, status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def create_gateway_app(
+    settings: GatewaySettings | None = None, *, runtime: GatewayRuntime | None = None
+) -> Litestar:
+    """Build the gateway app. Its lifespan starts ``runtime`` (built from ``settings``)."""
+    if runtime is None:
+        runtime = GatewayRuntime(settings or GatewaySettings())
+    settings = runtime.settings
+    api_keys = settings.api_key_set()
+
+    def proxy_handler(path: str, kind: EngineKind) -> Any:
+        raw_path = path.encode()
+
+        async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+            await runtime.data_plane.handle(scope, receive, send, kind, raw_path)
+
+        return asgi(path, name=f"proxy:{path}")(handler)
+
+    @get("/v1/models", sync_to_thread=False)
+    def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+        if api_keys and not api_keys.verify(bearer_token(request.headers.get("authorization"))):
+            raise UnauthorizedError(
+                "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
+            )
+        created = int(runtime.started_at)
+        return {
+            "object": "list",
+            "data": [
+                {"id": model, "object": "model", "created": created, "owned_by": "sage"}
+                for model in runtime.state.models()
+            ],
+        }
+
+    @get("/health", sync_to_thread=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @get("/readyz", sync_to_thread=False)
+    def readyz() -> Response[dict[str, Any]]:
+        ok, body = runtime.ready()
+        return Response(content=body, status_code=200 if ok else 503)
+
+    @get("/metrics", sync_to_thread=False)
+    def metrics() -> Response[bytes]:
+        text = runtime.metrics.render()
+        if runtime.coordinator is not None:
+            text += runtime.coordinator.metrics_text()
+        return Response(content=text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    handlers: list[Any] = [proxy_handler(path, kind) for path, kind in _PROXIED]
+    handlers += [list_models, health, readyz, metrics]
+    if runtime.coordinator is not None:
+        handlers += [
+            create_management_router(runtime.coordinator),
+            create_agents_router(runtime.coordinator),
+        ]
+    elif settings.mode == "remote":
+        handlers.append(_management_proxy(runtime))
+    else:
+        handlers.append(_static_management(runtime))
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        async with runtime.run():
+            yield
+
+    app = Litestar(
+        route_handlers=handlers,
+        lifespan=[lifespan],
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+        openapi_config=None,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"host",
+    b"content-length",
+}
+
+
+def _management_proxy(runtime: GatewayRuntime) -> Any:
+    """``/v1/management/*`` forwarded to the standalone coordinator (it checks the token)."""
+    assert runtime.settings.coordinator_url is not None
+    base = runtime.settings.coordinator_url.rstrip("/")
+
+    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
+        client = runtime.management_client
+        assert client is not None
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += bytes(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        url = f"{base}{path}" + (f"?{query}" if query else "")
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
+        try:
+            response = await client.request(scope["method"], url, headers=headers, content=body)
+        except httpx.HTTPError as exc:
+            payload = error_bytes(
+                f"coordinator at {base} is unreachable: {exc}",
+                "upstream_error",
+                "coordinator_unreachable",
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 502,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        out = [
+            (k.encode(), v.encode()) for k, v in response.headers.items() if k.encode() not in _HOP
+        ]
+        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
+        await send({"type": "http.response.body", "body": response.content})
+
+    return asgi("/v1/management", is_mount=True, name="management-proxy")(forward)
+
+
+def _static_management(runtime: GatewayRuntime) -> Router:
+    """Static mode has no control plane: only the backend table is served."""
+
+    @get("/backends", sync_to_thread=False)
+    def backends() -> RoutingTable:
+        source = runtime.source
+        assert isinstance(source, StaticSource)
+        return source.table(runtime.state.revision)
+
+    return Router(path="/v1/management", route_handlers=[backends])

@@ -1,0 +1,183 @@
+"""Run a gateway process: uvicorn (uvloop + httptools) serving the gateway app, plus, in
+embedded mode, the local agent and its API on a second listener.
+
+SIGTERM/SIGINT stop accepting connections and let in-flight requests finish for up to
+``graceful_shutdown_s``; the embedded agent then leaves (stopping its engines only when
+told to, see :func:`run`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import uvicorn
+
+from sage.unified.gateway.app import GatewayRuntime, create_gateway_app
+from sage.unified.gateway.settings import GatewaySettings
+
+__all__ = ["PortInUseError", "check_port_free", "run"]
+
+log = logging.getLogger("sage.unified.gateway")
+
+
+class PortInUseError(OSError):
+    """The port the gateway (or its local agent) should listen on is taken."""
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUseError` with a clear message if ``host:port`` cannot be bound."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise PortInUseError(
+                f"port {port} on {host} is already in use ({exc.strerror}); stop what is using it "
+                f"or choose another port with --port"
+            ) from None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: this module stops every server at once.
+
+    uvicorn re-raises a captured SIGTERM after ``serve()`` returns, which would kill the
+    process before the embedded agent and coordinator shut down cleanly.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _uvicorn_config(app: Any, host: str, port: int, settings: GatewaySettings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",
+        http="httptools",
+        lifespan="on",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        # vLLM's own keep-alive; clients that pool connections expect about this.
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        backlog=2048,
+        server_header=False,
+        # Never let a client set its own address through X-Forwarded-For.
+        proxy_headers=False,
+    )
+
+
+async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT (asyncio only: the data plane is asyncio-native)."""
+    settings.check_bind_safety()
+    check_port_free(settings.host, settings.port)
+    embedded_agent = settings.mode == "embedded" and settings.local_agent
+    if embedded_agent:
+        check_port_free("127.0.0.1", settings.agent_port)
+    runtime = GatewayRuntime(settings)
+    runtime.local_agent_pending = embedded_agent
+    app = create_gateway_app(runtime=runtime)
+    gateway_server = _Server(_uvicorn_config(app, settings.host, settings.port, settings))
+    servers: list[uvicorn.Server] = [gateway_server]
+
+    loop = asyncio.get_running_loop()
+
+    def _stop() -> None:
+        for server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, _stop)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(gateway_server.serve)
+            while not gateway_server.started:
+                if gateway_server.should_exit:
+                    return
+                await anyio.sleep(0.02)
+            if embedded_agent:
+                await _run_local_agent(
+                    settings, runtime, servers, stop_engines_on_exit=stop_engines_on_exit
+                )
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def _run_local_agent(
+    settings: GatewaySettings,
+    runtime: GatewayRuntime,
+    servers: list[uvicorn.Server],
+    *,
+    stop_engines_on_exit: bool,
+) -> None:
+    # Imported here: a gateway in remote or static mode never loads agent code (or NVML).
+    from sage.unified.agent.app import create_agent_app
+    from sage.unified.agent.service import Agent
+    from sage.unified.agent.settings import AgentSettings
+
+    agent_token = settings.agent_tokens[0].get_secret_value() if settings.agent_tokens else None
+    overrides: dict[str, Any] = {
+        "coordinator_url": settings.url,
+        "port": settings.agent_port,
+        "bind_host": "127.0.0.1",
+        "sage_home": settings.sage_home,
+        "stop_engines_on_exit": stop_engines_on_exit,
+    }
+    if agent_token:
+        overrides["token"] = agent_token
+    agent_settings = AgentSettings(**overrides)
+    async with Agent(agent_settings) as agent:
+        agent_server = _Server(
+            _uvicorn_config(create_agent_app(agent), "127.0.0.1", settings.agent_port, settings)
+        )
+        servers.append(agent_server)
+        if servers[0].should_exit:
+            agent_server.should_exit = True
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent_server.serve)
+            # uvicorn exposes no event for "listening", only this flag.
+            while not agent_server.started and not agent_server.should_exit:  # noqa: ASYNC110
+                await anyio.sleep(0.02)
+            # The agent registered on entry and its API now listens: engines can start.
+            runtime.local_agent_pending = False
+
+
+def run(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> int:
+    """Run a gateway in the foreground; returns the exit code.
+
+    Args:
+        settings: configuration.
+        stop_engines_on_exit: stop the local agent's engines when the gateway stops
+            (``sage gateway stop``); otherwise they keep running and are adopted by the
+            next gateway start (``sage gateway restart``).
+    """
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        runner = asyncio.run
+    try:
+        runner(serve(settings, stop_engines_on_exit=stop_engines_on_exit))
+    except PortInUseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,170 @@
+"""Gateway configuration (pydantic-settings).
+
+Precedence, highest first: constructor arguments (the CLI passes only the flags a user
+gave), environment variables ``SAGE_GATEWAY_<FIELD>``, TOML files
+(``/etc/sage/gateway.toml`` then ``~/.config/sage/gateway.toml``), then defaults.
+Secrets also come from the shared variables ``SAGE_API_KEYS`` (comma-separated),
+``SAGE_ADMIN_TOKEN`` and ``SAGE_AGENT_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from sage.unified.sdk.auth import TokenSet, is_loopback_host
+
+__all__ = ["GatewaySettings", "InsecureBindError"]
+
+_TOML_FILES = (Path("/etc/sage/gateway.toml"), Path("~/.config/sage/gateway.toml").expanduser())
+
+
+class InsecureBindError(ValueError):
+    """The gateway would listen on a non-loopback address without API keys."""
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class GatewaySettings(BaseSettings):
+    """Settings of one gateway process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAGE_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    coordinator_url: str | None = None
+    """Standalone coordinator to watch. ``None`` embeds the coordinator in this process."""
+    backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Static backend base URLs (no control plane at all), like vllm-router's --worker-urls."""
+    local_agent: bool = True
+    """Embedded mode only: also run an agent for this host in the gateway process."""
+    agent_port: int = Field(8200, ge=1, le=65535)
+    sage_home: Path = Field(
+        default_factory=lambda: Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
+    )
+
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    agent_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    engine_api_key: SecretStr | None = None
+    """Sent to engines as ``Authorization: Bearer``; the client's own key never is."""
+    insecure: bool = False
+    """Allow a non-loopback bind without API keys (explicit opt-in)."""
+
+    routing_policy: Literal["least_load", "round_robin", "session"] = "least_load"
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    max_headers: int = Field(100, ge=8)
+    retries: int = Field(1, ge=0, le=3)
+    retry_budget_percent: float = Field(20.0, ge=0, le=100)
+    retry_backoff_s: float = Field(0.05, ge=0, le=5)
+    ejection_failures: int = Field(5, ge=1)
+    ejection_base_s: float = Field(30.0, gt=0)
+    ejection_max_s: float = Field(300.0, gt=0)
+    connect_timeout_s: float = Field(2.0, gt=0)
+    first_byte_timeout_s: float = Field(300.0, gt=0)
+    read_idle_timeout_s: float = Field(300.0, gt=0)
+    keepalive_expiry_s: float = Field(4.0, gt=0, lt=5.0)
+    """Below vLLM's (uvicorn's) 5 s keep-alive, so a pooled connection is never reused as
+    the engine closes it."""
+    max_connections_per_backend: int = Field(512, ge=1)
+    static_refresh_s: float = Field(5.0, gt=0)
+    graceful_shutdown_s: float = Field(30.0, ge=0)
+    expose_backend_header: bool = False
+    """Add ``X-Sage-Backend`` (the engine id) to responses; for debugging and tests."""
+    access_log: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _split_backends(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("api_keys", "admin_tokens", "agent_tokens", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        return _split(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_files = [p for p in _TOML_FILES if p.is_file()]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_files:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_files))
+        return tuple(sources)
+
+    def model_post_init(self, context: Any, /) -> None:
+        shared = {
+            "api_keys": os.environ.get("SAGE_API_KEYS"),
+            "admin_tokens": os.environ.get("SAGE_ADMIN_TOKEN"),
+            "agent_tokens": os.environ.get("SAGE_AGENT_TOKEN"),
+        }
+        for field, raw in shared.items():
+            if raw and not getattr(self, field):
+                setattr(self, field, [SecretStr(v) for v in _split(raw)])
+
+    @property
+    def mode(self) -> Literal["embedded", "remote", "static"]:
+        if self.backends:
+            return "static"
+        return "remote" if self.coordinator_url else "embedded"
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
+        return f"http://{host}:{self.port}"
+
+    def api_key_set(self) -> TokenSet:
+        return TokenSet(k.get_secret_value() for k in self.api_keys)
+
+    def admin_token_set(self) -> TokenSet:
+        return TokenSet(k.get_secret_value() for k in self.admin_tokens)
+
+    def agent_token_set(self) -> TokenSet:
+        return TokenSet(k.get_secret_value() for k in self.agent_tokens)
+
+    def check_bind_safety(self) -> None:
+        """Refuse to expose an unauthenticated gateway beyond this machine.
+
+        Raises:
+            InsecureBindError: non-loopback ``host``, no API keys or no admin token, and
+                ``insecure`` not set.
+        """
+        if is_loopback_host(self.host) or self.insecure:
+            return
+        required = [
+            ("API keys (SAGE_API_KEYS)", self.api_keys),
+            ("an admin token (SAGE_ADMIN_TOKEN)", self.admin_tokens),
+        ]
+        if self.mode == "embedded":
+            # Agents on other hosts report to the embedded coordinator.
+            required.append(("an agent token (SAGE_AGENT_TOKEN)", self.agent_tokens))
+        missing = [name for name, values in required if not values]
+        if missing:
+            raise InsecureBindError(
+                f"refusing to listen on {self.host} without {' and '.join(missing)}; "
+                "set them, bind 127.0.0.1, or pass --insecure to accept an open gateway"
+            )

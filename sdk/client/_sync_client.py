@@ -1,0 +1,582 @@
+"""The sync client (httpx.Client; safe to use inside a running event loop's thread)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self, overload
+
+import httpx
+
+from sage.unified.sdk.client._config import ClientConfig, resolve_config
+from sage.unified.sdk.client._core import ClientCore, describe_exception
+from sage.unified.sdk.client._discovery import BACKENDS_PATH, backends_params, decode_table
+from sage.unified.sdk.client._errors import (
+    APIStatusError,
+    AttemptRecord,
+    AuthenticationError,
+    ConfigurationError,
+    InvalidResponseError,
+    NotFoundError,
+    PermissionDeniedError,
+    SageClientError,
+    StreamInterruptedError,
+    status_error,
+)
+from sage.unified.sdk.client._failover import (
+    RETRYABLE_STATUSES,
+    RetryEvent,
+    is_testing,
+    parse_retry_after,
+)
+from sage.unified.sdk.client._results import (
+    ChatResult,
+    CompletionResult,
+    EmbeddingResult,
+    Usage,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+    parse_model_list,
+)
+from sage.unified.sdk.client._routing import build_body
+from sage.unified.sdk.client._sse import SSEDecoder, StreamAccumulator
+from sage.unified.sdk.models import EngineKind, RoutingTable
+
+__all__ = ["ChatStream", "UnifiedInferenceClient"]
+
+logger = logging.getLogger("sage.unified.sdk.client")
+
+_ERROR_BODY_LIMIT = 64 * 1024
+# Answers a retry will not change soon (no admin scope, no management API): poll slowly.
+_PERMANENT = (AuthenticationError, PermissionDeniedError, NotFoundError)
+
+
+def _timeout(core: ClientCore, remaining: float) -> httpx.Timeout:
+    return httpx.Timeout(
+        connect=min(core.config.connect_timeout, remaining),
+        read=remaining,
+        write=remaining,
+        pool=remaining,
+    )
+
+
+def _json(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise InvalidResponseError(
+            f"{response.request.url} answered with invalid JSON: {exc}"
+        ) from exc
+
+
+def _read_error_body(response: httpx.Response) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= _ERROR_BODY_LIMIT:
+                break
+    except httpx.HTTPError as exc:
+        # The status line is what matters; a body cut short only loses detail.
+        logger.debug(
+            "error body of %s cut short: %s", response.request.url, describe_exception(exc)
+        )
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+class ChatStream:
+    """Text deltas of a streaming chat or completion, as an iterator.
+
+    After iteration ``text``, ``usage``, ``finish_reason`` and ``model`` hold the
+    totals. Use ``with`` (or call :meth:`close`) so that leaving early
+    closes the HTTP response.
+
+    Raises (while iterating):
+        StreamInterruptedError: the connection broke or the server sent an error
+            event; ``partial_text`` holds what arrived.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._acc = StreamAccumulator()
+        self._decoder = SSEDecoder()
+        self._lines: Iterator[str] | None = None
+        self._finished = False
+
+    @property
+    def text(self) -> str:
+        return self._acc.text
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._acc.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._acc.finish_reason
+
+    @property
+    def model(self) -> str:
+        return self._acc.model
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> str:
+        if self._finished:
+            raise StopIteration
+        if self._lines is None:
+            self._lines = self._response.iter_lines()
+        try:
+            while True:
+                try:
+                    line = next(self._lines)
+                except StopIteration:
+                    event = self._decoder.flush()
+                    if event is not None:
+                        self._acc.on_event(event)
+                    self._acc.on_end()
+                    self._finish()
+                    raise
+                event = self._decoder.feed(line)
+                if event is None:
+                    continue
+                delta = self._acc.on_event(event)
+                if self._acc.done:
+                    self._finish()
+                    if delta:
+                        return delta
+                    raise StopIteration
+                if delta:
+                    return delta
+        except httpx.TransportError as exc:
+            self._finish()
+            raise self._acc.interrupted(describe_exception(exc)) from exc
+        except StreamInterruptedError:
+            self._finish()
+            raise
+
+    def _finish(self) -> None:
+        self._finished = True
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP response (idempotent)."""
+        self._finished = True
+        self._response.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class UnifiedInferenceClient:
+    """Client of the SAGE Unified Gateway (or, in direct mode, of the engines).
+
+    Gateway mode (``gateway_urls`` or ``SAGE_GATEWAY_URL``): requests go to the
+    first healthy gateway and fail over to the next. Direct mode
+    (``control_plane_url``): the client reads the routing table and sends requests
+    to the engines itself.
+
+    It uses ``httpx.Client`` (no event loop), so it also works from code that runs
+    inside an event loop's thread. The routing table is watched by a daemon
+    thread started on first use (or on ``with``) and stopped by :meth:`close` /
+    leaving ``with``; always close the client. Failover happens only before the first response byte, at
+    most ``max_attempts`` attempts within ``timeout`` seconds per call (for a
+    stream, ``timeout`` bounds reaching the response headers and each later read).
+
+    Args:
+        gateway_urls: gateway base URLs (with or without ``/v1``), a list or a
+            comma-separated string; default ``SAGE_GATEWAY_URL``.
+        api_key: bearer token for the gateway / control plane; default ``SAGE_API_KEY``.
+        control_plane_url: read the routing table here and route to engines directly.
+        engine_api_key: bearer token sent to engines in direct mode.
+        timeout: overall deadline per call, seconds.
+        connect_timeout: connect timeout per attempt, seconds.
+        max_attempts: attempts per call in all (1-10).
+        refresh_interval_s: table refresh period (and long-poll wait); 0 turns the
+            background refresh off.
+        watch: long-poll the table (changes are seen at once).
+        default_llm_model / default_embedding_model: used when ``model`` is omitted.
+        trust_env: let httpx read proxy settings and certificates from the environment.
+        on_retry: called before each retry with the failed attempt and the wait.
+        transport: an httpx transport (tests use ``httpx.MockTransport``).
+
+    Raises:
+        ConfigurationError: no gateway and no control plane, or invalid values.
+    """
+
+    def __init__(
+        self,
+        gateway_urls: str | Sequence[str] | None = None,
+        *,
+        api_key: str | None = None,
+        control_plane_url: str | None = None,
+        engine_api_key: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 3.0,
+        max_attempts: int = 3,
+        refresh_interval_s: float = 30.0,
+        watch: bool = True,
+        default_llm_model: str | None = None,
+        default_embedding_model: str | None = None,
+        trust_env: bool = False,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        config = resolve_config(
+            gateway_urls=gateway_urls,
+            api_key=api_key,
+            control_plane_url=control_plane_url,
+            engine_api_key=engine_api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            max_attempts=max_attempts,
+            refresh_interval_s=refresh_interval_s,
+            watch=watch,
+            default_llm_model=default_llm_model,
+            default_embedding_model=default_embedding_model,
+            trust_env=trust_env,
+        )
+        # A shorter long-poll than the async client: close() cannot interrupt a
+        # blocking request, so the watcher thread may outlive close() by this much.
+        self._core = ClientCore(config, on_retry=on_retry, max_wait_s=10.0)
+        self._transport = transport
+        self._http = httpx.Client(
+            trust_env=config.trust_env, transport=transport, follow_redirects=False
+        )
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def create(cls, gateway_urls: str | Sequence[str] | None = None, **kwargs: Any) -> Self:
+        """Alias of the constructor (same arguments)."""
+        return cls(gateway_urls, **kwargs)
+
+    @property
+    def config(self) -> ClientConfig:
+        return self._core.config
+
+    # --------------------------------------------------------------- lifecycle
+    def __enter__(self) -> Self:
+        self._ensure_watcher()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the discovery thread and close the HTTP connections (idempotent).
+
+        The thread is told to stop at once; if it is inside a long-poll it exits
+        when that returns (at most ~10 s later, as a daemon thread).
+        """
+        self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=0.2)
+        self._http.close()
+
+    def _ensure_watcher(self) -> None:
+        """Start the discovery thread on first use (not in the constructor)."""
+        if self._closed or self._core.config.refresh_interval_s <= 0 or self._thread is not None:
+            return
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._watch_loop, name="sage-client-discovery", daemon=True
+                )
+                self._thread.start()
+
+    def _watching(self) -> bool:
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    # --------------------------------------------------------------- discovery
+    def _fetch_table(
+        self, http: httpx.Client, after: int | None, wait: float | None
+    ) -> RoutingTable:
+        """Read the table from the first management URL that answers."""
+        core = self._core
+        last: Exception | None = None
+        for base in core.management_targets():
+            read = (wait or 0.0) + min(core.config.timeout, 10.0)
+            try:
+                response = http.get(
+                    base + BACKENDS_PATH,
+                    params=backends_params(after, wait),
+                    headers=core.management_headers(),
+                    timeout=httpx.Timeout(
+                        connect=core.config.connect_timeout, read=read, write=read, pool=read
+                    ),
+                )
+            except httpx.TransportError as exc:
+                core.health.record_failure(base)
+                last = exc
+                continue
+            core.health.record_success(base)
+            return decode_table(response.status_code, response.content, url=base)
+        assert last is not None
+        raise last
+
+    def _watch_loop(self) -> None:
+        core = self._core
+        with httpx.Client(trust_env=core.config.trust_env, transport=self._transport) as http:
+            while not self._stop.is_set():
+                self._watch_once(http)
+
+    def _watch_once(self, http: httpx.Client) -> None:
+        core = self._core
+        after, wait = core.policy.request(core.cache.revision)
+        started = core.clock()
+        try:
+            table = self._fetch_table(http, after, wait)
+        except (SageClientError, httpx.HTTPError) as exc:
+            core.cache.record_error(describe_exception(exc))
+            logger.debug("routing table refresh failed: %s", describe_exception(exc))
+            delay = core.policy.after_error(permanent=isinstance(exc, _PERMANENT))
+        else:
+            changed = core.cache.update(table)
+            delay = core.policy.after_success(
+                asked_wait=wait, changed=changed, elapsed=core.clock() - started
+            )
+        self._stop.wait(delay)
+
+    def _table(self, *, force: bool = False) -> RoutingTable | None:
+        """The routing table (cached, or read now); ``None`` in gateway mode if unreadable.
+
+        Raises:
+            NoBackendAvailableError: direct mode and the control plane cannot be read.
+        """
+        core = self._core
+        self._ensure_watcher()
+        if not force and core.table_is_fresh(self._watching()):
+            return core.cache.table
+        try:
+            table = self._fetch_table(self._http, None, None)
+        except (SageClientError, httpx.HTTPError) as exc:
+            core.cache.record_error(describe_exception(exc))
+            if core.config.direct and core.cache.table is None:
+                raise core.table_unavailable(
+                    [
+                        AttemptRecord(
+                            url=core.config.control_plane_url or "", error=describe_exception(exc)
+                        )
+                    ]
+                ) from exc
+            return core.cache.table
+        core.cache.update(table)
+        return table
+
+    # --------------------------------------------------------------- requests
+    def _resolve(self, model: str | None, kind: EngineKind) -> str:
+        core = self._core
+        chosen = model or core.default_model(kind)
+        if chosen:
+            return chosen
+        table = self._table()
+        if table is not None:
+            return core.resolve_from(kind, table.models(kind), core.source_name())
+        return core.resolve_from(kind, self.models(), core.source_name())
+
+    def _targets(self, model: str, kind: EngineKind) -> list[str]:
+        core = self._core
+        if not core.config.direct:
+            return core.inference_targets(None, model, kind)
+        table = self._table()
+        try:
+            return core.inference_targets(table, model, kind)
+        except SageClientError:
+            if not core.may_refresh_on_demand():
+                raise
+        return core.inference_targets(self._table(force=True), model, kind)
+
+    def _send(self, method: str, path: str, targets: list[str], body: Any | None) -> httpx.Response:
+        """Send with failover; returns an open 2xx response (the caller closes it)."""
+        core = self._core
+        plan = core.new_plan(targets)
+        last_status: APIStatusError | None = None
+        while True:
+            url = plan.next_target()
+            request = self._http.build_request(
+                method,
+                url + path,
+                json=body,
+                headers=core.inference_headers(),
+                timeout=_timeout(core, plan.remaining()),
+            )
+            retry_after: float | None = None
+            try:
+                response = self._http.send(request, stream=True)
+            except httpx.UnsupportedProtocol as exc:
+                raise ConfigurationError(f"unsupported URL {url!r}: {exc}") from exc
+            except httpx.TransportError as exc:
+                error = describe_exception(exc)
+            else:
+                if 200 <= response.status_code < 300:
+                    core.health.record_success(url)
+                    return response
+                content = _read_error_body(response)
+                last_status = status_error(response.status_code, content, url=url)
+                if response.status_code not in RETRYABLE_STATUSES:
+                    raise last_status
+                error = f"HTTP {response.status_code}: {last_status.message}"
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            core.health.record_failure(url)
+            delay = plan.record_failure(url, error, retry_after)
+            if delay is None:
+                raise core.exhausted(plan, last_status)
+            core.report_retry(plan, delay)
+            if not is_testing():
+                self._stop.wait(delay)
+
+    def _post_json(self, path: str, model: str, kind: EngineKind, body: dict[str, Any]) -> Any:
+        response = self._send("POST", path, self._targets(model, kind), body)
+        try:
+            response.read()
+        except httpx.TransportError as exc:
+            raise StreamInterruptedError(
+                f"the response was cut: {describe_exception(exc)}"
+            ) from exc
+        finally:
+            response.close()
+        return _json(response)
+
+    def _stream(self, path: str, model: str, kind: EngineKind, body: dict[str, Any]) -> ChatStream:
+        response = self._send("POST", path, self._targets(model, kind), body)
+        return ChatStream(response)
+
+    # ------------------------------------------------------------- public API
+    @overload
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        model: str | None = None,
+        stream: Literal[False] = False,
+        **params: Any,
+    ) -> ChatResult: ...
+    @overload
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        model: str | None = None,
+        *,
+        stream: Literal[True],
+        **params: Any,
+    ) -> ChatStream: ...
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        model: str | None = None,
+        stream: bool = False,
+        **params: Any,
+    ) -> ChatResult | ChatStream:
+        """``POST /v1/chat/completions``.
+
+        Args:
+            messages: OpenAI chat messages.
+            model: the served model name; omitted: the default or the only one served.
+            stream: return an :class:`ChatStream` of text deltas.
+            **params: other OpenAI parameters, sent unchanged (``temperature=0`` stays 0).
+
+        Raises:
+            ModelNotSpecifiedError, NoBackendAvailableError, APIStatusError,
+            StreamInterruptedError, InvalidResponseError.
+        """
+        kind = EngineKind.LLM
+        name = self._resolve(model, kind)
+        body = build_body({"messages": list(messages)}, name, stream, params)
+        if stream:
+            return self._stream("/v1/chat/completions", name, kind, body)
+        return parse_chat(self._post_json("/v1/chat/completions", name, kind, body))
+
+    @overload
+    def generate(
+        self, prompt: str, model: str | None = None, stream: Literal[False] = False, **params: Any
+    ) -> CompletionResult: ...
+    @overload
+    def generate(
+        self, prompt: str, model: str | None = None, *, stream: Literal[True], **params: Any
+    ) -> ChatStream: ...
+    def generate(
+        self, prompt: str, model: str | None = None, stream: bool = False, **params: Any
+    ) -> CompletionResult | ChatStream:
+        """``POST /v1/completions`` (same arguments and errors as :meth:`chat`)."""
+        kind = EngineKind.LLM
+        name = self._resolve(model, kind)
+        body = build_body({"prompt": prompt}, name, stream, params)
+        if stream:
+            return self._stream("/v1/completions", name, kind, body)
+        return parse_completion(self._post_json("/v1/completions", name, kind, body))
+
+    def embed(
+        self, texts: str | Sequence[str], model: str | None = None, **params: Any
+    ) -> EmbeddingResult:
+        """``POST /v1/embeddings``; a single string gives one vector.
+
+        Raises:
+            ModelNotSpecifiedError, NoBackendAvailableError, APIStatusError, InvalidResponseError.
+        """
+        kind = EngineKind.EMBEDDING
+        name = self._resolve(model, kind)
+        inputs = [texts] if isinstance(texts, str) else list(texts)
+        body = build_body({"input": inputs}, name, False, params)
+        return parse_embedding(self._post_json("/v1/embeddings", name, kind, body))
+
+    def models(self) -> list[str]:
+        """Served model names: ``GET /v1/models`` of the gateway, or the table in direct mode."""
+        core = self._core
+        if core.config.direct:
+            table = self._table()
+            return table.models() if table is not None else []
+        response = self._send(
+            "GET", "/v1/models", core.inference_targets(None, "", EngineKind.LLM), None
+        )
+        try:
+            response.read()
+        finally:
+            response.close()
+        return parse_model_list(_json(response))
+
+    def backends(self) -> RoutingTable:
+        """The routing table, read now (``GET /v1/management/backends``).
+
+        Raises:
+            NoBackendAvailableError: no management URL answered.
+            APIStatusError: e.g. 401/403 when the key lacks the admin scope.
+        """
+        core = self._core
+        try:
+            table = self._fetch_table(self._http, None, None)
+        except httpx.HTTPError as exc:
+            raise core.table_unavailable(
+                [
+                    AttemptRecord(
+                        url=", ".join(core.config.management_urls), error=describe_exception(exc)
+                    )
+                ]
+            ) from exc
+        core.cache.update(table)
+        return table

@@ -1,0 +1,384 @@
+"""The gateway's data plane against real simulated engines (static backends, real HTTP).
+
+Static mode (``--backend URL``) keeps the control plane out of these tests, so each one
+checks what the proxy itself promises: OpenAI compatibility, errors, retries before the
+first byte, honest mid-stream failures, aborting upstream work when a client leaves,
+header hygiene and session affinity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4}
+
+
+def _metric(url: str, name: str) -> float:
+    total = 0.0
+    found = False
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    if not found:
+        raise AssertionError(f"metric {name} not found at {url}")
+    return total
+
+
+def test_openai_sdk_chat_stream_completions_embeddings_models(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    llm = start_simulator("tiny", output_tokens=6)
+    emb = start_simulator("emb", kind="embedding")
+    gw = start_gateway("--backend", llm.url, "--backend", emb.url)
+    models_ready(gw.url, {"tiny", "emb"})
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
+    assert chat.choices[0].message.content
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens == 3
+
+    deltas = [
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        if chunk.choices
+    ]
+    assert len([d for d in deltas if d]) == 6
+
+    completion = client.completions.create(model="tiny", prompt="Once upon", max_tokens=2)
+    assert completion.choices[0].text
+
+    vectors = client.embeddings.create(model="emb", input=["a", "b"])
+    assert [len(v.embedding) for v in vectors.data] == [384, 384]
+
+    assert {m.id for m in client.models.list()} == {"tiny", "emb"}
+
+
+def test_openai_errors_keep_their_sdk_classes(start_simulator, start_gateway, models_ready) -> None:
+    llm = start_simulator("tiny")
+    gw = start_gateway("--backend", llm.url, env={"SAGE_API_KEYS": "k-right"})
+    headers = {"authorization": "Bearer k-right"}
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if httpx.get(f"{gw.url}/v1/models", headers=headers).json()["data"]:
+            break
+        time.sleep(0.1)
+    good = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k-right", max_retries=0)
+    bad = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="k-wrong", max_retries=0)
+
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.NotFoundError) as info:
+        good.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert "tiny" in str(info.value)  # the error lists what is served
+    # An upstream 4xx passes through unchanged (the simulator's own 400 for a bad field).
+    with pytest.raises(openai.BadRequestError):
+        good.chat.completions.create(model="tiny", messages="not a list")  # type: ignore[arg-type]
+
+
+def test_bad_input_gets_openai_shaped_errors(start_simulator, start_gateway, models_ready) -> None:
+    llm = start_simulator("tiny")
+    gw = start_gateway("--backend", llm.url, env={"SAGE_GATEWAY_MAX_BODY_BYTES": "4096"})
+    models_ready(gw.url, {"tiny"})
+    url = f"{gw.url}/v1/chat/completions"
+
+    cases: list[tuple[Any, int, str]] = [
+        (b"{not json", 400, "invalid_request"),
+        (b"[1, 2]", 400, "invalid_request"),
+        (json.dumps({"messages": []}).encode(), 400, "invalid_request"),
+        (json.dumps({"model": 7}).encode(), 400, "invalid_request"),
+        (json.dumps({**CHAT, "padding": "x" * 5000}).encode(), 413, "request_too_large"),
+    ]
+    for body, status, code in cases:
+        response = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        assert response.status_code == status, (body[:40], response.text)
+        assert response.json()["error"]["code"] == code
+    assert httpx.get(url).status_code == 405
+    assert httpx.get(f"{gw.url}/v1/not-forwarded").status_code == 404
+    # Nothing but the allow-listed OpenAI paths reaches an engine.
+    assert httpx.get(f"{gw.url}/metrics").text.startswith("#")
+    assert "vllm:" not in httpx.get(f"{gw.url}/metrics").text
+
+
+def test_connection_refused_is_retried_once_on_another_backend(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    first = start_simulator("tiny")
+    second = start_simulator("tiny")
+    gw = start_gateway("--backend", first.url, "--backend", second.url, "--policy", "round_robin")
+    models_ready(gw.url, {"tiny"})
+    os.kill(first.proc.pid, signal.SIGKILL)
+    first.proc.wait()
+
+    served_by = set()
+    for _ in range(6):
+        response = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT, timeout=10)
+        assert response.status_code == 200, response.text
+        served_by.add(response.headers["x-sage-backend"])
+    assert served_by == {"static-1-llm"}
+    assert _metric(gw.url, "sage_gateway_retries_total") >= 1
+
+
+def test_killing_a_backend_under_load_fails_no_request(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sims = [start_simulator("tiny", ttft_ms=20, itl_ms=5, output_tokens=4) for _ in range(2)]
+    gw = start_gateway("--backend", sims[0].url, "--backend", sims[1].url)
+    models_ready(gw.url, {"tiny"})
+
+    statuses: list[int] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=15) as client:
+            while not stop.is_set():
+                try:
+                    statuses.append(
+                        client.post(f"{gw.url}/v1/chat/completions", json=CHAT).status_code
+                    )
+                except httpx.HTTPError as exc:
+                    errors.append(repr(exc))
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    os.kill(sims[0].proc.pid, signal.SIGKILL)
+    time.sleep(1.5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=20)
+    assert not errors
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def test_a_stream_cut_mid_way_ends_with_an_error_event_and_no_done(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sim = start_simulator("tiny", itl_ms=100, output_tokens=50)
+    gw = start_gateway("--backend", sim.url)
+    models_ready(gw.url, {"tiny"})
+    events: list[str] = []
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json={**CHAT, "max_tokens": 50, "stream": True},
+        timeout=10,
+    ) as response:
+        assert response.status_code == 200
+        killed_at = None
+        for line in response.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            events.append(line[6:])
+            if len(events) == 3:
+                os.kill(sim.proc.pid, signal.SIGKILL)
+                killed_at = time.monotonic()
+    assert killed_at is not None
+    assert time.monotonic() - killed_at < 1.0  # in-band error within a second
+    assert events[-1] != "[DONE]"
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "stream_interrupted"
+    assert "[DONE]" not in events
+
+
+def test_client_disconnect_aborts_the_upstream_request(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sim = start_simulator("tiny", itl_ms=100, output_tokens=200)
+    gw = start_gateway("--backend", sim.url)
+    models_ready(gw.url, {"tiny"})
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json={**CHAT, "max_tokens": 200, "stream": True},
+        timeout=10,
+    ) as response:
+        # Keep the iterator referenced: leaving a for loop over it would close the response.
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        assert _metric(sim.url, "vllm:num_requests_running") == 1
+    left_at = time.monotonic()
+    while _metric(sim.url, "vllm:num_requests_running") != 0:
+        assert time.monotonic() - left_at < 1.0, (
+            "upstream request still running 1 s after the client left"
+        )
+        time.sleep(0.05)
+
+
+def test_session_affinity_keeps_a_session_on_one_backend(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sims = [start_simulator("tiny") for _ in range(3)]
+    gw = start_gateway(*[arg for s in sims for arg in ("--backend", s.url)], "--policy", "session")
+    models_ready(gw.url, {"tiny"})
+    with httpx.Client(timeout=10) as client:
+        for session in ("alice", "bob", "carol"):
+            chosen = {
+                client.post(
+                    f"{gw.url}/v1/chat/completions", json=CHAT, headers={"x-session-id": session}
+                ).headers["x-sage-backend"]
+                for _ in range(8)
+            }
+            assert len(chosen) == 1, (session, chosen)
+        # The body's `user` field is the session key when there is no header.
+        by_user = {
+            client.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "user": "dave"}).headers[
+                "x-sage-backend"
+            ]
+            for _ in range(8)
+        }
+        assert len(by_user) == 1
+        spread = {
+            client.post(
+                f"{gw.url}/v1/chat/completions", json=CHAT, headers={"x-session-id": f"s{i}"}
+            ).headers["x-sage-backend"]
+            for i in range(30)
+        }
+        assert len(spread) >= 2
+
+
+def test_headers_are_sanitised_both_ways(start_gateway, models_ready) -> None:
+    seen: dict[str, Any] = {}
+    server = _HeaderEcho(seen)
+    server.start()
+    try:
+        gw = start_gateway(
+            "--backend", server.url, env={"SAGE_GATEWAY_ENGINE_API_KEY": "engine-secret"}
+        )
+        models_ready(gw.url, {"echo"})
+        response = httpx.post(
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "echo", "messages": []},
+            headers={
+                "authorization": "Bearer client-key-SENTINEL",
+                "connection": "x-foo",
+                "x-foo": "hop",
+                "x-forwarded-for": "6.6.6.6",
+                "x-request-id": "req-123",
+                "x-custom": "kept",
+            },
+        )
+        assert response.status_code == 200
+        upstream = seen["headers"]
+        assert upstream["authorization"] == "Bearer engine-secret"
+        assert "x-foo" not in upstream
+        assert upstream["x-forwarded-for"] == "127.0.0.1"
+        assert upstream["x-request-id"] == "req-123"
+        assert upstream["x-custom"] == "kept"
+        assert response.headers["x-request-id"] == "req-123"
+        assert (
+            "x-upstream-secret" not in response.headers
+        )  # named by the engine's Connection header
+        assert response.headers.get("server") is None
+    finally:
+        server.stop()
+
+
+class _HeaderEcho:
+    """A tiny upstream that records request headers (and names one in Connection)."""
+
+    def __init__(self, seen: dict[str, Any]) -> None:
+        outer = seen
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, payload: dict[str, Any]) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("connection", "x-upstream-secret")
+                self.send_header("x-upstream-secret", "1")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._answer({"object": "list", "data": [{"id": "echo", "object": "model"}]})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                outer["headers"] = {k.lower(): v for k, v in self.headers.items()}
+                self._answer({"ok": True})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+def test_no_prompt_completion_or_key_reaches_the_logs(
+    start_simulator, start_gateway, processes
+) -> None:
+    sentinel = "SENTINEL-7f3a"
+    sim = start_simulator("tiny")
+    gw = start_gateway(
+        "--backend",
+        sim.url,
+        "--log-level",
+        "debug",
+        env={"SAGE_API_KEYS": f"key-{sentinel}", "SAGE_GATEWAY_ACCESS_LOG": "true"},
+    )
+    key = {"authorization": f"Bearer key-{sentinel}"}
+    deadline = time.monotonic() + 15
+    while not httpx.get(f"{gw.url}/v1/models", headers=key).json()["data"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    prompt = {"model": "tiny", "messages": [{"role": "user", "content": f"secret {sentinel}"}]}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=prompt, headers=key).status_code == 200
+    stream = httpx.post(
+        f"{gw.url}/v1/chat/completions", json={**prompt, "stream": True}, headers=key
+    )
+    assert stream.status_code == 200
+    wrong = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json=prompt,
+        headers={"authorization": f"Bearer {sentinel}"},
+    )
+    assert wrong.status_code == 401
+    assert sentinel not in wrong.text
+    bad = httpx.post(
+        f"{gw.url}/v1/chat/completions", content=f'{{"model": "{sentinel}", "x": ', headers=key
+    )
+    assert bad.status_code == 400
+    assert sentinel not in bad.text
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert sentinel not in metrics
+    time.sleep(0.2)
+    log = processes.log_of(gw.proc)
+    assert "POST /v1/chat/completions" in log  # the access log is on, and it is clean
+    assert sentinel not in log

@@ -1,0 +1,56 @@
+"""server.serve(): hypercorn on the running backend (asyncio and trio), clean shutdown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from sage.unified.agent.server import main, serve
+from sage.unified.agent.settings import AgentSettings
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_serve_listens_then_stops_on_shutdown(
+    tmp_path: Path, free_tcp_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    monkeypatch.setattr(
+        "sage.unified.agent.server.notify", lambda message: sent.append(message) or True
+    )
+    settings = AgentSettings(
+        sage_home=tmp_path, coordinator_url=None, port=free_tcp_port, token="t0ken"
+    )
+    shutdown = anyio.Event()
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                lambda task_status: serve(
+                    settings, shutdown=shutdown, handle_signals=False, task_status=task_status
+                )
+            )
+            assert sent == ["READY=1"]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_tcp_port}") as client:
+                assert (await client.get("/healthz")).status_code == 200
+                assert (await client.get("/readyz")).json()["status"] == "ready"
+                denied = await client.post("/v1/engines", json={"model": "m"})
+                assert denied.status_code == 401
+                assert denied.json()["error"]["type"] == "authentication_error"
+            shutdown.set()
+    assert sent == ["READY=1", "STOPPING=1"]
+    # The state file was written on the way out.
+    assert (settings.state_dir / "agent-state.json").exists()
+
+
+async def test_non_loopback_without_token_is_refused(tmp_path: Path) -> None:
+    settings = AgentSettings(sage_home=tmp_path, coordinator_url=None, bind_host="0.0.0.0")
+    with pytest.raises(ValueError, match="without a token"):
+        await serve(settings, handle_signals=False)
+    assert not (settings.state_dir / "agent-state.json").exists()
+
+
+def test_main_rejects_unknown_backend() -> None:
+    assert main(["curio"]) == 2

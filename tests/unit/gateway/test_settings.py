@@ -1,0 +1,61 @@
+"""Gateway configuration: modes, shared secrets, and refusing an open non-loopback bind."""
+
+from __future__ import annotations
+
+import pytest
+
+from sage.unified.gateway.settings import GatewaySettings, InsecureBindError
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SAGE_API_KEYS", "SAGE_ADMIN_TOKEN", "SAGE_AGENT_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_modes() -> None:
+    assert GatewaySettings().mode == "embedded"
+    assert GatewaySettings(coordinator_url="http://c:8100").mode == "remote"
+    assert GatewaySettings(backends=["http://e:8000"]).mode == "static"
+
+
+def test_shared_secret_variables_and_comma_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGE_API_KEYS", "k1, k2")
+    monkeypatch.setenv("SAGE_ADMIN_TOKEN", "adm")
+    monkeypatch.setenv("SAGE_GATEWAY_BACKENDS", "http://a:1,http://b:2")
+    settings = GatewaySettings()
+    assert settings.api_key_set().verify("k2")
+    assert settings.admin_token_set().verify("adm")
+    assert settings.backends == ["http://a:1", "http://b:2"]
+    assert "k1" not in repr(settings)
+
+
+def test_loopback_needs_no_keys() -> None:
+    GatewaySettings(host="127.0.0.1").check_bind_safety()
+    GatewaySettings(host="::1").check_bind_safety()
+
+
+def test_public_bind_without_keys_is_refused_with_what_to_set() -> None:
+    with pytest.raises(InsecureBindError) as info:
+        GatewaySettings(host="0.0.0.0").check_bind_safety()
+    message = str(info.value)
+    assert "SAGE_API_KEYS" in message
+    assert "SAGE_ADMIN_TOKEN" in message
+    assert "SAGE_AGENT_TOKEN" in message
+    assert "--insecure" in message
+
+
+def test_public_bind_with_all_secrets_or_insecure_is_allowed() -> None:
+    GatewaySettings(
+        host="0.0.0.0", api_keys=["k"], admin_tokens=["a"], agent_tokens=["t"]
+    ).check_bind_safety()
+    GatewaySettings(host="0.0.0.0", insecure=True).check_bind_safety()
+    # Static mode has no coordinator, so no agent token is needed.
+    GatewaySettings(
+        host="0.0.0.0", backends=["http://e:1"], api_keys=["k"], admin_tokens=["a"]
+    ).check_bind_safety()
+
+
+def test_keepalive_must_stay_below_the_engines_5_s() -> None:
+    with pytest.raises(ValueError, match="keepalive_expiry_s"):
+        GatewaySettings(keepalive_expiry_s=5.0)

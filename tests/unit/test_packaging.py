@@ -1,0 +1,92 @@
+"""Packaging: one distribution under the ``sage.unified`` namespace, nothing bare.
+
+Run with ``pytest`` (not ``python -m pytest``) so the installed package, not the source
+folders, is what these tests import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+COMPONENTS = ("agent", "coordinator", "gateway", "sdk", "cli")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_no_bare_top_level_module(name: str) -> None:
+    assert importlib.util.find_spec(name) is None, f"a bare '{name}' module is importable"
+
+
+def test_sage_and_sage_unified_are_namespaces() -> None:
+    import sage
+    import sage.unified
+
+    assert getattr(sage, "__file__", None) is None
+    assert getattr(sage.unified, "__file__", None) is None
+
+
+@pytest.mark.parametrize("name", COMPONENTS)
+def test_components_import_under_sage_unified_and_export_what_they_list(name: str) -> None:
+    module = importlib.import_module(f"sage.unified.{name}")
+    exported = module.__all__
+    missing = [attr for attr in exported if not hasattr(module, attr)]
+    assert not missing
+
+
+def test_public_names_of_the_sdk() -> None:
+    import sage.unified.sdk as sdk
+
+    for name in (
+        "UnifiedInferenceClient",
+        "AsyncUnifiedInferenceClient",
+        "NoBackendAvailableError",
+        "StreamInterruptedError",
+        "EngineSpec",
+        "EngineInfo",
+        "EngineState",
+        "RoutingTable",
+        "Backend",
+        "GpuInfo",
+        "AgentReport",
+        "transition",
+    ):
+        assert name in sdk.__all__
+
+
+def test_console_script_and_module_entry_point() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sage.unified.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.strip() == importlib.metadata.version("sage-unified-gateway")
+    script = Path(sys.executable).parent / "sage"
+    assert script.exists()
+
+
+@pytest.mark.slow
+def test_wheel_holds_only_the_namespace_and_no_init_of_it(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert tops == {"sage", "sage_unified_gateway-0.1.0.dist-info"}
+    assert "sage/__init__.py" not in names
+    assert "sage/unified/__init__.py" not in names
+    for component in COMPONENTS:
+        assert f"sage/unified/{component}/__init__.py" in names
+        assert f"sage/unified/{component}/py.typed" in names
