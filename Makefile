@@ -8,13 +8,15 @@ STAMP := $(VENV)/.installed-deps
 SAGE_DEMO_HOME ?= $(CURDIR)/.sage-demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv install test lint typecheck unit demo demo-stop bench clean
+.PHONY: help venv install test lint typecheck unit demo demo-stop bench fuzz test-vllm clean
 
 help:
 	@echo "make demo      start gateway + agent + simulated engines on loopback and send real requests"
 	@echo "make demo-stop stop what make demo started"
 	@echo "make test      ruff + mypy --strict + the whole pytest suite (asyncio and trio)"
 	@echo "make bench     run the benchmarks in bench/ (prints numbers)"
+	@echo "make fuzz      long schemathesis run against the gateway, coordinator and agent APIs"
+	@echo "make test-vllm real vLLM (CPU build) end to end; creates .venv-vllm (~3.5 GB)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +55,17 @@ demo-stop: install
 
 bench: install
 	$(BIN)/python bench/simulator_throughput.py
+	$(BIN)/python bench/upstream_client.py
+	$(BIN)/python bench/routing_overhead.py
+	$(BIN)/python bench/coordinator_scale.py --duration 20
+	bench/gateway_overhead.sh
+
+fuzz: install
+	SAGE_FUZZ_EXAMPLES=$${SAGE_FUZZ_EXAMPLES:-1000} $(BIN)/pytest tests/fuzz $(PYTEST_ARGS)
+
+test-vllm: install
+	bash scripts/vllm_venv.sh $(CURDIR)/.venv-vllm
+	SAGE_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python $(BIN)/pytest -m real_engine tests/real_engine $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache $(SAGE_DEMO_HOME)

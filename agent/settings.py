@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import sys
 from pathlib import Path
@@ -22,26 +21,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
-    BaseSettings,
     NoDecode,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from sage.unified.agent.runtimes import RuntimeConfig
+from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
 
 __all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "AgentSettings", "is_loopback"]
 
 CONFIG_ENV = "SAGE_AGENT_CONFIG"
-DEFAULT_TOML_FILES: tuple[Path, ...] = (
-    Path("/etc/sage/agent.toml"),
-    Path("~/.config/sage/agent.toml").expanduser(),
-)
-
-
-def _default_sage_home() -> Path:
-    return Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
+DEFAULT_TOML_FILES: tuple[Path, ...] = toml_files_for("agent")
 
 
 def is_loopback(host: str) -> bool:
@@ -54,7 +44,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(SageSettings):
     """Settings of one agent process. See the module docstring for where values come from."""
 
     model_config = SettingsConfigDict(
@@ -66,6 +56,7 @@ class AgentSettings(BaseSettings):
     )
 
     toml_files: ClassVar[tuple[Path, ...]] = DEFAULT_TOML_FILES
+    config_env: ClassVar[str] = CONFIG_ENV
 
     agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
     advertise_host: str = "127.0.0.1"
@@ -89,7 +80,7 @@ class AgentSettings(BaseSettings):
     sglang_python: str = "python3"
     simulator_python: str = sys.executable
     sage_home: Path = Field(
-        default_factory=_default_sage_home,
+        default_factory=sage_home,
         validation_alias=AliasChoices("sage_home", "SAGE_HOME"),
     )
 
@@ -182,12 +173,7 @@ class AgentSettings(BaseSettings):
     @field_validator("model_allowlist", mode="before")
     @classmethod
     def _parse_allowlist(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [item.strip() for item in text.split(",") if item.strip()]
-        return value
+        return split_list(value)
 
     @model_validator(mode="after")
     def _check_backoff(self) -> AgentSettings:
@@ -197,17 +183,3 @@ class AgentSettings(BaseSettings):
                 f"restart_backoff_initial_s ({self.restart_backoff_initial_s})"
             )
         return self
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        explicit = os.environ.get(CONFIG_ENV)
-        files = [Path(explicit).expanduser()] if explicit else list(cls.toml_files)
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=files)
-        return (init_settings, env_settings, toml)

@@ -20,11 +20,9 @@ from pathlib import Path
 import httpx
 import psutil
 
+from sage.unified.sdk.config import sage_home
+
 __all__ = ["DaemonFiles", "DaemonRecord", "running_record", "sage_home", "spawn", "terminate"]
-
-
-def sage_home() -> Path:
-    return Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import sys
 import time
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -25,66 +26,68 @@ from sage.unified.cli.errors import CliError, UsageError
 __all__ = ["logs", "restart", "run", "start", "status", "stop"]
 
 FILES = DaemonFiles("gateway")
-Policy = Literal["least_load", "round_robin", "session"]
 
 
-def _settings_kwargs(
-    host: str | None,
-    port: int | None,
-    coordinator: str | None,
-    backend: list[str] | None,
-    no_local_agent: bool,
-    insecure: bool,
-    policy: Policy | None,
-    log_level: str | None,
-) -> dict[str, Any]:
-    given: dict[str, Any] = {}
-    if host is not None:
-        given["host"] = host
-    if port is not None:
-        given["port"] = port
-    if coordinator:
-        given["coordinator_url"] = coordinator
-    if backend:
-        given["backends"] = backend
-    if no_local_agent:
-        given["local_agent"] = False
-    if insecure:
-        given["insecure"] = True
-    if policy:
-        given["routing_policy"] = policy
-    if log_level:
-        given["log_level"] = log_level
-    return given
+@Parameter(name="*")
+@dataclass(kw_only=True)
+class GatewayOptions:
+    """The flags ``start`` and ``run`` share; only flags a user gave override env/TOML."""
 
+    host: str | None = None
+    """Address to listen on (default 127.0.0.1). Other addresses need API keys
+    (SAGE_API_KEYS) and an admin token (SAGE_ADMIN_TOKEN), or --insecure."""
+    port: int | None = None
+    """Port to listen on (default 8000)."""
+    coordinator: str | None = None
+    """URL of a standalone coordinator to use instead of the embedded one."""
+    backend: Annotated[list[str] | None, Parameter(consume_multiple=False, negative="")] = None
+    """Serve these engine URLs with no control plane (repeatable)."""
+    no_local_agent: Annotated[bool, Parameter(negative="")] = False
+    """Do not run an agent for this host inside the gateway."""
+    insecure: Annotated[bool, Parameter(negative="")] = False
+    """Allow a non-loopback address without API keys."""
+    policy: Literal["least_load", "round_robin", "session"] | None = None
+    """Routing policy (default least_load)."""
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    """Log level of the gateway process."""
 
-def _flags(
-    host: str | None,
-    port: int | None,
-    coordinator: str | None,
-    backend: list[str] | None,
-    no_local_agent: bool,
-    insecure: bool,
-    policy: Policy | None,
-    log_level: str | None,
-) -> list[str]:
-    flags: list[str] = []
-    for name, value in (
-        ("--host", host),
-        ("--port", port),
-        ("--coordinator", coordinator),
-        ("--policy", policy),
-        ("--log-level", log_level),
-    ):
-        if value is not None:
-            flags += [name, str(value)]
-    for url in backend or []:
-        flags += ["--backend", url]
-    if no_local_agent:
-        flags.append("--no-local-agent")
-    if insecure:
-        flags.append("--insecure")
-    return flags
+    def settings_kwargs(self) -> dict[str, Any]:
+        given: dict[str, Any] = {
+            key: value
+            for key, value in {
+                "host": self.host,
+                "port": self.port,
+                "coordinator_url": self.coordinator,
+                "backends": self.backend,
+                "routing_policy": self.policy,
+                "log_level": self.log_level,
+            }.items()
+            if value
+        }
+        if self.no_local_agent:
+            given["local_agent"] = False
+        if self.insecure:
+            given["insecure"] = True
+        return given
+
+    def flags(self) -> list[str]:
+        flags: list[str] = []
+        for name, value in (
+            ("--host", self.host),
+            ("--port", self.port),
+            ("--coordinator", self.coordinator),
+            ("--policy", self.policy),
+            ("--log-level", self.log_level),
+        ):
+            if value is not None:
+                flags += [name, str(value)]
+        for url in self.backend or []:
+            flags += ["--backend", url]
+        if self.no_local_agent:
+            flags.append("--no-local-agent")
+        if self.insecure:
+            flags.append("--insecure")
+        return flags
 
 
 def _settings(given: dict[str, Any]) -> Any:
@@ -103,18 +106,7 @@ def _settings(given: dict[str, Any]) -> Any:
     return settings
 
 
-def start(
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    coordinator: str | None = None,
-    backend: Annotated[list[str] | None, Parameter(consume_multiple=False)] = None,
-    no_local_agent: bool = False,
-    insecure: bool = False,
-    policy: Policy | None = None,
-    log_level: Literal["debug", "info", "warning", "error"] | None = None,
-    timeout: float = 60.0,
-) -> int:
+def start(options: GatewayOptions | None = None, *, timeout: float = 60.0) -> int:
     """Start the gateway in the background and wait until it is ready.
 
     By default it embeds the coordinator and a local agent, so on one GPU host
@@ -122,34 +114,15 @@ def start(
 
     Parameters
     ----------
-    host
-        Address to listen on (default 127.0.0.1). Other addresses need API keys
-        (SAGE_API_KEYS) and an admin token (SAGE_ADMIN_TOKEN), or --insecure.
-    port
-        Port to listen on (default 8000).
-    coordinator
-        URL of a standalone coordinator to use instead of the embedded one.
-    backend
-        Serve these engine URLs with no control plane (repeatable).
-    no_local_agent
-        Do not run an agent for this host inside the gateway.
-    insecure
-        Allow a non-loopback address without API keys.
-    policy
-        Routing policy (default least_load).
-    log_level
-        Log level of the gateway process.
     timeout
         Seconds to wait for the gateway to become ready.
     """
+    options = options or GatewayOptions()
     existing = running_record(FILES)
     if existing is not None:
         print(f"The gateway is already running (pid {existing.pid}) at {existing.url}.")
         return 0
-    given = _settings_kwargs(
-        host, port, coordinator, backend, no_local_agent, insecure, policy, log_level
-    )
-    settings = _settings(given)
+    settings = _settings(options.settings_kwargs())
     from sage.unified.gateway.serve import PortInUseError, check_port_free
 
     try:
@@ -158,12 +131,7 @@ def start(
             check_port_free("127.0.0.1", settings.agent_port)
     except PortInUseError as exc:
         raise UsageError(str(exc)) from None
-    argv = python_argv(
-        "gateway",
-        "run",
-        *_flags(host, port, coordinator, backend, no_local_agent, insecure, policy, log_level),
-    )
-    record = spawn(FILES, argv, url=settings.url)
+    record = spawn(FILES, python_argv("gateway", "run", *options.flags()), url=settings.url)
     problem = wait_ready(record, FILES, "/readyz", timeout)
     if problem is not None:
         terminate(record, timeout_s=10)
@@ -175,26 +143,12 @@ def start(
     return 0
 
 
-def run(
-    *,
-    host: str | None = None,
-    port: int | None = None,
-    coordinator: str | None = None,
-    backend: Annotated[list[str] | None, Parameter(consume_multiple=False)] = None,
-    no_local_agent: bool = False,
-    insecure: bool = False,
-    policy: Policy | None = None,
-    log_level: Literal["debug", "info", "warning", "error"] | None = None,
-) -> int:
+def run(options: GatewayOptions | None = None) -> int:
     """Run the gateway in the foreground (what systemd runs). Same flags as ``start``."""
-    settings = _settings(
-        _settings_kwargs(
-            host, port, coordinator, backend, no_local_agent, insecure, policy, log_level
-        )
-    )
+    settings = _settings((options or GatewayOptions()).settings_kwargs())
     from sage.unified.gateway.serve import run as serve
 
-    return serve(settings)
+    return int(serve(settings))
 
 
 def _stop_local_engines(url: str) -> int:

@@ -13,49 +13,33 @@ selects the in-memory store.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
-    BaseSettings,
     NoDecode,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from sage.unified.coordinator._errors import ConfigError
 from sage.unified.coordinator._netcheck import DEFAULT_ALLOWED_NETWORKS, IPNetwork, parse_networks
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
+from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
 
 __all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "CoordinatorSettings", "default_db_path"]
 
 CONFIG_ENV = "SAGE_COORDINATOR_CONFIG"
-DEFAULT_TOML_FILES: tuple[Path, ...] = (
-    Path("/etc/sage/coordinator.toml"),
-    Path("~/.config/sage/coordinator.toml").expanduser(),
-)
+DEFAULT_TOML_FILES: tuple[Path, ...] = toml_files_for("coordinator")
 
 
 def default_db_path() -> Path:
     """``<SAGE_HOME>/coordinator/coordinator.db`` (``SAGE_HOME`` defaults to ``~/.sage``)."""
-    home = Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
-    return home / "coordinator" / "coordinator.db"
+    return sage_home() / "coordinator" / "coordinator.db"
 
 
-def _split_list(value: Any) -> Any:
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("["):
-            return json.loads(text)
-        return [item.strip() for item in text.split(",") if item.strip()]
-    return value
-
-
-class CoordinatorSettings(BaseSettings):
+class CoordinatorSettings(SageSettings):
     """Settings of the coordinator (embedded or standalone). See the module docstring."""
 
     model_config = SettingsConfigDict(
@@ -63,6 +47,7 @@ class CoordinatorSettings(BaseSettings):
     )
 
     toml_files: ClassVar[tuple[Path, ...]] = DEFAULT_TOML_FILES
+    config_env: ClassVar[str] = CONFIG_ENV
 
     admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Tokens for ``/v1/management/*``. None configured (and no agent tokens): auth off."""
@@ -100,7 +85,7 @@ class CoordinatorSettings(BaseSettings):
     @field_validator("admin_tokens", "agent_tokens", "allowed_networks", mode="before")
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
-        return _split_list(value)
+        return split_list(value)
 
     @field_validator("db_path", mode="before")
     @classmethod
@@ -173,17 +158,3 @@ class CoordinatorSettings(BaseSettings):
                 "/ SAGE_COORDINATOR_AGENT_TOKENS), bind to 127.0.0.1, or set "
                 "SAGE_COORDINATOR_INSECURE=1 on a trusted network"
             )
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        explicit = os.environ.get(CONFIG_ENV)
-        files = [Path(explicit).expanduser()] if explicit else list(cls.toml_files)
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=files)
-        return (init_settings, env_settings, toml)

@@ -294,34 +294,42 @@ class DataPlane:
         tried: list[str] = []
         last_error = "no backend tried"
         attempts_left = 1 + self.config.retries
-        while attempts_left > 0:
-            attempts_left -= 1
-            backend = self.policy.select(
-                candidates, session_key=session_key, exclude=tried, rng=self._rng
-            )
-            if backend is None:
-                break
-            tried.append(backend.key)
-            self.state.acquire(backend)
-            try:
-                attempt = await self._send(backend, path, forwarded, body)
-                if attempt.response is not None and not attempt.retryable:
-                    await self._relay(send, receive, backend, attempt, model, request_id, started)
-                    return
-                last_error = _describe(backend, attempt)
-                if attempt.response is not None:
-                    attempt.response.close()
+        retrying = False  # holds one retry-budget slot until this request is done
+        try:
+            while attempts_left > 0:
+                attempts_left -= 1
+                backend = self.policy.select(
+                    candidates, session_key=session_key, exclude=tried, rng=self._rng
+                )
+                if backend is None:
+                    break
+                tried.append(backend.key)
+                self.state.acquire(backend)
+                try:
+                    attempt = await self._send(backend, path, forwarded, body)
+                    if attempt.response is not None and not attempt.retryable:
+                        await self._relay(
+                            send, receive, backend, attempt, model, request_id, started
+                        )
+                        return
+                    last_error = _describe(backend, attempt)
+                    if attempt.response is not None:
+                        attempt.response.close()
+                finally:
+                    self.state.release(backend)
                 if not attempt.retryable or attempts_left == 0:
                     break
-            finally:
-                self.state.release(backend)
-            if not self.throttle.allows_retry() or not self.retry_budget.try_acquire(self.active):
-                break
-            try:
+                if not retrying:
+                    if not self.throttle.allows_retry() or not self.retry_budget.try_acquire(
+                        self.active
+                    ):
+                        break
+                    retrying = True
                 self.metrics.retried(model)
                 await asyncio.sleep(self.retry_budget.backoff_s(self._rng))
                 candidates = self.state.candidates(model, kind) or candidates
-            finally:
+        finally:
+            if retrying:
                 self.retry_budget.release()
         self.metrics.request_done(
             model, tried[-1] if tried else "none", 502, time.monotonic() - started

@@ -11,36 +11,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
-    BaseSettings,
     NoDecode,
-    PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
+from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
 
 __all__ = ["GatewaySettings", "InsecureBindError"]
-
-_TOML_FILES = (Path("/etc/sage/gateway.toml"), Path("~/.config/sage/gateway.toml").expanduser())
 
 
 class InsecureBindError(ValueError):
     """The gateway would listen on a non-loopback address without API keys."""
 
 
-def _split(value: Any) -> Any:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class GatewaySettings(BaseSettings):
+class GatewaySettings(SageSettings):
     """Settings of one gateway process."""
+
+    config_env: ClassVar[str] = "SAGE_GATEWAY_CONFIG"
+    toml_files: ClassVar[tuple[Path, ...]] = toml_files_for("gateway")
 
     model_config = SettingsConfigDict(
         env_prefix="SAGE_GATEWAY_", env_nested_delimiter="__", extra="forbid"
@@ -55,9 +48,7 @@ class GatewaySettings(BaseSettings):
     local_agent: bool = True
     """Embedded mode only: also run an agent for this host in the gateway process."""
     agent_port: int = Field(8200, ge=1, le=65535)
-    sage_home: Path = Field(
-        default_factory=lambda: Path(os.environ.get("SAGE_HOME") or "~/.sage").expanduser()
-    )
+    sage_home: Path = Field(default_factory=sage_home)
 
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     admin_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -94,27 +85,12 @@ class GatewaySettings(BaseSettings):
     @field_validator("backends", mode="before")
     @classmethod
     def _split_backends(cls, value: Any) -> Any:
-        return _split(value)
+        return split_list(value)
 
     @field_validator("api_keys", "admin_tokens", "agent_tokens", mode="before")
     @classmethod
     def _split_secrets(cls, value: Any) -> Any:
-        return _split(value)
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_files = [p for p in _TOML_FILES if p.is_file()]
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if toml_files:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_files))
-        return tuple(sources)
+        return split_list(value)
 
     def model_post_init(self, context: Any, /) -> None:
         shared = {
@@ -124,7 +100,7 @@ class GatewaySettings(BaseSettings):
         }
         for field, raw in shared.items():
             if raw and not getattr(self, field):
-                setattr(self, field, [SecretStr(v) for v in _split(raw)])
+                setattr(self, field, [SecretStr(v) for v in split_list(raw)])
 
     @property
     def mode(self) -> Literal["embedded", "remote", "static"]:
