@@ -24,15 +24,18 @@ $(BIN)/python:
 
 # Dependencies are reinstalled only when pyproject.toml changes.
 $(STAMP): pyproject.toml setup.py | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=strict
-	touch $(STAMP)
+	@echo "installing sage-unified-gateway and its dependencies into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=strict \
+		> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
+	@touch $(STAMP)
 
 venv: $(BIN)/python
 
 # A strict editable install is a link tree: re-run it (seconds, no downloads) so new
 # modules are visible to mypy and to the tests, which import the installed package.
 install: $(STAMP)
-	$(BIN)/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict
+	@$(BIN)/python -m pip install -q --no-deps -e . --config-settings editable_mode=strict \
+		> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; exit 1)
 
 lint: install
 	$(BIN)/ruff check .

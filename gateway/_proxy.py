@@ -59,7 +59,13 @@ from sage.unified.gateway.routing import (
     RoutingState,
     peek_request,
 )
-from sage.unified.gateway.upstream import UpstreamError, UpstreamPool, UpstreamResponse
+from sage.unified.gateway.upstream import (
+    PoolTimeout,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamPool,
+    UpstreamResponse,
+)
 from sage.unified.sdk.auth import TokenSet, bearer_token
 from sage.unified.sdk.models import EngineKind
 
@@ -295,6 +301,7 @@ class DataPlane:
         last_error = "no backend tried"
         attempts_left = 1 + self.config.retries
         retrying = False  # holds one retry-budget slot until this request is done
+        unreachable_only = True  # every attempt failed to connect
         try:
             while attempts_left > 0:
                 attempts_left -= 1
@@ -313,6 +320,8 @@ class DataPlane:
                         )
                         return
                     last_error = _describe(backend, attempt)
+                    if not isinstance(attempt.error, UpstreamConnectError | PoolTimeout):
+                        unreachable_only = False
                     if attempt.response is not None:
                         attempt.response.close()
                 finally:
@@ -331,9 +340,17 @@ class DataPlane:
         finally:
             if retrying:
                 self.retry_budget.release()
+        # Nothing reachable at all is "unavailable" (503); a backend that answered badly
+        # or broke mid-answer is a bad gateway hop (502).
+        status = 503 if unreachable_only else 502
         self.metrics.request_done(
-            model, tried[-1] if tried else "none", 502, time.monotonic() - started
+            model, tried[-1] if tried else "none", status, time.monotonic() - started
         )
+        if status == 503:
+            raise NoBackendAvailableError(
+                f"no backend of model '{model}' is reachable ({last_error}); retry shortly",
+                headers={"retry-after": "1"},
+            )
         raise UpstreamFailedError(
             f"no backend of model '{model}' answered ({last_error}); retry shortly",
             status=502,

@@ -382,3 +382,21 @@ def test_no_prompt_completion_or_key_reaches_the_logs(
     log = processes.log_of(gw.proc)
     assert "POST /v1/chat/completions" in log  # the access log is on, and it is clean
     assert sentinel not in log
+
+
+def test_all_backends_unreachable_is_a_fast_503_with_retry_after(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sims = [start_simulator("tiny") for _ in range(2)]
+    gw = start_gateway("--backend", sims[0].url, "--backend", sims[1].url)
+    models_ready(gw.url, {"tiny"})
+    for sim in sims:
+        os.kill(sim.proc.pid, signal.SIGKILL)
+        sim.proc.wait()
+    for _ in range(3):
+        started = time.monotonic()
+        response = httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT, timeout=10)
+        assert time.monotonic() - started < 1.0
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "no_backend_available"
+        assert int(response.headers["retry-after"]) >= 1
