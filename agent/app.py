@@ -40,6 +40,7 @@ from litestar import Litestar, Request, Response, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -268,6 +269,9 @@ def create_agent_app(agent: Agent) -> Litestar:
             HTTPException: _http_error,
             Exception: _internal_error,
         },
-        openapi_config=None,
+        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
+        openapi_config=OpenAPIConfig(
+            title="SAGE Unified Gateway agent", version="1", create_examples=False
+        ),
         debug=False,
     )

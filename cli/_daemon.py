@@ -133,14 +133,17 @@ def wait_ready(record: DaemonRecord, files: DaemonFiles, path: str, timeout_s: f
     return f"not ready after {timeout_s:.0f} s ({last})"
 
 
-def terminate(record: DaemonRecord, timeout_s: float) -> bool:
-    """SIGTERM, wait up to ``timeout_s``, then SIGKILL the process group. True if it was stopped."""
+def terminate(record: DaemonRecord, timeout_s: float, signum: int = signal.SIGTERM) -> bool:
+    """Send ``signum``, wait up to ``timeout_s``, then SIGKILL the process group.
+
+    Returns whether the process was there to stop.
+    """
     try:
         proc = psutil.Process(record.pid)
     except psutil.NoSuchProcess:
         return False
     try:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         proc.wait(timeout=timeout_s)
     except psutil.TimeoutExpired:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -151,24 +152,7 @@ def run(options: GatewayOptions | None = None) -> int:
     return int(serve(settings))
 
 
-def _stop_local_engines(url: str) -> int:
-    """Stop the engines of the gateway's own agent, so nothing is left behind."""
-    from sage.unified.sdk.client import GatewayManagementClient, SageClientError
-
-    stopped = 0
-    try:
-        with GatewayManagementClient(url, admin_token(), timeout=60.0) as client:
-            for engine in client.engines():
-                if engine.state.value in {"STOPPED"} or engine.agent_id is None:
-                    continue
-                client.stop_engine(engine.id, drain=False)
-                stopped += 1
-    except SageClientError as exc:
-        print(f"warning: could not stop engines through {url}: {exc}", file=sys.stderr)
-    return stopped
-
-
-def stop(*, timeout: float = 30.0, keep_engines: bool = False) -> int:
+def stop(*, timeout: float = 90.0, keep_engines: bool = False) -> int:
     """Stop the gateway gracefully (in-flight requests finish first).
 
     Parameters
@@ -182,13 +166,12 @@ def stop(*, timeout: float = 30.0, keep_engines: bool = False) -> int:
     if record is None:
         print("The gateway is not running.")
         return 0
-    if not keep_engines:
-        count = _stop_local_engines(record.url)
-        if count:
-            print(f"Stopped {count} engine(s).")
-    terminate(record, timeout)
+    # SIGUSR1 asks the gateway to stop its own agent's engines before it exits; engines
+    # that agents on other hosts run are never touched.
+    terminate(record, timeout, signal.SIGTERM if keep_engines else signal.SIGUSR1)
     FILES.clear()
-    print(f"Gateway stopped (pid {record.pid}).")
+    suffix = "; its engines keep running" if keep_engines else " with its local engines"
+    print(f"Gateway stopped (pid {record.pid}){suffix}.")
     return 0
 
 

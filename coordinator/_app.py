@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Litestar, Request, Response, Router, get, post, put
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
 from litestar.types import ExceptionHandlersMap
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -126,6 +127,18 @@ def create_management_router(coordinator: Coordinator) -> Router:
             "admin", request.headers.get("authorization"), target=target
         )
 
+    async def _decode_audited(
+        request: Request[Any, Any, Any], type_: type[T], who: str, action: str
+    ) -> T:
+        # A control action refused for its body (unknown fields such as command/env,
+        # a path or a flag as the model name) is as much an attempt as one refused
+        # later, so it is audited too; only authenticated callers get this far.
+        try:
+            return _decode_body(await request.body(), type_)
+        except CoordinatorError as exc:
+            await coordinator.audit(who, action, "request body", f"rejected: {exc.message}")
+            raise
+
     @get("/backends")
     async def backends(
         request: Request[Any, Any, Any],
@@ -154,19 +167,19 @@ def create_management_router(coordinator: Coordinator) -> Router:
     @post("/engines/register", status_code=201)
     async def register(request: Request[Any, Any, Any]) -> EngineInfo:
         who = await admin(request, "engines/register")
-        body = _decode_body(await request.body(), RegisterEngineRequest)
+        body = await _decode_audited(request, RegisterEngineRequest, who, "engine.register")
         return await coordinator.register_engine(body, who)
 
     @post("/engines/start", status_code=202)
     async def start(request: Request[Any, Any, Any]) -> EngineInfo:
         who = await admin(request, "engines/start")
-        body = _decode_body(await request.body(), EngineStartRequest)
+        body = await _decode_audited(request, EngineStartRequest, who, "engine.start")
         return await coordinator.start_engine(body, who)
 
     @post("/engines/stop", status_code=200)
     async def stop(request: Request[Any, Any, Any]) -> EngineInfo:
         who = await admin(request, "engines/stop")
-        body = _decode_body(await request.body(), EngineStopRequest)
+        body = await _decode_audited(request, EngineStopRequest, who, "engine.stop")
         return await coordinator.stop_engine(body, who)
 
     @get("/gpu")
@@ -272,7 +285,10 @@ def create_coordinator_app(
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=None,
+        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
+        openapi_config=OpenAPIConfig(
+            title="SAGE Unified Gateway coordinator", version="1", create_examples=False
+        ),
     )
     app.state.coordinator = coord
     return app

@@ -122,6 +122,7 @@ class Coordinator:
         self._probe_kick: anyio.Event | None = None
         self._trackers: dict[str, ProbeTracker] = {}
         self._pending_starts: dict[str, StartRequestRecord] = {}
+        self._allowed_agent_hosts: set[str] = set()
         self._stack: AsyncExitStack | None = None
         self._ready = False
         self._agent_writes: dict[str, AgentRecord] = {}
@@ -276,20 +277,21 @@ class Coordinator:
     ) -> str:
         """Check a request's ``Authorization`` header for ``scope``; returns who it is.
 
-        With no token configured at all, authentication is off (the settings refuse
-        that on non-loopback binds) and the caller is ``"anonymous"``.
+        A scope with no token configured is open, and the caller is ``"anonymous"``:
+        the settings refuse that on non-loopback binds. Deciding per scope means an
+        admin token alone does not lock out the agents of a loopback deployment.
 
         Raises:
             AuthenticationError: missing or wrong token (the rejection is audited).
         """
-        if not self.settings.auth_enabled:
-            return "anonymous"
         tokens = self._admin_tokens if scope == "admin" else self._agent_tokens
+        if not tokens:
+            return "anonymous"
         token = bearer_token(authorization)
         if tokens.verify(token):
             return "admin" if scope == "admin" else f"agent:{target}"
         reason = "missing bearer token" if token is None else f"token not valid for {scope} scope"
-        await self._audit("unauthenticated", f"auth:{scope}", target, f"rejected: {reason}")
+        await self.audit("unauthenticated", f"auth:{scope}", target, f"rejected: {reason}")
         raise AuthenticationError(f"{reason}: send 'Authorization: Bearer <{scope} token>'")
 
     # --------------------------------------------------------------- reports
@@ -309,10 +311,15 @@ class Coordinator:
                     f"report is for agent {report.agent_id!r} but was sent to {agent_id!r}",
                     param="agent_id",
                 )
+            if report.host not in self._allowed_agent_hosts:
+                # The gateway will send prompts to this host's engines: it must pass
+                # the same network allow-list as a directly registered engine.
+                await self._check_host(report.host, report.port_range[0])
+                self._allowed_agent_hosts.add(report.host)
             outcome = self._registry.apply_report(report)
         except CoordinatorError as exc:
             self.metrics.reports.labels(result="rejected").inc()
-            await self._audit(f"agent:{agent_id}", "report", agent_id, f"rejected: {exc.message}")
+            await self.audit(f"agent:{agent_id}", "report", agent_id, f"rejected: {exc.message}")
             raise
         for note in outcome.notes:
             log.info("agent %s: %s", agent_id, note)
@@ -375,9 +382,9 @@ class Coordinator:
             self._trackers[engine_id] = self._tracker()
             await self.store.put_registered(info)
         except CoordinatorError as exc:
-            await self._audit(who, "engine.register", target, f"rejected: {exc.message}")
+            await self.audit(who, "engine.register", target, f"rejected: {exc.message}")
             raise
-        await self._audit(
+        await self.audit(
             who, "engine.register", engine_id, f"ok: {parsed.url} model {request.model}"
         )
         await self._publish(self._registry.revision)
@@ -414,9 +421,9 @@ class Coordinator:
                 self._pending_starts[info.id] = record
                 await self.store.put_start_request(record)
         except CoordinatorError as exc:
-            await self._audit(who, "engine.start", target, f"rejected: {exc.message}")
+            await self.audit(who, "engine.start", target, f"rejected: {exc.message}")
             raise
-        await self._audit(
+        await self.audit(
             who, "engine.start", info.id, f"ok: agent {chosen.agent_id} model {target}"
         )
         return info
@@ -454,12 +461,12 @@ class Coordinator:
                     current, state=fallback, reason="stop requested"
                 )
         except CoordinatorError as exc:
-            await self._audit(who, "engine.stop", request.engine_id, f"rejected: {exc.message}")
+            await self.audit(who, "engine.stop", request.engine_id, f"rejected: {exc.message}")
             raise
         if owner is None:
             await self._publish(self._registry.revision)
         action = "drain" if request.drain and owner is not None else "stop"
-        await self._audit(who, f"engine.{action}", request.engine_id, f"ok: {info.state.value}")
+        await self.audit(who, f"engine.{action}", request.engine_id, f"ok: {info.state.value}")
         return info
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
@@ -508,9 +515,18 @@ class Coordinator:
                 self._agent_writes.setdefault(agent_id, record)
             raise
 
-    async def _audit(self, who: str, action: str, target: str, result: str) -> None:
+    async def audit(self, who: str, action: str, target: str, result: str) -> None:
+        """Record a control action (who, what, on what, result); never raises.
+
+        Fields are capped in length: a rejected caller chooses ``target`` (a path
+        segment) and must not be able to grow the store or the log without bound.
+        """
         entry = AuditEntry(
-            at=self.clock.time(), who=who, action=action, target=target, result=result
+            at=self.clock.time(),
+            who=who[:128],
+            action=action[:64],
+            target=target[:256],
+            result=result[:512],
         )
         log.info("audit who=%s action=%s target=%s result=%s", who, action, target, result)
         try:
@@ -536,7 +552,7 @@ class Coordinator:
             try:
                 outcome = self._registry.expire()
                 for agent_id in outcome.lost_agents:
-                    await self._audit("coordinator", "agent.lost", agent_id, "lease expired")
+                    await self.audit("coordinator", "agent.lost", agent_id, "lease expired")
                 if outcome.deleted_engines:
                     log.info(
                         "deleted engines of lost hosts: %s", ", ".join(outcome.deleted_engines)

@@ -150,6 +150,10 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 
+AUDIT_ROWS = 100_000
+"""Audit entries a SQLite store keeps (the oldest are dropped)."""
+
+
 class SqliteStore:
     """SQLite file store (WAL) on one connection used from one worker thread at a time.
 
@@ -234,10 +238,19 @@ class SqliteStore:
         await self._execute("DELETE FROM start_requests WHERE engine_id = ?", (engine_id,))
 
     async def audit(self, entry: AuditEntry) -> None:
-        await self._execute(
-            "INSERT INTO audit(at, who, action, target, result) VALUES(?, ?, ?, ?, ?)",
-            (entry.at, entry.who, entry.action, entry.target, entry.result),
-        )
+        def run(conn: sqlite3.Connection) -> None:
+            with conn:
+                cursor = conn.execute(
+                    "INSERT INTO audit(at, who, action, target, result) VALUES(?, ?, ?, ?, ?)",
+                    (entry.at, entry.who, entry.action, entry.target, entry.result),
+                )
+                # Keep the newest AUDIT_ROWS rows: a flood of rejected requests must not
+                # fill the disk. Checked every 1,000 rows, so the cost is negligible.
+                row_id = cursor.lastrowid or 0
+                if row_id % 1000 == 0:
+                    conn.execute("DELETE FROM audit WHERE id <= ?", (row_id - AUDIT_ROWS,))
+
+        await self._run(run)
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         def run(conn: sqlite3.Connection) -> list[AuditEntry]:

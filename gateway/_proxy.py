@@ -64,6 +64,7 @@ from sage.unified.gateway.upstream import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamPool,
+    UpstreamProtocolError,
     UpstreamResponse,
 )
 from sage.unified.sdk.auth import TokenSet, bearer_token
@@ -369,6 +370,9 @@ class DataPlane:
             # Nothing reached the client yet, so even an engine that died after starting
             # its answer is safe to retry elsewhere (generation has no side effects).
             return _Attempt(None, exc, True)
+        except ValueError as exc:  # an engine URL the client cannot use: that engine's fault
+            self._failed(backend)
+            return _Attempt(None, UpstreamProtocolError(f"unusable engine address: {exc}"), True)
         if response.status in _RETRYABLE_STATUS:
             self._failed(backend)
             return _Attempt(response, None, True)

@@ -17,6 +17,7 @@ import anyio
 import httpx
 from litestar import Litestar, Request, Response, Router, get
 from litestar.handlers import asgi
+from litestar.openapi.config import OpenAPIConfig
 
 from sage.unified.coordinator import (
     Coordinator,
@@ -196,7 +197,9 @@ def create_gateway_app(
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             await runtime.data_plane.handle(scope, receive, send, kind, raw_path)
 
-        return asgi(path, name=f"proxy:{path}")(handler)
+        # copy_scope=False: the handler is the endpoint itself, not a mounted app that
+        # could rewrite the scope; copying it would cost a dict copy per request.
+        return asgi(path, name=f"proxy:{path}", copy_scope=False)(handler)
 
     @get("/v1/models", sync_to_thread=False)
     def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
@@ -252,7 +255,10 @@ def create_gateway_app(
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
-        openapi_config=None,
+        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
+        openapi_config=OpenAPIConfig(
+            title="SAGE Unified Gateway", version="1", create_examples=False
+        ),
     )
     app.state.runtime = runtime
     return app
@@ -274,18 +280,28 @@ def _management_proxy(runtime: GatewayRuntime) -> Any:
     """``/v1/management/*`` forwarded to the standalone coordinator (it checks the token)."""
     assert runtime.settings.coordinator_url is not None
     base = runtime.settings.coordinator_url.rstrip("/")
+    limit = runtime.settings.max_body_bytes
 
     async def forward(scope: Scope, receive: Receive, send: Send) -> None:
         client = runtime.management_client
         assert client is not None
-        body = b""
+        chunks: list[bytes] = []
+        size = 0
         more = True
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            body += bytes(message.get("body", b""))
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > limit:
+                await _send_error(
+                    send, 413, f"request body exceeds {limit} bytes", "request_too_large"
+                )
+                return
+            chunks.append(chunk)
             more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
         path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         url = f"{base}{path}" + (f"?{query}" if query else "")
@@ -293,19 +309,8 @@ def _management_proxy(runtime: GatewayRuntime) -> Any:
         try:
             response = await client.request(scope["method"], url, headers=headers, content=body)
         except httpx.HTTPError as exc:
-            payload = error_bytes(
-                f"coordinator at {base} is unreachable: {exc}",
-                "upstream_error",
-                "coordinator_unreachable",
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 502,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
+            why = f"coordinator at {base} is unreachable: {exc}"
+            await _send_error(send, 502, why, "coordinator_unreachable", "upstream_error")
             return
         out = [
             (k.encode(), v.encode()) for k, v in response.headers.items() if k.encode() not in _HOP
@@ -313,7 +318,19 @@ def _management_proxy(runtime: GatewayRuntime) -> Any:
         await send({"type": "http.response.start", "status": response.status_code, "headers": out})
         await send({"type": "http.response.body", "body": response.content})
 
-    return asgi("/v1/management", is_mount=True, name="management-proxy")(forward)
+    return asgi("/v1/management", is_mount=True, name="management-proxy", copy_scope=False)(forward)
+
+
+async def _send_error(
+    send: Send, status: int, message: str, code: str, type_: str = "invalid_request_error"
+) -> None:
+    payload = error_bytes(message, type_, code)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _static_management(runtime: GatewayRuntime) -> Router:

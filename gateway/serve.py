@@ -1,9 +1,14 @@
 """Run a gateway process: uvicorn (uvloop + httptools) serving the gateway app, plus, in
 embedded mode, the local agent and its API on a second listener.
 
-SIGTERM/SIGINT stop accepting connections and let in-flight requests finish for up to
-``graceful_shutdown_s``; the embedded agent then leaves (stopping its engines only when
-told to, see :func:`run`).
+Signals:
+
+- SIGTERM / SIGINT: stop accepting connections, let in-flight requests finish for up to
+  ``graceful_shutdown_s``, exit. The local agent's engines keep running and the next
+  start adopts them (what ``systemctl restart`` and ``sage gateway restart`` want).
+- SIGUSR1: the same, and stop the local agent's engines first (``sage gateway stop``:
+  nothing is left behind). A signal rather than an API call, so it needs no token and
+  only the process's owner can send it.
 """
 
 from __future__ import annotations
@@ -92,13 +97,19 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
     servers: list[uvicorn.Server] = [gateway_server]
 
     loop = asyncio.get_running_loop()
+    stop_engines = [stop_engines_on_exit]
 
     def _stop() -> None:
         for server in servers:
             server.should_exit = True
 
+    def _stop_with_engines() -> None:
+        stop_engines[0] = True
+        _stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _stop)
+    loop.add_signal_handler(signal.SIGUSR1, _stop_with_engines)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(gateway_server.serve)
@@ -107,11 +118,9 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
                     return
                 await anyio.sleep(0.02)
             if embedded_agent:
-                await _run_local_agent(
-                    settings, runtime, servers, stop_engines_on_exit=stop_engines_on_exit
-                )
+                await _run_local_agent(settings, runtime, servers, stop_engines)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
 
 
@@ -119,8 +128,7 @@ async def _run_local_agent(
     settings: GatewaySettings,
     runtime: GatewayRuntime,
     servers: list[uvicorn.Server],
-    *,
-    stop_engines_on_exit: bool,
+    stop_engines: list[bool],
 ) -> None:
     # Imported here: a gateway in remote or static mode never loads agent code (or NVML).
     from sage.unified.agent.app import create_agent_app
@@ -133,7 +141,6 @@ async def _run_local_agent(
         "port": settings.agent_port,
         "bind_host": "127.0.0.1",
         "sage_home": settings.sage_home,
-        "stop_engines_on_exit": stop_engines_on_exit,
     }
     if agent_token:
         overrides["token"] = agent_token
@@ -147,11 +154,24 @@ async def _run_local_agent(
             agent_server.should_exit = True
         async with anyio.create_task_group() as tg:
             tg.start_soon(agent_server.serve)
-            # uvicorn exposes no event for "listening", only this flag.
-            while not agent_server.started and not agent_server.should_exit:  # noqa: ASYNC110
-                await anyio.sleep(0.02)
-            # The agent registered on entry and its API now listens: engines can start.
+            await _until_registered(runtime, agent_server, agent_settings.agent_id)
+        if stop_engines[0]:
+            await agent.stop_all()
+
+
+async def _until_registered(runtime: GatewayRuntime, server: uvicorn.Server, agent_id: str) -> None:
+    """Keep ``/readyz`` at 503 until the local agent listens and the coordinator knows it,
+    so a caller that waited for readiness can start an engine at once."""
+    coordinator = runtime.coordinator
+    while not server.should_exit:
+        # uvicorn exposes no event for "listening", only this flag; the coordinator's
+        # registry has no per-agent event either. Both turn true within milliseconds.
+        if server.started and (
+            coordinator is None or any(a.agent_id == agent_id for a in coordinator.agents())
+        ):
             runtime.local_agent_pending = False
+            return
+        await anyio.sleep(0.05)
 
 
 def run(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> int:

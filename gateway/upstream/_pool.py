@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -97,10 +98,13 @@ class _OriginPool:
         conn = UpstreamConnection(
             loop, read_high=pool._read_high, read_idle_timeout_s=pool._read_idle_timeout_s
         )
-        _, host, port = self.origin
+        scheme, host, port = self.origin
+        tls = pool.ssl_context if scheme == "https" else None
         try:
             async with asyncio.timeout(pool._connect_timeout_s):
-                await loop.create_connection(lambda: conn, host, port)
+                await loop.create_connection(
+                    lambda: conn, host, port, ssl=tls, server_hostname=host if tls else None
+                )
         except TimeoutError as exc:
             self._slot_freed()
             raise UpstreamConnectTimeout(
@@ -232,6 +236,8 @@ class UpstreamPool:
             waiting for data (``ReadTimeout``); ``None``: no limit.
         write_buffer_high: body bytes buffered for a consumer that does not
             read before the socket is paused (back-pressure to the upstream).
+        ssl_context: TLS settings for ``https`` origins; the system trust store
+            (``ssl.create_default_context()``) when omitted.
     """
 
     def __init__(
@@ -243,6 +249,7 @@ class UpstreamPool:
         first_byte_timeout_s: float | None = 300.0,
         read_idle_timeout_s: float | None = 300.0,
         write_buffer_high: int = 256 * 1024,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_connections_per_origin < 1:
             raise ValueError("max_connections_per_origin must be >= 1")
@@ -260,6 +267,7 @@ class UpstreamPool:
         self._sweep_interval_s = min(keepalive_expiry_s / 2, 1.0)
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._origins: dict[Origin, _OriginPool] = {}
+        self._ssl_context: ssl.SSLContext | None = ssl_context
         self._closed = False
 
     async def request(
@@ -334,6 +342,13 @@ class UpstreamPool:
             op.discard(conn)
             raise
         return UpstreamResponse(conn, op)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS settings for ``https`` engines (system trust store unless one was given)."""
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     def stats(self) -> list[OriginStats]:
         """Per-origin connection counts (O(origins), no per-connection work)."""

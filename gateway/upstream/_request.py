@@ -24,12 +24,12 @@ def normalise_origin(origin: Origin) -> Origin:
     """Validate an origin.
 
     Raises:
-        ValueError: the scheme is not ``http`` (TLS is not implemented: engines
-            are reached over the cluster network), or the port is out of range.
+        ValueError: the scheme is neither ``http`` nor ``https``, or the port is out of
+            range.
     """
     scheme, host, port = origin
-    if scheme != "http":
-        raise ValueError(f"unsupported upstream scheme {scheme!r}: only 'http' is implemented")
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"unsupported upstream scheme {scheme!r}: use http or https")
     if not host or not 0 < port < 65536:
         raise ValueError(f"invalid upstream origin {origin!r}")
     return origin

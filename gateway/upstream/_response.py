@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ._errors import UpstreamDisconnected
+
 if TYPE_CHECKING:
     from ._connection import UpstreamConnection
     from ._pool import _OriginPool
@@ -60,7 +62,9 @@ class UpstreamResponse:
         conn = self._conn
         if conn is None:
             if self._closed_early:
-                raise RuntimeError("response body read after aclose()")
+                # Closed while unfinished (e.g. the gateway's client went away): to a
+                # reader this is a disconnect, not a programming error.
+                raise UpstreamDisconnected("response closed locally", response_started=True)
             raise StopAsyncIteration
         chunk = conn.pop_chunk()  # fast path: no coroutine, no future
         if chunk is not None:
@@ -68,9 +72,13 @@ class UpstreamResponse:
         try:
             chunk = await conn.next_chunk()
         except BaseException:
-            self._conn = None
-            self._closed_early = True
-            self._owner.discard(conn)
+            # close() may have run while we waited (it already gave the slot back):
+            # discard only a connection this response still owns, or the pool's
+            # count of open connections would go down twice.
+            if self._conn is conn:
+                self._conn = None
+                self._closed_early = True
+                self._owner.discard(conn)
             raise
         if chunk is None:
             self._conn = None

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -424,8 +428,34 @@ async def test_aclose_mid_body_closes_the_socket_promptly() -> None:
             await resp.aclose()
             await asyncio.wait_for(server.eof_seen.wait(), 1.0)
             assert pool.stats()[0].open == 0
-            with pytest.raises(RuntimeError):
+            with pytest.raises(UpstreamDisconnected):
                 await resp.__anext__()
+        finally:
+            await pool.aclose()
+
+
+async def test_close_while_a_reader_waits_frees_the_slot_once() -> None:
+    # The gateway closes a stream from a callback when its client leaves, while the relay
+    # is blocked waiting for the next chunk: the reader must see a disconnect and the
+    # pool must count the connection closed exactly once.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await server.read_request(reader)
+
+    async with serving(handler) as server:
+        pool = UpstreamPool()
+        try:
+            for _ in range(3):
+                resp = await pool.request(b"POST", server.origin, b"/", [], b"{}")
+                assert await resp.__anext__() == b"first"
+                waiter = asyncio.ensure_future(resp.__anext__())
+                await asyncio.sleep(0)
+                resp.close()
+                with pytest.raises(UpstreamDisconnected):
+                    await waiter
+                assert pool.stats()[0].open == 0
         finally:
             await pool.aclose()
 
@@ -685,3 +715,63 @@ async def test_pool_aclose_closes_idle_and_busy_connections() -> None:
             await asyncio.sleep(0.02)
         assert server.closed_connections == 2
         assert pool.stats()[0].open == 0
+
+
+async def test_https_engine_with_a_trusted_certificate(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    openssl = functools.partial(subprocess.run, check=True, capture_output=True, timeout=60)
+    await asyncio.to_thread(
+        openssl,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    accepted = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.lower().split(b": ", 1) for line in head.split(b"\r\n")[1:] if line)
+            length = int(fields.get(b"content-length", b"0"))
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecure")
+            await writer.drain()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    client_tls = ssl.create_default_context(cafile=str(cert))
+    pool = UpstreamPool(ssl_context=client_tls)
+    try:
+        for _ in range(3):
+            response = await pool.request(b"POST", ("https", "127.0.0.1", port), b"/", [], b"{}")
+            assert await response.read() == b"secure"
+        assert accepted == 1  # kept alive over TLS
+        untrusted = UpstreamPool()
+        try:
+            with pytest.raises(UpstreamConnectError):
+                await untrusted.request(b"POST", ("https", "127.0.0.1", port), b"/", [], b"{}")
+        finally:
+            await untrusted.aclose()
+    finally:
+        await pool.aclose()
+        server.close()
+        await server.wait_closed()

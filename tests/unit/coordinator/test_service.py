@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from sage.unified.coordinator import (
+    AuthenticationError,
     Coordinator,
     CoordinatorSettings,
     MemoryStore,
@@ -322,3 +323,33 @@ async def test_burst_of_changes_wakes_watchers_with_latest_table() -> None:
                 table = await coordinator.wait_for_change(after=table.revision, timeout=5)
         assert [b.id for b in table.backends] == ["e0"]
         assert coordinator.routing_table_json(table) is coordinator.routing_table_json(table)
+
+
+@pytest.mark.anyio
+async def test_an_agent_on_a_metadata_or_public_address_is_refused(env: Env) -> None:
+    # The gateway sends prompts to an agent's engines, so an agent's host passes the same
+    # network allow-list as a directly registered engine.
+    for host in ("169.254.169.254", "8.8.8.8", "metadata.google.internal"):
+        report = AgentReport(agent_id="a9", host=host, url=f"http://{host}:8200", incarnation=1)
+        r = await env.client.put(
+            "/v1/agents/a9",
+            content=encode(report),
+            headers={**AGENT, "content-type": "application/json"},
+        )
+        assert r.status_code == 422, (host, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error"
+    assert env.coordinator.agents() == []
+    log = await env.store.audit_log()
+    assert [e.action for e in log] == ["report"] * 3
+
+
+@pytest.mark.anyio
+async def test_only_the_scope_with_tokens_is_closed() -> None:
+    settings = CoordinatorSettings(admin_tokens=["admin-t"], db_path=None)
+    coordinator = Coordinator(
+        settings, clock=FakeClock(), store=MemoryStore(), resolver=fake_resolver
+    )
+    async with coordinator:
+        assert await coordinator.authenticate("agent", None, target="a1") == "anonymous"
+        with pytest.raises(AuthenticationError, match="missing bearer token"):
+            await coordinator.authenticate("admin", None)

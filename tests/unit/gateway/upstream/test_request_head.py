@@ -104,7 +104,6 @@ def test_host_header(origin: tuple[str, str, int], expected: bytes) -> None:
 @pytest.mark.parametrize(
     "origin",
     [
-        ("https", "h", 443),
         ("ftp", "h", 21),
         ("http", "", 80),
         ("http", "h", 0),
