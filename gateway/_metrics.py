@@ -1,8 +1,9 @@
 """Prometheus metrics of one gateway (``sage_gateway_*``), on a per-app registry.
 
-Label values are bounded: ``model`` and ``backend`` come from the routing table (a model
-the table does not know is recorded as ``"unknown"``), ``status`` is an HTTP status class
-(``2xx`` … ``5xx``). Labelled children are cached so the hot path pays one dict lookup
+Label values are bounded: ``model`` and ``backend`` come from the routing table (a request
+for a model the table does not know is answered before anything is recorded with a
+model label), ``status`` is an HTTP status class (``2xx`` … ``5xx``, ``4xx`` includes the
+499 of a client that left). Labelled children are cached so the hot path pays one dict lookup
 and one ``inc()`` per request.
 """
 

@@ -16,8 +16,8 @@ Per request:
    the retry budget. 4xx pass through unchanged and never retry.
 4. Relay: non-streamed bodies in one send; SSE chunk by chunk as they arrive. A stream
    that breaks after bytes were sent ends with an OpenAI-shaped error event and no
-   ``[DONE]``. A client that disconnects closes the upstream connection at once, which
-   is how vLLM learns to abort the request.
+   ``[DONE]``. A client that disconnects (streamed or not) closes the upstream
+   connection at once, which is how vLLM learns to abort the request.
 """
 
 from __future__ import annotations
@@ -138,6 +138,50 @@ class _Attempt:
         """The whole body of a non-streamed response (read before anything is relayed)."""
 
 
+class _ClientGone(Exception):
+    """The client disconnected; stop work on its request (nothing more can be sent)."""
+
+
+class _ClientWatch:
+    """Waits for the client to disconnect, then closes the upstream response in use.
+
+    uvicorn drops sends silently after a disconnect and never cancels the handler, so
+    without this an engine would go on generating for a client that is gone: closing the
+    upstream connection is how vLLM learns to abort the request. One waiter per request;
+    ``receive()`` returns only on disconnect (or once the response is complete) because
+    the body has been read already.
+    """
+
+    __slots__ = ("_task", "gone", "response", "waiting")
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self.response: UpstreamResponse | None = None
+        self.waiting: asyncio.Task[Any] | None = None
+        """The request's task while it waits for the engine's response head."""
+        self._task = asyncio.ensure_future(receive())
+        self._task.add_done_callback(self._on_disconnect)
+
+    def _on_disconnect(self, task: asyncio.Future[Message]) -> None:
+        if task.cancelled():
+            return
+        self.gone = True
+        if self.response is not None:
+            self.response.close()
+        elif self.waiting is not None:
+            # No response to close yet: cancelling the wait closes the connection.
+            self.waiting.cancel()
+
+    def attach(self, response: UpstreamResponse) -> None:
+        self.response = response
+        if self.gone:
+            response.close()
+
+    def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+
+
 class DataPlane:
     """Routes and relays inference requests. One instance per gateway process."""
 
@@ -186,6 +230,8 @@ class DataPlane:
         self.metrics.in_flight.inc()
         try:
             await self._handle(scope, receive, send, kind, path, started)
+        except _ClientGone:
+            pass  # recorded as 499 where it was noticed
         except GatewayError as exc:
             self.metrics.rejected(exc.code if isinstance(exc.code, str) else str(exc.status))
             await _send_json(send, exc.status, exc.body(), exc.headers)
@@ -303,6 +349,7 @@ class DataPlane:
         attempts_left = 1 + self.config.retries
         retrying = False  # holds one retry-budget slot until this request is done
         unreachable_only = True  # every attempt failed to connect
+        watch = _ClientWatch(receive)
         try:
             while attempts_left > 0:
                 attempts_left -= 1
@@ -314,11 +361,16 @@ class DataPlane:
                 tried.append(backend.key)
                 self.state.acquire(backend)
                 try:
-                    attempt = await self._send(backend, path, forwarded, body)
-                    if attempt.response is not None and not attempt.retryable:
-                        await self._relay(
-                            send, receive, backend, attempt, model, request_id, started
+                    attempt = await self._send(backend, path, forwarded, body, watch)
+                    if watch.gone:
+                        if attempt.response is not None:
+                            attempt.response.close()
+                        self.metrics.request_done(
+                            model, backend.key, 499, time.monotonic() - started
                         )
+                        raise _ClientGone
+                    if attempt.response is not None and not attempt.retryable:
+                        await self._relay(send, watch, backend, attempt, model, request_id, started)
                         return
                     last_error = _describe(backend, attempt)
                     if not isinstance(attempt.error, UpstreamConnectError | PoolTimeout):
@@ -339,6 +391,7 @@ class DataPlane:
                 await asyncio.sleep(self.retry_budget.backoff_s(self._rng))
                 candidates = self.state.candidates(model, kind) or candidates
         finally:
+            watch.stop()
             if retrying:
                 self.retry_budget.release()
         # Nothing reachable at all is "unavailable" (503); a backend that answered badly
@@ -359,13 +412,25 @@ class DataPlane:
         )
 
     async def _send(
-        self, backend: BackendState, path: bytes, forwarded: list[tuple[bytes, bytes]], body: bytes
+        self,
+        backend: BackendState,
+        path: bytes,
+        forwarded: list[tuple[bytes, bytes]],
+        body: bytes,
+        watch: _ClientWatch,
     ) -> _Attempt:
+        task = watch.waiting = asyncio.current_task()
         try:
             response = await self.pool.request(
                 b"POST", self._origin(backend), path, forwarded, body
             )
+        except asyncio.CancelledError:
+            if watch.gone and task is not None and task.uncancel() == 0:
+                return _Attempt(None, None, False)  # cancelled by us: the client left
+            raise
         except UpstreamError as exc:
+            if watch.gone:
+                return _Attempt(None, exc, False)
             self._failed(backend)
             # Nothing reached the client yet, so even an engine that died after starting
             # its answer is safe to retry elsewhere (generation has no side effects).
@@ -373,6 +438,9 @@ class DataPlane:
         except ValueError as exc:  # an engine URL the client cannot use: that engine's fault
             self._failed(backend)
             return _Attempt(None, UpstreamProtocolError(f"unusable engine address: {exc}"), True)
+        finally:
+            watch.waiting = None
+        watch.attach(response)
         if response.status in _RETRYABLE_STATUS:
             self._failed(backend)
             return _Attempt(response, None, True)
@@ -384,6 +452,8 @@ class DataPlane:
             payload = await response.read()
         except UpstreamError as exc:
             response.close()
+            if watch.gone:  # our own close: the client left, the engine did nothing wrong
+                return _Attempt(None, exc, False)
             self._failed(backend)
             return _Attempt(None, exc, True)
         return _Attempt(response, None, False, payload)
@@ -404,7 +474,7 @@ class DataPlane:
     async def _relay(
         self,
         send: Send,
-        receive: Receive,
+        watch: _ClientWatch,
         backend: BackendState,
         attempt: _Attempt,
         model: str,
@@ -423,7 +493,7 @@ class DataPlane:
         try:
             if payload is None:
                 await self._relay_stream(
-                    send, receive, backend, response, status, out_headers, model, started
+                    send, watch, backend, response, status, out_headers, model, started
                 )
                 return
             out_headers.append((b"content-length", str(len(payload)).encode()))
@@ -437,7 +507,7 @@ class DataPlane:
     async def _relay_stream(
         self,
         send: Send,
-        receive: Receive,
+        watch: _ClientWatch,
         backend: BackendState,
         response: UpstreamResponse,
         status: int,
@@ -447,10 +517,6 @@ class DataPlane:
     ) -> None:
         out_headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        # uvicorn drops sends silently after a disconnect, so one waiter per stream watches
-        # receive() and closes the upstream connection the moment the client leaves.
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(lambda _: response.close())
         first = True
         try:
             async for chunk in response:
@@ -459,7 +525,7 @@ class DataPlane:
                     self.metrics.first_token(model, time.monotonic() - started)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
-            if watcher.done():
+            if watch.gone:
                 # The client left; closing the upstream connection was our own doing.
                 self.metrics.request_done(model, backend.key, 499, time.monotonic() - started)
                 return
@@ -477,10 +543,7 @@ class DataPlane:
             )
             self.metrics.request_done(model, backend.key, 502, time.monotonic() - started)
             return
-        finally:
-            if not watcher.done():
-                watcher.cancel()
-        if watcher.done() and not watcher.cancelled():
+        if watch.gone:
             self.metrics.request_done(model, backend.key, 499, time.monotonic() - started)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})

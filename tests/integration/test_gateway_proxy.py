@@ -400,3 +400,20 @@ def test_all_backends_unreachable_is_a_fast_503_with_retry_after(
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "no_backend_available"
         assert int(response.headers["retry-after"]) >= 1
+
+
+def test_a_client_leaving_a_non_streamed_request_aborts_it_upstream(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sim = start_simulator("tiny", ttft_ms=5000)
+    gw = start_gateway("--backend", sim.url)
+    models_ready(gw.url, {"tiny"})
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gw.url}/v1/chat/completions", json=CHAT, timeout=httpx.Timeout(10, read=0.7))
+    left_at = time.monotonic()
+    while _metric(sim.url, "vllm:num_requests_running") != 0:
+        assert time.monotonic() - left_at < 1.0, "the engine still generates for a client that left"
+        time.sleep(0.05)
+    # The engine was not blamed for the abort: not ejected, nothing retried.
+    assert _metric(gw.url, "sage_gateway_backend_ejected") == 0
+    assert "sage_gateway_retries_total{" not in httpx.get(f"{gw.url}/metrics").text
