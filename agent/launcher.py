@@ -68,10 +68,11 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-async def _poll_until(done: Callable[[], bool], interval_s: float = 0.05) -> None:
-    # Processes that are not our children give no event to wait on; poll /proc.
+async def _poll_until(done: Callable[[], bool], interval_s: float = 0.1) -> None:
+    # Processes that are not our children give no event to wait on; poll /proc. The check
+    # can scan every process on the host (psutil), so it runs off the event loop.
     while True:
-        if done():
+        if await anyio.to_thread.run_sync(done):
             return
         await anyio.sleep(interval_s)
 
@@ -143,22 +144,23 @@ class EngineProcess:
         """Remember the current descendants, for the sweep in :meth:`terminate`.
 
         Call it after start-up and now and then (vLLM spawns its workers late).
-        Exited descendants are forgotten. Never raises for a dead process.
+        Exited descendants are forgotten. Never raises for a dead process. It reads
+        ``/proc`` for every process, so callers on an event loop run it in a worker
+        thread; the new tree replaces the old one in one assignment, so a reader on the
+        loop never sees it half-built.
         """
-        for key, proc in list(self._tree.items()):
-            if not _alive(proc):
-                del self._tree[key]
-        if self._handle is None:
-            return
-        try:
-            children = self._handle.children(recursive=True)
-        except psutil.Error:
-            return
-        for child in children:
+        tree = {key: proc for key, proc in list(self._tree.items()) if _alive(proc)}
+        if self._handle is not None:
             try:
-                self._tree[(child.pid, child.create_time())] = child
+                children = self._handle.children(recursive=True)
             except psutil.Error:
-                continue
+                children = []
+            for child in children:
+                try:
+                    tree[(child.pid, child.create_time())] = child
+                except psutil.Error:
+                    continue
+        self._tree = tree
 
     @property
     def tree(self) -> list[psutil.Process]:

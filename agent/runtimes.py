@@ -46,6 +46,17 @@ class RuntimeConfig:
     """Whether the installed vLLM understands ``--shutdown-timeout`` (≥ 0.18)."""
     sglang_python: str = "python3"
     simulator_python: str = "python3"
+    vllm_device: Literal["gpu", "cpu"] = "gpu"
+    """``cpu``: this host runs a CPU build of vLLM, so vLLM engines need no GPU."""
+    vllm_extra_args: tuple[str, ...] = ()
+    """Operator-set flags appended to every vLLM argv (agent config only, never the API);
+    last, so that they win over ours."""
+
+    def needs_gpu(self, runtime: Runtime) -> bool:
+        """Whether engines of ``runtime`` must be given GPUs on this host."""
+        if runtime is Runtime.SIMULATED:
+            return False
+        return not (runtime is Runtime.VLLM and self.vllm_device == "cpu")
 
 
 @dataclass(frozen=True)
@@ -91,7 +102,7 @@ def build_launch_plan(
     drain = spec.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
     shutdown_s = str(max(0, math.ceil(drain)))
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1"}
-    if spec.runtime is not Runtime.SIMULATED and not gpu_ids:
+    if config.needs_gpu(spec.runtime) and not gpu_ids:
         raise NoFreeGpuError(
             f"runtime {spec.runtime.value} needs at least one GPU but none was assigned; "
             "use runtime 'simulated' on hosts without GPUs"
@@ -144,6 +155,7 @@ def _vllm_argv(
         argv += ["--runner", "pooling"]
     if config.vllm_shutdown_timeout:
         argv += ["--shutdown-timeout", shutdown_s]
+    argv += config.vllm_extra_args
     return tuple(argv)
 
 

@@ -39,7 +39,7 @@ import anyio.to_thread
 import httpx
 
 from sage.unified.agent.allowlist import model_allowed
-from sage.unified.agent.errors import EngineNotFoundError, ModelNotAllowedError
+from sage.unified.agent.errors import EngineNotFoundError, ModelNotAllowedError, SpecRejectedError
 from sage.unified.agent.gpus import GpuClaim, assign_gpus
 from sage.unified.agent.launcher import ProcessRecord, adopt, launch
 from sage.unified.agent.logfiles import engine_log_path, rotate_if_needed, tail
@@ -53,7 +53,14 @@ from sage.unified.agent.statefile import AgentState, EngineRecord, StateFile, St
 from sage.unified.agent.supervisor import EngineSupervisor, ProcessHandle, SupervisorTiming
 from sage.unified.agent.telemetry import GpuReader, read_host_metrics
 from sage.unified.sdk.clock import Clock, SystemClock
-from sage.unified.sdk.models import AgentReport, EngineInfo, EngineSpec, GpuInfo, HostMetrics
+from sage.unified.sdk.models import (
+    AgentReport,
+    EngineInfo,
+    EngineSpec,
+    GpuInfo,
+    HostMetrics,
+    Runtime,
+)
 from sage.unified.sdk.states import EngineState
 
 __all__ = ["STOPPED_KEEP_COUNT", "STOPPED_KEEP_S", "Agent", "engine_id_for"]
@@ -239,11 +246,21 @@ class Agent:
                 f"{', '.join(self.settings.model_allowlist) or 'empty'})"
             )
         async with self._start_lock:
-            if not self._gpus_read:
-                await self._refresh_gpus()
-            gpu_ids = assign_gpus(
-                spec, self._gpus, list(self._claims.values()), gpu_error=self._gpu_error
-            )
+            if self.settings.runtime_config().needs_gpu(spec.runtime) or (
+                spec.runtime is Runtime.SIMULATED
+            ):
+                if not self._gpus_read:
+                    await self._refresh_gpus()
+                gpu_ids = assign_gpus(
+                    spec, self._gpus, list(self._claims.values()), gpu_error=self._gpu_error
+                )
+            elif spec.gpu_ids:
+                raise SpecRejectedError(
+                    "gpu_ids cannot be given: this agent runs vLLM on the CPU "
+                    "(SAGE_AGENT_VLLM_DEVICE=cpu)"
+                )
+            else:
+                gpu_ids = ()
             port = self._ports.reserve(spec.port)
             engine_id = engine_id_for(spec.name)
             while engine_id in self._supervisors:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -77,6 +78,12 @@ class AgentSettings(SageSettings):
     vllm_entrypoint: Literal["serve", "api_server"] = "serve"
     vllm_shutdown_timeout: bool = True
     """The installed vLLM supports ``--shutdown-timeout`` (vLLM ≥ 0.18)."""
+    vllm_device: Literal["gpu", "cpu"] = "gpu"
+    """``cpu`` for a CPU build of vLLM: its engines get no GPU (and need none)."""
+    vllm_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Flags appended to every vLLM command line, e.g. ``--enforce-eager``. Operator
+    configuration only: the launch API never adds flags. From the environment as a
+    shell-quoted string or a JSON list."""
     sglang_python: str = "python3"
     simulator_python: str = sys.executable
     sage_home: Path = Field(
@@ -117,6 +124,8 @@ class AgentSettings(SageSettings):
             vllm_shutdown_timeout=self.vllm_shutdown_timeout,
             sglang_python=self.sglang_python,
             simulator_python=self.simulator_python,
+            vllm_device=self.vllm_device,
+            vllm_extra_args=tuple(self.vllm_extra_args),
         )
 
     def check_bind_safety(self) -> None:
@@ -168,6 +177,14 @@ class AgentSettings(SageSettings):
             raise ValueError(
                 f"engine_port_range {low}-{high} must satisfy 1 <= low <= high <= 65535"
             )
+        return value
+
+    @field_validator("vllm_extra_args", mode="before")
+    @classmethod
+    def _parse_extra_args(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else shlex.split(text)
         return value
 
     @field_validator("model_allowlist", mode="before")

@@ -397,7 +397,7 @@ class EngineSupervisor:
                 return
             if self.process is not None:
                 # Workers are spawned late; remember them so a stop reaches them all.
-                self.process.refresh_tree()
+                await anyio.to_thread.run_sync(self.process.refresh_tree)
             result = await self._probe.health()
             await self._scrape_load()
             if self._interrupted():

@@ -97,6 +97,8 @@ def start(
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float | None = None,
     max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] | None = None,
     port: int | None = None,
     startup_timeout: float | None = None,
     wait: bool = False,
@@ -127,6 +129,10 @@ def start(
         Fraction of each GPU's memory the engine may use.
     max_model_len
         Context length.
+    max_num_seqs
+        Requests the engine runs at once.
+    dtype
+        Weight and activation precision.
     port
         Engine port (default: a free one in the agent's range).
     startup_timeout
@@ -152,6 +158,8 @@ def start(
         "served_model_name": served_model_name,
         "gpu_memory_utilization": gpu_memory_utilization,
         "max_model_len": max_model_len,
+        "max_num_seqs": max_num_seqs,
+        "dtype": dtype,
         "port": port,
         "startup_timeout_s": startup_timeout,
     }

@@ -52,6 +52,9 @@ _REPLACED_UPSTREAM: frozenset[bytes] = frozenset(
 _REPLACED_DOWNSTREAM: frozenset[bytes] = frozenset(
     {b"content-length", b"server", b"date", b"x-request-id", b"x-sage-backend"}
 )
+# Unions computed once: these run on every request.
+_UP_DROP = HOP_BY_HOP | _REPLACED_UPSTREAM
+_DOWN_DROP = HOP_BY_HOP | _REPLACED_DOWNSTREAM
 
 
 class RequestHeaderInfo:
@@ -120,7 +123,7 @@ def upstream_headers(
     engine_authorization: bytes | None,
 ) -> list[Header]:
     """Headers sent to the engine for one client request."""
-    dropped = HOP_BY_HOP | _REPLACED_UPSTREAM | info.connection_tokens
+    dropped = _UP_DROP | info.connection_tokens if info.connection_tokens else _UP_DROP
     out = [(n, v) for n, v in headers if n not in dropped]
     out.append((b"x-request-id", request_id))
     if client_host:
@@ -136,13 +139,20 @@ def upstream_headers(
 def downstream_headers(
     headers: Iterable[Header], *, request_id: bytes, backend_id: str | None
 ) -> list[Header]:
-    """Headers returned to the client for an engine response (no length: set by the caller)."""
-    connection_named: set[bytes] = set()
+    """Headers returned to the client for an engine response (no length: set by the caller).
+
+    Names arrive lower-cased from the upstream client.
+    """
+    out: list[Header] = []
+    named: set[bytes] | None = None
     for name, value in headers:
-        if name.lower() == b"connection":
-            connection_named.update(t.strip().lower() for t in value.split(b","))
-    dropped = HOP_BY_HOP | _REPLACED_DOWNSTREAM | connection_named
-    out = [(n.lower(), v) for n, v in headers if n.lower() not in dropped]
+        if name in _DOWN_DROP:
+            if name == b"connection":
+                named = {t.strip().lower() for t in value.split(b",")}
+            continue
+        out.append((name, value))
+    if named:
+        out = [(n, v) for n, v in out if n not in named]
     out.append((b"x-request-id", request_id))
     if backend_id is not None:
         out.append((b"x-sage-backend", backend_id.encode()))

@@ -56,6 +56,10 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
 Seconds = Annotated[float, Meta(gt=0.0, le=86400.0)]
 ModelName = Annotated[str, Meta(pattern=MODEL_NAME_PATTERN, max_length=256)]
+MODEL_PATH_PATTERN = r"^/?[A-Za-z0-9_][A-Za-z0-9_.:@/+\-]{0,255}$"
+ModelPath = Annotated[str, Meta(pattern=MODEL_PATH_PATTERN, max_length=257)]
+"""A model id, or an absolute path to a local model directory (the agent's allowlist
+decides which paths may be used)."""
 EngineId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
 
 
@@ -101,8 +105,8 @@ class EngineSpecView(Struct, kw_only=True):
     which rejects them.
     """
 
-    model: ModelName
-    """Model id or path, checked against the agent's allowlist."""
+    model: ModelPath
+    """Model id or absolute path, checked against the agent's allowlist."""
     served_model_name: ModelName | None = None
     """Name clients use in ``model``; defaults to ``model``."""
     runtime: Runtime = Runtime.VLLM

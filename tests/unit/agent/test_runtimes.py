@@ -179,3 +179,28 @@ def test_simulated_uses_spec_max_num_seqs_without_simulator_options() -> None:
 def test_gpu_runtime_without_gpus_is_rejected(runtime: Runtime) -> None:
     with pytest.raises(NoFreeGpuError, match="simulated"):
         plan(EngineSpec(model="m", runtime=runtime), ())
+
+
+def test_vllm_on_the_cpu_needs_no_gpu_and_operator_flags_come_last() -> None:
+    config = RuntimeConfig(
+        vllm_executable="/opt/vllm/bin/python",
+        vllm_entrypoint="api_server",
+        vllm_device="cpu",
+        vllm_extra_args=("--load-format", "dummy", "--dtype", "float32"),
+    )
+    p = plan(
+        EngineSpec(model="/models/tiny", served_model_name="tiny", dtype="auto"), (), config=config
+    )
+    assert p.argv == (
+        "/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/tiny",
+        "--host", "10.0.0.5", "--port", "8901",
+        "--served-model-name", "tiny",
+        "--tensor-parallel-size", "1",
+        "--dtype", "auto",
+        "--shutdown-timeout", "300",
+        "--load-format", "dummy", "--dtype", "float32",
+    )  # fmt: skip
+    assert "CUDA_VISIBLE_DEVICES" not in p.env
+    assert config.needs_gpu(Runtime.SGLANG)
+    assert not config.needs_gpu(Runtime.VLLM)
+    assert CONFIG.needs_gpu(Runtime.VLLM)

@@ -146,3 +146,13 @@ def test_bind_safety() -> None:
 )
 def test_is_loopback(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_vllm_extra_args_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SAGE_AGENT_VLLM_EXTRA_ARGS", "--load-format dummy --kv-cache-dtype 'fp8'")
+    monkeypatch.setenv("SAGE_AGENT_VLLM_DEVICE", "cpu")
+    config = AgentSettings().runtime_config()
+    assert config.vllm_extra_args == ("--load-format", "dummy", "--kv-cache-dtype", "fp8")
+    assert config.vllm_device == "cpu"
+    monkeypatch.setenv("SAGE_AGENT_VLLM_EXTRA_ARGS", '["--enforce-eager"]')
+    assert AgentSettings().vllm_extra_args == ["--enforce-eager"]

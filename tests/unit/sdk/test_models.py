@@ -132,6 +132,14 @@ def test_a_reported_spec_tolerates_fields_from_a_newer_agent() -> None:
     assert decoded.spec.model == "tiny"
 
 
+def test_a_spec_may_name_a_local_model_directory() -> None:
+    spec = m.decode(b'{"model": "/models/Qwen2.5-0.5B", "served_model_name": "qwen"}', m.EngineSpec)
+    assert spec.model == "/models/Qwen2.5-0.5B"
+    for bad in ("/models/../etc/passwd", "//etc", "/-rf"):
+        with pytest.raises(msgspec.ValidationError):
+            m.decode(msgspec.json.encode({"model": bad}), m.EngineSpec)
+
+
 def test_spec_name_defaults_to_model() -> None:
     assert m.EngineSpec(model="org/tiny").name == "org/tiny"
     assert m.EngineSpec(model="org/tiny", served_model_name="tiny").name == "tiny"
