@@ -348,6 +348,7 @@ class Agent:
             gpu_error=self._gpu_error,
             host_metrics=self._host_metrics,
             engines=self.engines(),
+            gpu_free_runtimes=[r for r in Runtime if not s.runtime_config().needs_gpu(r)],
         )
 
     @property

@@ -4,8 +4,9 @@ Rule: among agents that are not lost, those that can fit the spec; the one with 
 most free GPU memory wins (ties: fewer engines, then agent id). A spec fits an agent
 when ``tensor_parallel_size`` GPUs (or exactly ``spec.gpu_ids``) each have at least
 ``gpu_memory_utilization * memory_total`` bytes free (vLLM's default fraction 0.9
-when the spec gives none). The ``simulated`` runtime needs no GPU: the agent with the
-fewest engines wins. A named host (agent id or host address) skips the choice but
+when the spec gives none). A runtime the agent runs without GPUs (``simulated``, or
+``vllm`` on an agent with a CPU build) needs none: the agent with the fewest engines
+wins. A named host (agent id or host address) skips the choice but
 still has to fit.
 """
 
@@ -33,6 +34,11 @@ class Candidate:
     gpus: Sequence[GpuInfo]
     engines: int
     gpu_error: str | None = None
+    gpu_free_runtimes: Sequence[Runtime] = ()
+    """Runtimes this agent runs without GPUs (besides ``simulated``)."""
+
+    def needs_gpu(self, runtime: Runtime) -> bool:
+        return runtime is not Runtime.SIMULATED and runtime not in self.gpu_free_runtimes
 
     @property
     def free_bytes(self) -> int:
@@ -49,8 +55,12 @@ def fit_reason(spec: EngineSpec, candidate: Candidate) -> str | None:
     """Why ``spec`` does not fit ``candidate``, or ``None`` when it fits."""
     if candidate.lost:
         return "agent lost (lease expired)"
-    if spec.runtime is Runtime.SIMULATED:
-        return None
+    if not candidate.needs_gpu(spec.runtime):
+        return (
+            None
+            if spec.gpu_ids is None or spec.runtime is Runtime.SIMULATED
+            else (f"runs {spec.runtime.value} without GPUs, so gpu_ids cannot be given")
+        )
     if not candidate.gpus:
         return f"no GPUs ({candidate.gpu_error})" if candidate.gpu_error else "no GPUs"
     fraction = spec.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
@@ -107,6 +117,9 @@ def place(spec: EngineSpec, candidates: Sequence[Candidate], host: str | None = 
 
 
 def _best(spec: EngineSpec, fitting: Sequence[Candidate]) -> Candidate:
-    if spec.runtime is Runtime.SIMULATED:
-        return min(fitting, key=lambda c: (c.engines, c.agent_id))
-    return min(fitting, key=lambda c: (-c.free_bytes, c.engines, c.agent_id))
+    # GPU hosts first when any fits; agents that run this runtime without GPUs (CPU
+    # builds, the simulator) are chosen by load.
+    with_gpus = [c for c in fitting if c.needs_gpu(spec.runtime)]
+    if with_gpus:
+        return min(with_gpus, key=lambda c: (-c.free_bytes, c.engines, c.agent_id))
+    return min(fitting, key=lambda c: (c.engines, c.agent_id))

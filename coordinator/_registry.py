@@ -44,6 +44,7 @@ from sage.unified.sdk.models import (
     GpuInfo,
     HostMetrics,
     RoutingTable,
+    Runtime,
 )
 from sage.unified.sdk.states import ALLOWED_TRANSITIONS, EngineState
 
@@ -143,6 +144,7 @@ class _Agent:
     version: str = ""
     incarnation: int = 0
     port_range: tuple[int, int] = (8900, 8999)
+    gpu_free_runtimes: list[Runtime] = field(default_factory=list)
     gpus: list[GpuInfo] = field(default_factory=list)
     gpu_error: str | None = None
     host_metrics: HostMetrics | None = None
@@ -335,6 +337,7 @@ class Registry:
         agent.port_range = report.port_range
         agent.gpus = report.gpus
         agent.gpu_error = report.gpu_error
+        agent.gpu_free_runtimes = report.gpu_free_runtimes
         agent.host_metrics = report.host_metrics
         agent.lease_expires_at = now + self.lease_ttl_s
         agent.last_report_at = self._clock.time()
@@ -524,6 +527,7 @@ class Registry:
             gpus=agent.gpus,
             gpu_error=agent.gpu_error,
             host_metrics=agent.host_metrics,
+            gpu_free_runtimes=agent.gpu_free_runtimes,
         )
 
     def _check_engines(self, report: AgentReport) -> None:

@@ -411,6 +411,7 @@ class Coordinator:
                     gpus=summary.gpus,
                     engines=len(engines),
                     gpu_error=summary.gpu_error,
+                    gpu_free_runtimes=summary.gpu_free_runtimes,
                 )
                 for summary, engines in self._registry.live_agents()
             ]

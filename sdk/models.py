@@ -241,6 +241,9 @@ class AgentReport(Struct, kw_only=True):
     gpu_error: str | None = None
     host_metrics: HostMetrics | None = None
     engines: list[EngineInfo] = msgspec.field(default_factory=list)
+    gpu_free_runtimes: list[Runtime] = msgspec.field(default_factory=list)
+    """Runtimes this agent runs without GPUs (``simulated`` always; ``vllm`` with a CPU
+    build), so placement does not require GPUs for them here."""
 
 
 class AgentReportReply(Struct, kw_only=True):
@@ -266,6 +269,7 @@ class AgentSummary(Struct, kw_only=True):
     gpus: list[GpuInfo] = msgspec.field(default_factory=list)
     gpu_error: str | None = None
     host_metrics: HostMetrics | None = None
+    gpu_free_runtimes: list[Runtime] = msgspec.field(default_factory=list)
 
 
 class Backend(Struct, kw_only=True):

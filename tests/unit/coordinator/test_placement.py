@@ -84,3 +84,20 @@ def test_explicit_gpu_ids_must_fit() -> None:
     with pytest.raises(PlacementError, match="GPU 1"):
         place(spec, [cand("a", gpu(0, 80), gpu(1, 10))])
     assert place(spec, [cand("a", gpu(0, 10), gpu(1, 80))]).agent_id == "a"
+
+
+def test_vllm_goes_to_an_agent_with_a_cpu_build_only_when_no_gpu_host_fits() -> None:
+    cpu_agent = Candidate(
+        agent_id="cpu", host="10.0.0.9", url="http://10.0.0.9:8200", lost=False, gpus=[],
+        engines=0, gpu_free_runtimes=[Runtime.VLLM],
+    )  # fmt: skip
+    no_gpu = cand("plain")
+    spec = EngineSpec(model="m")
+    assert place(spec, [no_gpu, cpu_agent]).agent_id == "cpu"
+    gpu_host = cand("gpu", gpu(0, 80), engines=3)
+    assert place(spec, [cpu_agent, gpu_host]).agent_id == "gpu"
+    with pytest.raises(PlacementError, match="gpu_ids cannot be given"):
+        place(EngineSpec(model="m", gpu_ids=[0]), [cpu_agent])
+    # SGLang still needs GPUs there.
+    with pytest.raises(PlacementError, match="no GPUs"):
+        place(EngineSpec(model="m", runtime=Runtime.SGLANG), [cpu_agent])
