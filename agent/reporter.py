@@ -101,7 +101,9 @@ class Reporter:
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.interval_s = interval_s
         self._timeout = httpx.Timeout(timeout_s)
-        self._backoff = backoff or Backoff()
+        # Retrying no slower than the heartbeat: a coordinator that comes back has the
+        # full snapshot again within one heartbeat (it waits for it before publishing).
+        self._backoff = backoff or Backoff(max_s=max(interval_s, 0.5))
         self._sleep = sleep
         self._wake = anyio.Event()
         self.reachable = False

@@ -518,6 +518,16 @@ class EngineSupervisor:
         return load
 
     async def _exit_reason(self, when: str) -> str:
+        process = self.process
+        if (
+            process is not None
+            and process.returncode is None
+            and not getattr(process, "adopted", False)
+        ):
+            # ``_exited`` may see the zombie before ``_watch_exit`` has reaped it; the
+            # exit status is known once it has.
+            with anyio.move_on_after(2.0):
+                await self._exit_seen.wait()
         code = self.process.returncode if self.process is not None else None
         if getattr(self.process, "adopted", False):
             # Only a process's real parent sees its exit status (the launcher gives -1).

@@ -23,6 +23,7 @@ from sage.unified.coordinator._errors import (
     NotFoundError,
     PlacementError,
     ReportRejectedError,
+    SettlingError,
     StaleIncarnationError,
     UrlPolicyError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "PlacementError",
     "Registry",
     "ReportRejectedError",
+    "SettlingError",
     "SqliteStore",
     "StaleIncarnationError",
     "StartRequestRecord",

@@ -23,7 +23,7 @@ from litestar.params import FromPath, FromQuery
 from litestar.types import ExceptionHandlersMap
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sage.unified.coordinator._errors import CoordinatorError
+from sage.unified.coordinator._errors import CoordinatorError, SettlingError
 from sage.unified.coordinator._service import Coordinator
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import Store
@@ -86,10 +86,13 @@ def _decode_body(body: bytes, type_: type[T]) -> T:
 
 
 def _coordinator_error(_: Request[Any, Any, Any], exc: CoordinatorError) -> Response[Any]:
-    if exc.status_code >= 500:
+    if exc.status_code >= 500 and exc.status_code != 503:
         log.warning("coordinator error %d: %s", exc.status_code, exc.message)
+    headers = {"retry-after": "1"} if exc.status_code == 503 else None
     return Response(
-        error_body(exc.message, exc.error_type, exc.code, exc.param), status_code=exc.status_code
+        error_body(exc.message, exc.error_type, exc.code, exc.param),
+        status_code=exc.status_code,
+        headers=headers,
     )
 
 
@@ -146,6 +149,11 @@ def create_management_router(coordinator: Coordinator) -> Router:
         wait: FromQuery[float] = 0.0,
     ) -> Response[bytes]:
         await admin(request, "backends")
+        if coordinator.settling:
+            raise SettlingError(
+                "the coordinator restarted and is waiting for its agents to report again; "
+                "keep using the last routing table and retry in a second"
+            )
         if after is None or wait <= 0:
             table = coordinator.routing_table()
         else:

@@ -17,7 +17,8 @@ only by the exception handlers in :mod:`._app`.
     │   ├── StaleIncarnationError         409 report older than what the coordinator accepted
     │   └── PlacementError                409 no agent can take the engine (or 422: named host unknown)
     ├── AgentRejectedError                4xx the agent refused a command (its status and message)
-    └── AgentUnreachableError             502 agent_unreachable: an agent call failed
+    ├── AgentUnreachableError             502 agent_unreachable: an agent call failed
+    └── SettlingError                     503 just restarted, agents have not all reported yet
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "NotFoundError",
     "PlacementError",
     "ReportRejectedError",
+    "SettlingError",
     "StaleIncarnationError",
     "UrlPolicyError",
 ]
@@ -144,3 +146,11 @@ class AgentRejectedError(CoordinatorError):
             self.error_type = "not_found_error"
         elif status_code == 409:
             self.error_type = "conflict_error"
+
+
+class SettlingError(CoordinatorError):
+    """Raised for the routing table while a restarted coordinator waits for its agents."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "coordinator_settling"

@@ -71,7 +71,10 @@ def parse_engine_url(url: str) -> EngineUrl:
     Raises:
         UrlPolicyError: not http(s), no host, user info, query/fragment, or a bad port.
     """
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # e.g. "Invalid IPv6 URL" for an unbalanced "[" or "]"
+        raise UrlPolicyError(f"engine url {url!r} is malformed", param="url") from None
     scheme = parts.scheme.lower()
     if scheme not in {"http", "https"}:
         raise UrlPolicyError(

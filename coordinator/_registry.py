@@ -160,7 +160,10 @@ def _significant(engine: EngineInfo) -> EngineInfo:
 
 
 def _url_host_port(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL": matches no host, so the report is rejected
+        return "", "", -1
     try:
         port = parts.port
     except ValueError:

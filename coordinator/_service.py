@@ -123,6 +123,8 @@ class Coordinator:
         self._trackers: dict[str, ProbeTracker] = {}
         self._pending_starts: dict[str, StartRequestRecord] = {}
         self._allowed_agent_hosts: set[str] = set()
+        self._settling_agents: set[str] = set()
+        self._settle_deadline = 0.0
         self._stack: AsyncExitStack | None = None
         self._ready = False
         self._agent_writes: dict[str, AgentRecord] = {}
@@ -152,6 +154,11 @@ class Coordinator:
             registry = self._new_registry(stored.revision)
             for record in stored.agents:
                 registry.restore_agent(record, grace_s=self.settings.restart_grace_s)
+            # Restored agents are known but their engines are not (agents are the source
+            # of truth for those): until each has reported again, or one lease TTL has
+            # passed, the routing table would be missing engines that are serving.
+            self._settling_agents = {record.agent_id for record in stored.agents}
+            self._settle_deadline = self.clock.monotonic() + self.settings.lease_ttl_s
             for engine in stored.registered:
                 restored = msgspec.structs.replace(
                     engine, state=EngineState.STARTING, reason="restored; waiting for health probes"
@@ -204,6 +211,21 @@ class Coordinator:
     def ready(self) -> bool:
         """Whether the coordinator is started (store open, loops running)."""
         return self._ready
+
+    @property
+    def settling(self) -> bool:
+        """Just restarted, and some agents it knew have not reported again yet.
+
+        For at most one lease TTL. Meanwhile the routing table lacks their engines, so
+        ``/v1/management/backends`` answers 503 (gateways keep their last table) and an
+        embedded gateway answers 503 rather than 404 for a model it cannot see yet.
+        """
+        if not self._settling_agents:
+            return False
+        if self.clock.monotonic() >= self._settle_deadline:
+            self._settling_agents.clear()
+            return False
+        return True
 
     # -------------------------------------------------------------- queries
 
@@ -317,6 +339,7 @@ class Coordinator:
                 await self._check_host(report.host, report.port_range[0])
                 self._allowed_agent_hosts.add(report.host)
             outcome = self._registry.apply_report(report)
+            self._settling_agents.discard(agent_id)
         except CoordinatorError as exc:
             self.metrics.reports.labels(result="rejected").inc()
             await self.audit(f"agent:{agent_id}", "report", agent_id, f"rejected: {exc.message}")
@@ -538,7 +561,8 @@ class Coordinator:
     async def _check_host(self, host: str, port: int) -> None:
         try:
             addresses = await self._resolver(host, port)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
+            # UnicodeError: a name IDNA cannot encode (idna.IDNAError), not a server fault.
             raise UrlPolicyError(f"host {host!r} does not resolve: {exc}", param="url") from None
         check_addresses(host, addresses, self._networks)
 

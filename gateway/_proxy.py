@@ -197,6 +197,7 @@ class DataPlane:
         metrics: GatewayMetrics,
         config: ProxyConfig,
         unavailable_models: Callable[[], frozenset[str]] = frozenset,
+        settling: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
     ) -> None:
         self.state = state
@@ -208,6 +209,7 @@ class DataPlane:
         self.metrics = metrics
         self.config = config
         self._unavailable_models = unavailable_models
+        self._settling = settling
         self._rng = rng or random.Random()
         self._origins: dict[str, tuple[str, str, int]] = {}
         self.active = 0
@@ -318,7 +320,13 @@ class DataPlane:
         )
 
     def _raise_unroutable(self, model: str, kind: EngineKind) -> None:
-        if model in self._unavailable_models() or self.state.model_backends(model):
+        # While the control plane settles after a restart, an unknown model may simply
+        # not have been re-reported yet: "try again" is the honest answer, not 404.
+        if (
+            model in self._unavailable_models()
+            or self.state.model_backends(model)
+            or self._settling()
+        ):
             raise NoBackendAvailableError(
                 f"model '{model}' has no ready backend right now; retry shortly",
                 headers={"retry-after": str(self.config.unavailable_retry_after_s)},

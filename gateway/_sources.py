@@ -33,12 +33,20 @@ __all__ = ["EmbeddedSource", "RemoteSource", "StaticSource", "TableSource"]
 
 log = logging.getLogger("sage.unified.gateway")
 
+REBUILD_WAIT_S = 5.0
+"""How long a gateway keeps its table over a smaller one from a coordinator that lost its
+database (more than one heartbeat, so every live agent has re-reported)."""
+
 
 class TableSource(Protocol):
     status: dict[str, Any]
     """``reachable`` (bool), ``last_update`` (epoch s or None), ``error`` (str or None)."""
 
     def unavailable_models(self) -> frozenset[str]: ...
+
+    def settling(self) -> bool:
+        """The control plane just restarted and the table may lack serving engines."""
+        ...
 
     async def run(self, state: RoutingState) -> None:
         """Keep ``state`` up to date until cancelled."""
@@ -58,6 +66,9 @@ class _Base:
     def unavailable_models(self) -> frozenset[str]:
         return self._unavailable
 
+    def settling(self) -> bool:
+        return False
+
     def _apply(self, state: RoutingState, table: RoutingTable) -> None:
         state.update(table)
         self._unavailable = frozenset(table.unavailable_models)
@@ -71,6 +82,9 @@ class EmbeddedSource(_Base):
         super().__init__()
         self.status["mode"] = "embedded"
         self._coordinator = coordinator
+
+    def settling(self) -> bool:
+        return self._coordinator.settling
 
     async def run(self, state: RoutingState) -> None:
         self._apply(state, self._coordinator.routing_table())
@@ -88,10 +102,15 @@ class RemoteSource(_Base):
         self._url = url.rstrip("/") + "/v1/management/backends"
         self._headers = {"authorization": f"Bearer {token}"} if token else {}
         self._wait_s = wait_s
+        self._settling = False
+
+    def settling(self) -> bool:
+        return self._settling
 
     async def run(self, state: RoutingState) -> None:
         backoff = 0.5
         revision = -1
+        rebuilding_until = 0.0
         timeout = httpx.Timeout(connect=2.0, read=self._wait_s + 5.0, write=5.0, pool=5.0)
         async with httpx.AsyncClient(
             timeout=timeout, trust_env=False, headers=self._headers
@@ -111,10 +130,17 @@ class RemoteSource(_Base):
                     backoff = min(backoff * 2, 10.0)
                     continue
                 backoff = 0.5
+                self._settling = False
                 if table.revision < revision:
-                    # A restarted coordinator with an empty database starts counting again.
+                    # Revisions are persisted, so going back means the coordinator lost its
+                    # database: its table fills as agents re-report over the next heartbeat.
                     log.info("coordinator revision went back (%d -> %d)", revision, table.revision)
+                    rebuilding_until = time.monotonic() + REBUILD_WAIT_S
                 revision = table.revision
+                if time.monotonic() < rebuilding_until and len(table.backends) < len(state):
+                    # Meanwhile keep routing on the fuller table we have.
+                    self._settling = True
+                    continue
                 self._apply(state, table)
 
 

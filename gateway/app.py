@@ -144,6 +144,7 @@ class GatewayRuntime:
                     expose_backend_header=settings.expose_backend_header,
                 ),
                 unavailable_models=self.source.unavailable_models,
+                settling=self.source.settling,
             )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self.source.run, self.state)

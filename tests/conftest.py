@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 
@@ -84,6 +85,28 @@ class ProcessGroup:
             proc.wait(timeout=10)
 
 
+def reap_by_sage_home(root: Path) -> None:
+    """Kill every process whose inherited ``SAGE_HOME`` lies under ``root``.
+
+    Engines run in their own session so that they outlive their agent (by design), so
+    killing an agent's or gateway's process group leaves them serving and holding ports
+    of the 8900-8999 range. Each is killed by pid, with its process group.
+    """
+    prefix = str(root)
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue  # pytest itself may carry the test's SAGE_HOME (the sage_home fixture)
+        try:
+            if not proc.environ().get("SAGE_HOME", "").startswith(prefix):
+                continue
+            if os.getpgid(proc.pid) == proc.pid:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue  # gone already, or not ours to read
+
+
 @pytest.fixture
 def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
     log_dir = tmp_path / "proc-logs"
@@ -93,6 +116,7 @@ def processes(tmp_path: Path) -> Iterator[ProcessGroup]:
         yield group
     finally:
         group.kill_all()
+        reap_by_sage_home(tmp_path)
 
 
 def _wait_http(url: str, timeout: float = 15.0, status: int | None = 200) -> httpx.Response:

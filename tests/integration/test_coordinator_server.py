@@ -177,9 +177,12 @@ async def test_restart_with_populated_db_keeps_agents_and_grants_grace(server: S
         assert [e["id"] for e in engines] == [
             "reg1"
         ]  # agent engines come back with its next report
-        assert (await client.get("/v1/management/backends", headers=ADMIN)).json()[
-            "revision"
-        ] >= revision_before
+        # The agent it knew has not reported yet: the table is withheld, not published
+        # without that agent's engines.
+        settling = await client.get("/v1/management/backends", headers=ADMIN)
+        assert settling.status_code == 503
+        assert settling.json()["error"]["code"] == "coordinator_settling"
+        assert settling.headers["retry-after"] == "1"
         # Incarnation fence survives the restart.
         r = await client.put("/v1/agents/a1", content=report_body(incarnation=3), headers=AGENT)
         assert r.status_code == 409
@@ -188,6 +191,9 @@ async def test_restart_with_populated_db_keeps_agents_and_grants_grace(server: S
         )  # past TTL, within TTL + grace
         agents = (await client.get("/v1/management/agents", headers=ADMIN)).json()["agents"]
         assert agents[0]["lost"] is False
+        # One lease TTL later it publishes again, its revision never behind the old one.
+        table = (await client.get("/v1/management/backends", headers=ADMIN)).json()
+        assert table["revision"] >= revision_before
         for _ in range(50):
             agents = (await client.get("/v1/management/agents", headers=ADMIN)).json()["agents"]
             if agents[0]["lost"]:

@@ -353,3 +353,23 @@ async def test_only_the_scope_with_tokens_is_closed() -> None:
         assert await coordinator.authenticate("agent", None, target="a1") == "anonymous"
         with pytest.raises(AuthenticationError, match="missing bearer token"):
             await coordinator.authenticate("admin", None)
+
+
+@pytest.mark.anyio
+async def test_a_restarted_coordinator_withholds_its_table_until_known_agents_report() -> None:
+    clock = FakeClock()
+    store = MemoryStore()
+    settings = CoordinatorSettings(agent_tokens=["agent-t"], admin_tokens=["admin-t"], db_path=None)
+    async with Coordinator(settings, clock=clock, store=store, resolver=fake_resolver) as first:
+        await first.report("a1", decode(snapshot(EngineState.READY)["content"], AgentReport))
+        assert not first.settling  # a first start with an empty store has nothing to wait for
+    restarted = Coordinator(settings, clock=clock, store=store, resolver=fake_resolver)
+    async with restarted:
+        assert restarted.settling
+        await restarted.report("a1", decode(snapshot(EngineState.READY)["content"], AgentReport))
+        assert not restarted.settling
+    again = Coordinator(settings, clock=clock, store=store, resolver=fake_resolver)
+    async with again:
+        assert again.settling
+        clock.advance(settings.lease_ttl_s)
+        assert not again.settling  # bounded by one lease TTL even if the agent never returns

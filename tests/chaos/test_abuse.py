@@ -1,0 +1,162 @@
+"""Abuse of the control plane through a real gateway (embedded coordinator + agent)
+with admin and agent tokens configured: nothing unsafe is registered or spawned,
+and every rejected control action leaves an audit entry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ADMIN = {"authorization": "Bearer admin-secret"}
+AGENT = {"authorization": "Bearer agent-secret"}
+TOKENS = {
+    "SAGE_GATEWAY_ADMIN_TOKENS": "admin-secret",
+    "SAGE_GATEWAY_AGENT_TOKENS": "agent-secret",
+    "SAGE_AGENT_TOKEN": "agent-secret",
+}
+
+
+def _table(url: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{url}/v1/management/backends", headers=ADMIN, timeout=5)
+    assert response.status_code == 200, response.text
+    backends: list[dict[str, Any]] = response.json()["backends"]
+    return backends
+
+
+def _engines(url: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{url}/v1/management/engines", headers=ADMIN, timeout=5)
+    assert response.status_code == 200, response.text
+    engines: list[dict[str, Any]] = response.json()["engines"]
+    return engines
+
+
+def _audit(url: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{url}/v1/management/audit?limit=1000", headers=ADMIN, timeout=5)
+    assert response.status_code == 200, response.text
+    entries: list[dict[str, Any]] = response.json()["entries"]
+    return entries
+
+
+def _children(pid: int) -> set[int]:
+    return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+
+
+def _assert_openai_error(response: httpx.Response) -> None:
+    error = response.json()["error"]
+    assert set(error) >= {"message", "type", "param", "code"}
+
+
+def test_registration_abuse_is_rejected_and_audited(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(env=TOKENS)
+    url = f"{gateway.url}/v1/management/engines/register"
+
+    anonymous = httpx.post(url, json={"model": "m", "url": "http://127.0.0.1:9"}, timeout=5)
+    assert anonymous.status_code == 401
+    _assert_openai_error(anonymous)
+    wrong = httpx.post(
+        url,
+        json={"model": "m", "url": "http://127.0.0.1:9"},
+        headers={"authorization": "Bearer admin-secreT"},
+        timeout=5,
+    )
+    assert wrong.status_code == 401
+
+    for target in (
+        "http://169.254.169.254/",
+        "http://169.254.169.254/latest/meta-data/",
+        "file:///etc/passwd",
+        "http://[fe80::1]:80",
+        "gopher://127.0.0.1:70/",
+    ):
+        response = httpx.post(url, json={"model": "evil", "url": target}, headers=ADMIN, timeout=10)
+        assert 400 <= response.status_code < 500, (target, response.status_code, response.text)
+        _assert_openai_error(response)
+    assert _table(gateway.url) == []
+    assert [e for e in _engines(gateway.url) if e["model"] == "evil"] == []
+    entries = _audit(gateway.url)
+    rejected = [
+        e
+        for e in entries
+        if e["action"] == "engine.register" and e["result"].startswith("rejected")
+    ]
+    assert len(rejected) >= 5, entries
+    assert any(e["who"] == "unauthenticated" for e in entries), entries
+
+
+def test_agent_reports_about_other_hosts_or_ports_are_rejected(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(env=TOKENS)
+    base = {
+        "agent_id": "intruder",
+        "host": "127.0.0.1",
+        "url": "http://127.0.0.1:1",
+        "incarnation": 1,
+        "port_range": [8900, 8999],
+    }
+    engine = {"id": "stolen", "model": "tiny", "state": "READY"}
+    bad_reports = [
+        # An engine on another host than the reporting agent's.
+        {**engine, "host": "10.1.2.3", "port": 8900, "url": "http://10.1.2.3:8900"},
+        # A port outside the agent's declared range.
+        {**engine, "host": "127.0.0.1", "port": 9500, "url": "http://127.0.0.1:9500"},
+        # A URL that does not point at the engine's own host and port.
+        {**engine, "host": "127.0.0.1", "port": 8900, "url": "http://169.254.169.254:8900"},
+    ]
+    for bad in bad_reports:
+        response = httpx.put(
+            f"{gateway.url}/v1/agents/intruder",
+            json={**base, "engines": [bad]},
+            headers=AGENT,
+            timeout=5,
+        )
+        assert 400 <= response.status_code < 500, (bad, response.text)
+        _assert_openai_error(response)
+    no_token = httpx.put(
+        f"{gateway.url}/v1/agents/intruder", json={**base, "engines": []}, timeout=5
+    )
+    assert no_token.status_code == 401
+    admin_is_not_agent = httpx.put(
+        f"{gateway.url}/v1/agents/intruder", json={**base, "engines": []}, headers=ADMIN, timeout=5
+    )
+    assert admin_is_not_agent.status_code == 401
+    assert "stolen" not in {e["id"] for e in _engines(gateway.url)}
+    assert _table(gateway.url) == []
+    reports = [e for e in _audit(gateway.url) if e["action"] == "report"]
+    assert len([e for e in reports if e["result"].startswith("rejected")]) >= 3, reports
+
+
+def test_launch_abuse_spawns_nothing_and_is_audited(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    gateway = start_gateway(env=TOKENS)
+    children_before = _children(gateway.proc.pid)
+    url = f"{gateway.url}/v1/management/engines/start"
+    simulated = {"model": "tiny", "runtime": "simulated"}
+    bodies: list[dict[str, Any]] = [
+        {"spec": {**simulated, "command": ["/bin/sh", "-c", "touch /tmp/pwned"]}},
+        {"spec": {**simulated, "env": {"LD_PRELOAD": "/tmp/evil.so"}}},
+        {"spec": {**simulated, "extra_args": ["--trust-remote-code"]}},
+        {"spec": {**simulated, "model": "../../etc/passwd"}},
+        {"spec": {**simulated, "model": "/srv/models/../../etc/passwd"}},
+        {"spec": {**simulated, "model": "--trust-remote-code"}},
+        {"spec": {**simulated, "served_model_name": "--api-key=x"}},
+        {"spec": {**simulated, "model": "tiny; rm -rf /"}},
+        {"spec": simulated, "command": "sh"},
+    ]
+    for body in bodies:
+        response = httpx.post(url, json=body, headers=ADMIN, timeout=10)
+        assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+        _assert_openai_error(response)
+    for headers in ({}, {"authorization": "Bearer wrong"}, AGENT):
+        response = httpx.post(url, json={"spec": simulated}, headers=headers, timeout=10)
+        assert response.status_code == 401, response.text
+    assert _engines(gateway.url) == []
+    agent_engines = httpx.get(f"{gateway.url}/v1/management/agents", headers=ADMIN, timeout=5)
+    assert [a["engines"] for a in agent_engines.json()["agents"]] == [0]
+    assert _children(gateway.proc.pid) <= children_before
+    entries = _audit(gateway.url)
+    starts = [e for e in entries if e["action"] == "engine.start"]
+    assert len([e for e in starts if e["result"].startswith("rejected")]) >= len(bodies), entries
+    assert len([e for e in entries if e["who"] == "unauthenticated"]) >= 3, entries
