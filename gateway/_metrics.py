@@ -9,7 +9,9 @@ and one ``inc()`` per request.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -24,9 +26,12 @@ _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
 class _BackendCollector(Collector):
     """Backend state read at scrape time from the routing state (no background work)."""
 
-    def __init__(self, state: RoutingState, source_status: dict[str, object]) -> None:
+    def __init__(
+        self, state: RoutingState, source_status: dict[str, object], active: Callable[[], int]
+    ) -> None:
         self._state = state
         self._source = source_status
+        self._active = active
 
     def collect(self):  # type: ignore[no-untyped-def]
         in_flight = GaugeMetricFamily(
@@ -45,6 +50,9 @@ class _BackendCollector(Collector):
             ejected.add_metric(labels, 1.0 if backend.ejected else 0.0)
         yield in_flight
         yield ejected
+        yield GaugeMetricFamily(
+            "sage_gateway_in_flight", "Requests being proxied", value=self._active()
+        )
         yield GaugeMetricFamily(
             "sage_gateway_backends",
             "Routable backends in the current table",
@@ -88,9 +96,9 @@ class GatewayMetrics:
             buckets=_TTFT_BUCKETS,
             registry=self.registry,
         )
-        self.in_flight = Gauge(
-            "sage_gateway_in_flight", "Requests being proxied", registry=self.registry
-        )
+        # Read at scrape time from the data plane's own counter (set by the data plane): a
+        # gauge updated twice per request costs two lock round-trips on the hot path.
+        self.active_requests: Callable[[], int] = lambda: 0
         self._retries = Counter(
             "sage_gateway_retries",
             "Requests retried on another backend",
@@ -115,7 +123,9 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
-        self.registry.register(_BackendCollector(state, source_status))
+        self.registry.register(
+            _BackendCollector(state, source_status, lambda: self.active_requests())
+        )
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._ttft_children: dict[str, Histogram] = {}

@@ -81,6 +81,8 @@ log = logging.getLogger("sage.unified.gateway")
 
 _JSON = [(b"content-type", b"application/json")]
 _RETRYABLE_STATUS = frozenset({502, 503})
+WATCH_AFTER_S = 0.05
+"""A request older than this gets a task that watches for its client leaving."""
 
 
 class ProxyConfig:
@@ -147,19 +149,28 @@ class _ClientWatch:
 
     uvicorn drops sends silently after a disconnect and never cancels the handler, so
     without this an engine would go on generating for a client that is gone: closing the
-    upstream connection is how vLLM learns to abort the request. One waiter per request;
-    ``receive()`` returns only on disconnect (or once the response is complete) because
-    the body has been read already.
+    upstream connection is how vLLM learns to abort the request. ``receive()`` returns
+    only on disconnect (or once the response is complete) because the body has been read.
+
+    The waiting task starts only once a request has run for ``WATCH_AFTER_S``: a task per
+    request measurably costs CPU (13 µs of ~80 per proxied request on the benchmark
+    machine), and a request that short cannot leave much upstream work behind. A client
+    that left earlier is noticed at that moment.
     """
 
-    __slots__ = ("_task", "gone", "response", "waiting")
+    __slots__ = ("_receive", "_task", "_timer", "gone", "response", "waiting")
 
     def __init__(self, receive: Receive) -> None:
         self.gone = False
         self.response: UpstreamResponse | None = None
         self.waiting: asyncio.Task[Any] | None = None
         """The request's task while it waits for the engine's response head."""
-        self._task = asyncio.ensure_future(receive())
+        self._receive = receive
+        self._task: asyncio.Future[Message] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
+
+    def _start(self) -> None:
+        self._task = asyncio.ensure_future(self._receive())
         self._task.add_done_callback(self._on_disconnect)
 
     def _on_disconnect(self, task: asyncio.Future[Message]) -> None:
@@ -178,7 +189,8 @@ class _ClientWatch:
             response.close()
 
     def stop(self) -> None:
-        if not self._task.done():
+        self._timer.cancel()
+        if self._task is not None and not self._task.done():
             self._task.cancel()
 
 
@@ -213,6 +225,7 @@ class DataPlane:
         self._rng = rng or random.Random()
         self._origins: dict[str, tuple[str, str, int]] = {}
         self.active = 0
+        metrics.active_requests = lambda: self.active
 
     def endpoint(
         self, kind: EngineKind, path: bytes
@@ -229,7 +242,6 @@ class DataPlane:
     ) -> None:
         started = time.monotonic()
         self.active += 1
-        self.metrics.in_flight.inc()
         try:
             await self._handle(scope, receive, send, kind, path, started)
         except _ClientGone:
@@ -239,7 +251,6 @@ class DataPlane:
             await _send_json(send, exc.status, exc.body(), exc.headers)
         finally:
             self.active -= 1
-            self.metrics.in_flight.dec()
 
     async def _handle(
         self,

@@ -134,6 +134,8 @@ def test_connection_refused_is_retried_once_on_another_backend(
         served_by.add(response.headers["x-sage-backend"])
     assert served_by == {"static-1-llm"}
     assert _metric(gw.url, "sage_gateway_retries_total") >= 1
+    assert _metric(gw.url, "sage_gateway_in_flight") == 0  # the scrape itself is not proxied
+    assert _metric(gw.url, "sage_gateway_requests_total") >= 6
 
 
 def test_killing_a_backend_under_load_fails_no_request(
