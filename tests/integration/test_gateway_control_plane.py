@@ -68,13 +68,32 @@ def _routable(url: str) -> set[str]:
 class _Load:
     """Closed-loop clients sending non-streaming chats until stopped."""
 
-    def __init__(self, url: str, clients: int = 4) -> None:
+    def __init__(self, url: str, clients: int = 4, streaming: int = 0) -> None:
         self.url = url
         self.statuses: list[int] = []
         self.errors: list[str] = []
         self.served_by: list[str] = []
+        self.streams_done = 0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        self._threads += [threading.Thread(target=self._stream) for _ in range(streaming)]
+
+    def _stream(self) -> None:
+        body = {**CHAT, "stream": True, "max_tokens": 16}
+        with httpx.Client(timeout=20) as client:
+            while not self._stop.is_set():
+                try:
+                    with client.stream(
+                        "POST", f"{self.url}/v1/chat/completions", json=body
+                    ) as response:
+                        text = "".join(response.iter_text())
+                    self.statuses.append(response.status_code)
+                    if response.status_code != 200 or not text.rstrip().endswith("data: [DONE]"):
+                        self.errors.append(f"stream {response.status_code}: {text[-200:]}")
+                    else:
+                        self.streams_done += 1
+                except httpx.HTTPError as exc:
+                    self.errors.append(repr(exc))
 
     def _run(self) -> None:
         with httpx.Client(timeout=20) as client:
@@ -132,10 +151,11 @@ def test_engine_killed_under_load_is_routed_around_restarted_and_back(embedded: 
 
 
 def test_drain_under_load_loses_nothing_and_stops_the_engine(embedded: str) -> None:
-    first = _start_engine(embedded, ttft_ms=50)
-    second = _start_engine(embedded, ttft_ms=50)
+    first = _start_engine(embedded, ttft_ms=50, itl_ms=20, output_tokens=16)
+    second = _start_engine(embedded, ttft_ms=50, itl_ms=20, output_tokens=16)
     _wait(lambda: _routable(embedded) == {first, second}, 30, "both engines READY")
-    with _Load(embedded, clients=6) as load:
+    # Steady streaming load (each stream ~0.35 s) plus non-streamed requests.
+    with _Load(embedded, clients=3, streaming=4) as load:
         time.sleep(0.5)
         response = httpx.post(
             f"{embedded}/v1/management/engines/stop",
@@ -153,6 +173,7 @@ def test_drain_under_load_loses_nothing_and_stops_the_engine(embedded: str) -> N
     assert load.errors == []
     assert set(load.statuses) == {200}
     assert len(load.statuses) > 20
+    assert load.streams_done > 8  # streams completed with [DONE] across the drain
 
 
 def test_a_model_with_no_ready_engine_gets_503_with_retry_after(embedded: str) -> None:

@@ -203,6 +203,10 @@ def test_a_stream_cut_mid_way_ends_with_an_error_event_and_no_done(
     assert "[DONE]" not in events
 
 
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def test_client_disconnect_aborts_the_upstream_request(
     start_simulator, start_gateway, models_ready
 ) -> None:
@@ -225,6 +229,23 @@ def test_client_disconnect_aborts_the_upstream_request(
             "upstream request still running 1 s after the client left"
         )
         time.sleep(0.05)
+    # No task or socket is left behind: after more clients leave mid-stream, the
+    # gateway holds no more file descriptors than before (pooled keep-alive aside).
+    baseline = _open_fds(gw.proc.pid)
+    for _ in range(5):
+        with httpx.stream(
+            "POST",
+            f"{gw.url}/v1/chat/completions",
+            json={**CHAT, "max_tokens": 200, "stream": True},
+            timeout=10,
+        ) as response:
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 3
+    while _open_fds(gw.proc.pid) > baseline + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _open_fds(gw.proc.pid) <= baseline + 1
+    assert _metric(sim.url, "vllm:num_requests_running") == 0
 
 
 def test_session_affinity_keeps_a_session_on_one_backend(
