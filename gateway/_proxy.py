@@ -23,6 +23,7 @@ Per request:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -249,6 +250,15 @@ class DataPlane:
         except GatewayError as exc:
             self.metrics.rejected(exc.code if isinstance(exc.code, str) else str(exc.status))
             await _send_json(send, exc.status, exc.body(), exc.headers)
+        except Exception:
+            # Served ahead of Litestar's exception middleware (see app.fast_path), so an
+            # unexpected error is answered here: OpenAI-shaped, no traceback to the client.
+            log.exception("unexpected error while proxying %s", path.decode())
+            self.metrics.rejected("internal_error")
+            with contextlib.suppress(Exception):  # the response may have started already
+                await _send_json(
+                    send, 500, error_bytes("internal error", "server_error", "internal_error")
+                )
         finally:
             self.active -= 1
 

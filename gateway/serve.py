@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import uvicorn
 
-from sage.unified.gateway.app import GatewayRuntime, create_gateway_app
+from sage.unified.gateway.app import GatewayRuntime, create_gateway_app, fast_path
 from sage.unified.gateway.settings import GatewaySettings
 
 __all__ = ["PortInUseError", "check_port_free", "run"]
@@ -92,7 +92,7 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
         check_port_free("127.0.0.1", settings.agent_port)
     runtime = GatewayRuntime(settings)
     runtime.local_agent_pending = embedded_agent
-    app = create_gateway_app(runtime=runtime)
+    app = fast_path(create_gateway_app(runtime=runtime), runtime)
     gateway_server = _Server(_uvicorn_config(app, settings.host, settings.port, settings))
     servers: list[uvicorn.Server] = [gateway_server]
 
