@@ -16,11 +16,7 @@ from sage.unified.sdk.client._discovery import BACKENDS_PATH, backends_params, d
 from sage.unified.sdk.client._errors import (
     APIStatusError,
     AttemptRecord,
-    AuthenticationError,
     ConfigurationError,
-    InvalidResponseError,
-    NotFoundError,
-    PermissionDeniedError,
     SageClientError,
     StreamInterruptedError,
     status_error,
@@ -30,6 +26,12 @@ from sage.unified.sdk.client._failover import (
     RetryEvent,
     is_testing,
     parse_retry_after,
+)
+from sage.unified.sdk.client._http import (
+    ERROR_BODY_LIMIT,
+    PERMANENT_ERRORS,
+    decode_json,
+    request_timeout,
 )
 from sage.unified.sdk.client._results import (
     ChatResult,
@@ -49,28 +51,6 @@ __all__ = ["ChatStream", "UnifiedInferenceClient"]
 
 logger = logging.getLogger("sage.unified.sdk.client")
 
-_ERROR_BODY_LIMIT = 64 * 1024
-# Answers a retry will not change soon (no admin scope, no management API): poll slowly.
-_PERMANENT = (AuthenticationError, PermissionDeniedError, NotFoundError)
-
-
-def _timeout(core: ClientCore, remaining: float) -> httpx.Timeout:
-    return httpx.Timeout(
-        connect=min(core.config.connect_timeout, remaining),
-        read=remaining,
-        write=remaining,
-        pool=remaining,
-    )
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise InvalidResponseError(
-            f"{response.request.url} answered with invalid JSON: {exc}"
-        ) from exc
-
 
 def _read_error_body(response: httpx.Response) -> bytes:
     chunks: list[bytes] = []
@@ -79,7 +59,7 @@ def _read_error_body(response: httpx.Response) -> bytes:
         for chunk in response.iter_bytes():
             chunks.append(chunk)
             size += len(chunk)
-            if size >= _ERROR_BODY_LIMIT:
+            if size >= ERROR_BODY_LIMIT:
                 break
     except httpx.HTTPError as exc:
         # The status line is what matters; a body cut short only loses detail.
@@ -356,7 +336,7 @@ class UnifiedInferenceClient:
         except (SageClientError, httpx.HTTPError) as exc:
             core.cache.record_error(describe_exception(exc))
             logger.debug("routing table refresh failed: %s", describe_exception(exc))
-            delay = core.policy.after_error(permanent=isinstance(exc, _PERMANENT))
+            delay = core.policy.after_error(permanent=isinstance(exc, PERMANENT_ERRORS))
         else:
             changed = core.cache.update(table)
             delay = core.policy.after_success(
@@ -425,7 +405,7 @@ class UnifiedInferenceClient:
                 url + path,
                 json=body,
                 headers=core.inference_headers(),
-                timeout=_timeout(core, plan.remaining()),
+                timeout=request_timeout(core, plan.remaining()),
             )
             retry_after: float | None = None
             try:
@@ -462,7 +442,7 @@ class UnifiedInferenceClient:
             ) from exc
         finally:
             response.close()
-        return _json(response)
+        return decode_json(response)
 
     def _stream(self, path: str, model: str, kind: EngineKind, body: dict[str, Any]) -> ChatStream:
         response = self._send("POST", path, self._targets(model, kind), body)
@@ -558,7 +538,7 @@ class UnifiedInferenceClient:
             response.read()
         finally:
             response.close()
-        return parse_model_list(_json(response))
+        return parse_model_list(decode_json(response))
 
     def backends(self) -> RoutingTable:
         """The routing table, read now (``GET /v1/management/backends``).
