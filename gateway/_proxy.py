@@ -3,7 +3,7 @@
 This is the hot path of the product. It runs as Litestar ``asgi`` route handlers (one app,
 one port) over the lean upstream client in ``gateway.upstream``; the body is read once
 and only ``model``, ``stream`` and the session key are decoded from it. It is
-asyncio-only, like the upstream client and uvicorn under it.
+asyncio-only, like the upstream client and the server under it (``gateway.server``).
 
 Per request:
 
@@ -148,7 +148,7 @@ class _ClientGone(Exception):
 class _ClientWatch:
     """Waits for the client to disconnect, then closes the upstream response in use.
 
-    uvicorn drops sends silently after a disconnect and never cancels the handler, so
+    The server drops sends silently after a disconnect and never cancels the handler, so
     without this an engine would go on generating for a client that is gone: closing the
     upstream connection is how vLLM learns to abort the request. ``receive()`` returns
     only on disconnect (or once the response is complete) because the body has been read.

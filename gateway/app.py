@@ -272,10 +272,10 @@ def fast_path(
     everything else (and every other method on them, for the 405) to Litestar.
 
     The proxy routes are also Litestar ``asgi`` handlers, so ``app`` alone serves them
-    (ASGI transports in tests). In front of uvicorn, skipping Litestar's router and
-    exception middleware for them measured 63 -> 51 µs of gateway CPU per request at c=32
-    and 92 -> 83 µs at c=1 (``bench/gateway_overhead.sh`` machine, docs/performance.md):
-    the largest single saving left on this hot path. One app, one port either way.
+    (ASGI transports in tests). Skipping Litestar's router and exception middleware for
+    them measured 63 -> 51 µs of gateway CPU per request at c=32 and 92 -> 83 µs at c=1
+    (then under uvicorn; ``bench/gateway_overhead.sh``, docs/performance.md). One app, one
+    port either way.
     """
     targets = {path: (kind, path.encode()) for path, kind in _PROXIED}
 

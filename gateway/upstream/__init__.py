@@ -12,7 +12,7 @@ largest share of that profile (31 %), httpcore's per-request scan over every
 pooled connection (``_assign_requests_to_connections``) the next. A
 purpose-built client on httptools + ``asyncio.Protocol`` + a LIFO pool cut the
 cost of the best general client (aiohttp) in half (423 -> 200 us/request
-behind a Litestar ``asgi`` handler). The gateway runs on uvicorn + uvloop, so
+behind a Litestar ``asgi`` handler). The gateway runs on its own server + uvloop, so
 this module talks to asyncio directly: anyio's task groups and cancel scopes
 would add measurable microseconds to every request here. httpx remains the
 client for everything off the hot path.
