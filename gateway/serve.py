@@ -28,16 +28,20 @@ import anyio
 import uvicorn
 
 from sage.unified.gateway.app import GatewayRuntime, create_gateway_app, fast_path
-from sage.unified.gateway.server import HttpServer, ServerConfig
+from sage.unified.gateway.server import HttpServer, LifespanFailed, ServerConfig
 from sage.unified.gateway.settings import GatewaySettings
 
-__all__ = ["PortInUseError", "check_port_free", "run"]
+__all__ = ["GatewayStartError", "PortInUseError", "check_port_free", "run"]
 
 log = logging.getLogger("sage.unified.gateway")
 
 
 class PortInUseError(OSError):
     """The port the gateway (or its local agent) should listen on is taken."""
+
+
+class GatewayStartError(RuntimeError):
+    """The gateway app could not start (its runtime raised during startup)."""
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -133,12 +137,14 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
         loop.add_signal_handler(signum, _stop)
     loop.add_signal_handler(signal.SIGUSR1, _stop_with_engines)
     try:
+        try:
+            # Started here rather than in the task group so that a failure is one clear
+            # error, not an exception group.
+            await gateway_server.start()
+        except LifespanFailed as exc:
+            raise GatewayStartError(f"the gateway failed to start: {exc}") from None
         async with anyio.create_task_group() as tg:
             tg.start_soon(gateway_server.serve)
-            while not gateway_server.started:
-                if gateway_server.should_exit:
-                    return
-                await anyio.sleep(0.02)
             log.info("gateway listening on http://%s:%d", settings.host, gateway_server.port)
             if embedded_agent:
                 await _run_local_agent(settings, runtime, servers, stop_engines)
@@ -220,6 +226,9 @@ def run(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> int
     except PortInUseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except GatewayStartError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

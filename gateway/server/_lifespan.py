@@ -70,9 +70,10 @@ class Lifespan:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._failure is None:
-                self._failure = f"{type(exc).__name__}: {exc}"
-                log.error("application lifespan failed", exc_info=exc)
+            # The exception says more than the app's message (Litestar sends a whole
+            # traceback as the message): report its innermost cause in one line.
+            self._failure = _describe(exc)
+            log.debug("application lifespan failed", exc_info=exc)
         finally:
             if not self._started.is_set() and self._failure is None:
                 self._failure = "the application returned before it started"
@@ -87,3 +88,9 @@ class Lifespan:
             self._started.set()
         elif kind == "lifespan.shutdown.failed":
             self._failure = str(message.get("message") or "shutdown failed")
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"

@@ -93,7 +93,8 @@ class HttpServer:
             self._exit.set()
 
     async def serve(self) -> None:
-        """Start, serve until ``should_exit`` is set, shut down gracefully.
+        """Start (unless ``start()`` was awaited already), serve until ``should_exit`` is
+        set, shut down gracefully.
 
         Raises:
             LifespanFailed: the app failed to start (nothing was bound).
@@ -101,8 +102,10 @@ class HttpServer:
         """
         self._exit = asyncio.Event()
         if self._should_exit:
+            await self.shutdown()
             return
-        await self.start()
+        if not self.started:
+            await self.start()
         try:
             await self._exit.wait()
         finally:

@@ -209,6 +209,18 @@ def test_port_taken_by_something_else_is_named(cli_env: dict[str, str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_gateway_that_cannot_start_says_why_in_one_line(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    not_a_directory = tmp_path / "home-is-a-file"
+    not_a_directory.write_text("")
+    result = sage({**cli_env, "SAGE_HOME": str(not_a_directory)}, "gateway", "run", timeout=60)
+    assert result.returncode == 1
+    assert "the gateway failed to start: NotADirectoryError" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_config_show_masks_secrets(cli_env: dict[str, str]) -> None:
     env = {**cli_env, "SAGE_ADMIN_TOKEN": "admin-SENTINEL", "SAGE_API_KEYS": "key-SENTINEL"}
     result = sage(env, "config", "show")
