@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import openai
+import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -246,6 +248,40 @@ def test_client_disconnect_aborts_the_upstream_request(
         time.sleep(0.1)
     assert _open_fds(gw.proc.pid) <= baseline + 1
     assert _metric(sim.url, "vllm:num_requests_running") == 0
+
+
+def test_a_client_that_stops_reading_a_stream_holds_back_the_engine_not_gateway_memory(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    # ~45 MB of SSE as fast as the engine can produce it, to a client that reads only the
+    # response head: the gateway must stop reading from the engine rather than buffer it
+    # (the simulator itself buffers what it cannot send, so its state proves nothing).
+    tokens = 200_000
+    sim = start_simulator("tiny", itl_ms=0, output_tokens=tokens)
+    gw = start_gateway("--backend", sim.url)
+    models_ready(gw.url, {"tiny"})
+    gateway = psutil.Process(gw.proc.pid)
+    rss_before = gateway.memory_info().rss
+    body = json.dumps({**CHAT, "max_tokens": tokens, "stream": True}).encode()
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\n"
+            b"content-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert client.recv(256).startswith(b"HTTP/1.1 200")
+        time.sleep(3)  # the engine could have sent everything by now, several times over
+        rss_grown = gateway.memory_info().rss - rss_before
+        assert rss_grown < 16 * 2**20, f"gateway grew {rss_grown / 2**20:.0f} MiB"
+        received = 0
+        client.settimeout(30)
+        while chunk := client.recv(1 << 20):  # reading resumes the stream to its end
+            received += len(chunk)
+            if chunk.endswith(b"0\r\n\r\n"):
+                break
+    assert received > 30 * 2**20
 
 
 def test_session_affinity_keeps_a_session_on_one_backend(
