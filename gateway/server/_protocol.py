@@ -97,7 +97,7 @@ _CHUNKED_END = b"0\r\n\r\n"
 def _status_line(status: int) -> bytes:
     line = _STATUS_LINES.get(status)
     if line is None:
-        if not 100 <= status <= 999:
+        if not 100 <= status <= 599:
             raise RuntimeError(f"invalid HTTP status {status!r}")
         line = f"HTTP/1.1 {status} \r\n".encode()
     return line
