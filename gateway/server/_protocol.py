@@ -48,6 +48,8 @@ access_log = logging.getLogger("sage.unified.gateway.access")
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _BODY_HIGH_WATER = 64 * 1024
+_LINGER_S = 2.0
+"""How long a closing connection keeps reading (and discarding) after its last response."""
 _STATUS_LINES = {
     status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
     for status, phrase in (
@@ -363,7 +365,7 @@ class _Cycle:
             self.status = 500
             conn.write(error_response(500, "internal server error", "internal_error"))
         self.keep_alive = False
-        conn.abort_after_write()
+        conn.close_after_response()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -379,6 +381,7 @@ class HttpConnection(asyncio.Protocol):
         "_header_bytes",
         "_headers",
         "_in_head",
+        "_linger_until",
         "_parser",
         "_parsing",
         "_queue",
@@ -414,6 +417,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue: collections.deque[_Cycle] = collections.deque()
         self._read_paused = False
         self._cycle_body_paused = False
+        self._linger_until: float | None = None
         self._drain: asyncio.Future[None] | None = None
         self.write_paused = False
         self.closing = False
@@ -454,8 +458,10 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
         parser = self._parser
-        if parser is None or (self.closing and self._active is None):
-            return
+        if parser is None or self._linger_until is not None:
+            return  # lingering before a close: read and discard
+        if self.closing and self._active is None:
+            return  # refusing further requests
         if self._in_head:
             # httptools buffers a header line until its CRLF before calling on_header, so
             # one endless line would grow without bound: count the head's bytes here.
@@ -585,7 +591,7 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         transport = self.transport
-        if transport is not None:
+        if transport is not None and self._linger_until is None:
             transport.write(data)
 
     async def drain(self) -> None:
@@ -619,7 +625,7 @@ class HttpConnection(asyncio.Protocol):
         if not cycle.keep_alive or not cycle.body_complete:
             # An unread request body would be parsed as the next request.
             self._no_more_requests()
-            self.abort_after_write()
+            self.close_after_response()
 
     def cycle_finished(self, cycle: _Cycle) -> None:
         if cycle.task is not None:
@@ -630,8 +636,11 @@ class HttpConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        # Reading may have been paused for this request's unconsumed body; whatever the
+        # app did not read is moot now (and the connection must not stay deaf).
+        self._cycle_body_paused = False
         if self.closing or not cycle.keep_alive or not cycle.response_complete:
-            self.abort_after_write()
+            self.close_after_response()
             return
         if self._queue:
             self._start(self._queue.popleft())
@@ -640,12 +649,32 @@ class HttpConnection(asyncio.Protocol):
         else:
             if not self._in_head:
                 self.idle_since = self.loop.time()
-            if self._read_paused and not self._cycle_body_paused:
-                self._resume_reading()
+            self._resume_reading()
         self.shared.idle_changed()
 
-    def abort_after_write(self) -> None:
-        """Close once buffered writes are flushed (``close()`` keeps pending data)."""
+    def close_after_response(self) -> None:
+        """Close after what was written reached the client, without losing it.
+
+        Closing a socket that still has unread request bytes makes the kernel send a
+        reset, which can destroy the response before the client reads it (a 413 for a
+        body still being uploaded, say). So: flush and send FIN, keep reading and
+        discarding until the client closes too, for at most ``_LINGER_S``.
+        """
+        self.closing = True
+        transport = self.transport
+        if transport is None or transport.is_closing() or self._linger_until is not None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger_until = self.loop.time() + _LINGER_S
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def close(self) -> None:
+        """Close an idle connection (nothing is owed to the client)."""
         self.closing = True
         transport = self.transport
         if transport is not None and not transport.is_closing():
@@ -662,27 +691,31 @@ class HttpConnection(asyncio.Protocol):
     def shutdown(self) -> None:
         """Stop taking requests: close now if idle, else after the current response."""
         self.closing = True
-        if self._active is None and self._parsing is None:
-            self.abort_after_write()
+        if self._active is None and self._parsing is None and self._linger_until is None:
+            self.close()
 
     def check_timeouts(self, now: float) -> None:
         """Close an idle keep-alive connection, or cut off a client that stalls its
         request (called by the server's periodic sweep)."""
-        if self._read_paused or self.transport is None:
+        if self.transport is None or (self._read_paused and self._linger_until is None):
             return  # silence while we do not read is ours, not the client's
         config = self.shared.config
+        if self._linger_until is not None:
+            if now >= self._linger_until:
+                self.close()
+            return
         if self.idle_since is not None:
             if now - self.idle_since >= config.keep_alive_s:
-                self.abort_after_write()
+                self.close()
         elif now - self.last_rx >= config.request_timeout_s:
             if self._in_head and self._active is None:
                 self.write(error_response(408, "request head not received in time", "timeout"))
-                self.abort_after_write()
+                self.close_after_response()
             elif self._parsing is not None:
                 # A stalled body: the app waiting for it sees the client leave.
                 self._parsing.disconnected = True
                 self._parsing.wake()
-                self.abort_after_write()
+                self.close_after_response()
 
     # -- internals ----------------------------------------------------------------------
 
@@ -710,7 +743,7 @@ class HttpConnection(asyncio.Protocol):
             self._no_more_requests()
             return
         self._no_more_requests()
-        self.abort_after_write()
+        self.close_after_response()
 
     def _no_more_requests(self) -> None:
         self.closing = True

@@ -669,6 +669,48 @@ async def test_early_413_with_expect_closes_and_ignores_the_unread_body() -> Non
     assert seen == ["/upload"]
 
 
+async def test_a_large_body_the_app_ignores_does_not_leave_the_connection_deaf() -> None:
+    # A body over the server's 64 KiB read-ahead pauses reading until the app consumes
+    # it. Here the whole body is in before the app answers without reading it (a 413
+    # decided from Content-Length alone): the connection stays open, so it must not stay
+    # paused for the next request on it. (70 KiB: loopback delivers it in one read, or
+    # one segment under 64 KiB and then the rest, so it is complete when reading pauses.)
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/upload":
+            await asyncio.sleep(0.05)
+            await respond(send, b"too big", status=413)
+        else:
+            await respond(send, b"next")
+
+    async with serving(app) as server, connect(server) as client:
+        await client.send(post("/upload", b"x" * (70 * 1024)))
+        response = await client.read_response()
+        assert response.status == 413
+        assert response.header(b"connection") is None
+        await client.send(get("/next"))
+        async with asyncio.timeout(WAIT_S):
+            following = await client.read_response()
+        assert following.body == b"next"
+
+
+async def test_an_early_answer_survives_the_rest_of_the_upload() -> None:
+    # The app refuses a large upload from its Content-Length alone. The client, like
+    # most HTTP clients, sends the whole body before it reads: the server must keep
+    # reading (and discarding) until then, because closing with unread bytes makes the
+    # kernel reset the connection and the client would never see the 413.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await respond(send, b"too big", status=413)
+
+    upload = post("/upload", b"x" * (8 * 2**20))
+    async with serving(app) as server, connect(server) as client:
+        async with asyncio.timeout(WAIT_S * 3):
+            await client.send(upload)
+            response = await client.read_response()
+        assert response.status == 413
+        assert response.header(b"connection") == b"close"
+        assert await client.read_until_closed() == b""
+
+
 async def test_early_response_to_an_unread_body_announces_the_close() -> None:
     # The server closes such a connection (the body was not read); the response must
     # say so, or a pooling client reuses a connection that is about to close (RFC 9112
