@@ -27,102 +27,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 import httptools
 
-from sage.unified.sdk.models import encode, error_body
-
-from ._types import ASGIApp, Message
+from ._cycle import RequestCycle
+from ._wire import error_response
 
 if TYPE_CHECKING:
     from ._server import ServerState
 
 __all__ = ["HttpConnection"]
 
-log = logging.getLogger("sage.unified.gateway")
 access_log = logging.getLogger("sage.unified.gateway.access")
+log = logging.getLogger("sage.unified.gateway")
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 _BODY_HIGH_WATER = 64 * 1024
 _LINGER_S = 2.0
 """How long a closing connection keeps reading (and discarding) after its last response."""
-_STATUS_LINES = {
-    status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
-    for status, phrase in (
-        (100, "Continue"),
-        (101, "Switching Protocols"),
-        (200, "OK"),
-        (201, "Created"),
-        (202, "Accepted"),
-        (204, "No Content"),
-        (206, "Partial Content"),
-        (301, "Moved Permanently"),
-        (302, "Found"),
-        (303, "See Other"),
-        (304, "Not Modified"),
-        (307, "Temporary Redirect"),
-        (308, "Permanent Redirect"),
-        (400, "Bad Request"),
-        (401, "Unauthorized"),
-        (403, "Forbidden"),
-        (404, "Not Found"),
-        (405, "Method Not Allowed"),
-        (406, "Not Acceptable"),
-        (408, "Request Timeout"),
-        (409, "Conflict"),
-        (410, "Gone"),
-        (411, "Length Required"),
-        (413, "Content Too Large"),
-        (414, "URI Too Long"),
-        (415, "Unsupported Media Type"),
-        (422, "Unprocessable Content"),
-        (429, "Too Many Requests"),
-        (431, "Request Header Fields Too Large"),
-        (499, "Client Closed Request"),
-        (500, "Internal Server Error"),
-        (501, "Not Implemented"),
-        (502, "Bad Gateway"),
-        (503, "Service Unavailable"),
-        (504, "Gateway Timeout"),
-    )
-}
-_NO_BODY_STATUS = frozenset({204, 304})
-_DISCONNECT: Message = {"type": "http.disconnect"}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CHUNKED_END = b"0\r\n\r\n"
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        if not 100 <= status <= 599:
-            raise RuntimeError(f"invalid HTTP status {status!r}")
-        line = f"HTTP/1.1 {status} \r\n".encode()
-    return line
-
-
-class _DateHeader:
-    """``date: ...\\r\\n``, formatted at most once per second."""
-
-    __slots__ = ("_line", "_second")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._line = b""
-
-    def get(self) -> bytes:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._line = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._line
-
-
-DATE = _DateHeader()
 
 
 class _Reject(Exception):
@@ -132,240 +56,6 @@ class _Reject(Exception):
         super().__init__(message)
         self.status = status
         self.code = code
-
-
-def error_response(status: int, message: str, code: str, *, close: bool = True) -> bytes:
-    """A complete OpenAI-shaped JSON error response."""
-    body = encode(error_body(message, "invalid_request_error", code))
-    head = [
-        _status_line(status),
-        DATE.get(),
-        b"content-type: application/json\r\ncontent-length: ",
-        str(len(body)).encode(),
-        b"\r\n",
-    ]
-    if close:
-        head.append(b"connection: close\r\n")
-    head.append(b"\r\n")
-    return b"".join(head) + body
-
-
-class _Cycle:
-    """One request and its response on a connection."""
-
-    __slots__ = (
-        "body",
-        "body_complete",
-        "chunked",
-        "conn",
-        "disconnected",
-        "expect_continue",
-        "head_pending",
-        "is_head",
-        "keep_alive",
-        "remaining",
-        "request_delivered",
-        "response_complete",
-        "response_started",
-        "scope",
-        "started_at",
-        "status",
-        "task",
-        "waiter",
-    )
-
-    def __init__(self, conn: HttpConnection, scope: dict[str, Any], keep_alive: bool) -> None:
-        self.conn = conn
-        self.scope = scope
-        self.keep_alive = keep_alive
-        self.body = bytearray()
-        self.body_complete = False
-        self.request_delivered = False
-        self.expect_continue = False
-        self.disconnected = False
-        self.response_started = False
-        self.response_complete = False
-        self.head_pending: bytes | None = None
-        self.chunked = False
-        self.remaining = -1  # bytes of a fixed-length body still to send
-        self.is_head = scope["method"] == "HEAD"
-        self.status = 0
-        self.waiter: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.started_at = 0.0
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # -- ASGI ---------------------------------------------------------------------
-
-    async def receive(self) -> Message:
-        conn = self.conn
-        if self.expect_continue:
-            self.expect_continue = False
-            if not self.response_started and not self.disconnected:
-                conn.write(_CONTINUE)
-        while True:
-            if self.disconnected or self.response_complete:
-                return _DISCONNECT
-            if not self.request_delivered and (self.body or self.body_complete):
-                body = bytes(self.body)
-                self.body.clear()
-                more = not self.body_complete
-                if not more:
-                    self.request_delivered = True
-                conn.body_consumed()
-                return {"type": "http.request", "body": body, "more_body": more}
-            waiter = self.waiter = conn.loop.create_future()
-            try:
-                await waiter
-            finally:
-                self.waiter = None
-
-    async def send(self, message: Message) -> None:
-        conn = self.conn
-        if conn.write_paused and not self.disconnected:
-            await conn.drain()
-        if self.disconnected:
-            return
-        kind = message["type"]
-        if not self.response_started:
-            if kind != "http.response.start":
-                raise RuntimeError(f"expected 'http.response.start', got {kind!r}")
-            self._start(message)
-            return
-        if self.response_complete:
-            raise RuntimeError(f"{kind!r} sent after the response was complete")
-        if kind != "http.response.body":
-            raise RuntimeError(f"expected 'http.response.body', got {kind!r}")
-        body: bytes = message.get("body", b"")
-        more = message.get("more_body", False)
-        head = self.head_pending
-        if self.is_head or self.status in _NO_BODY_STATUS:
-            data = b""
-        elif self.chunked:
-            if body:
-                data = b"%x\r\n%b\r\n" % (len(body), body)
-                if not more:
-                    data += _CHUNKED_END
-            else:
-                data = b"" if more else _CHUNKED_END
-        else:
-            data = body
-            if self.remaining >= 0:
-                self.remaining -= len(body)
-                if self.remaining < 0:
-                    raise RuntimeError("response body longer than its Content-Length")
-        if head is not None:
-            self.head_pending = None
-            data = head + data
-        if data:
-            conn.write(data)
-        if not more:
-            if self.remaining > 0 and not self.is_head and self.status not in _NO_BODY_STATUS:
-                # A short body cannot be repaired: the client would wait for the rest.
-                self.keep_alive = False
-                conn.response_done(self)
-                raise RuntimeError("response body shorter than its Content-Length")
-            conn.response_done(self)
-
-    def _start(self, message: Message) -> None:
-        conn = self.conn
-        status = message["status"]
-        parts = [_status_line(status), DATE.get()]
-        lines = 2
-        length_given = False
-        for name, value in message.get("headers", ()):
-            lname = name.lower()
-            if lname == b"content-length":
-                length_given = True
-                self.remaining = int(value)
-                if self.remaining < 0:
-                    raise RuntimeError(f"invalid Content-Length {value!r}")
-                continue
-            if lname == b"transfer-encoding" or lname == b"date":
-                continue  # framing is ours; one date header, ours
-            if lname == b"connection":
-                if b"close" in value.lower():
-                    self.keep_alive = False
-                continue
-            parts += (lname, b": ", value, b"\r\n")
-            lines += 1
-        if length_given:
-            parts += (b"content-length: ", str(self.remaining).encode(), b"\r\n")
-            lines += 1
-        elif not self.is_head and status not in _NO_BODY_STATUS and status >= 200:
-            if self.scope["http_version"] == "1.1":
-                self.chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
-                lines += 1
-            else:
-                self.keep_alive = False  # HTTP/1.0 has no chunking: the body ends at close
-        if not self.keep_alive or conn.closing or not self.body_complete:
-            # (An unread request body means the connection closes after this response.)
-            self.keep_alive = False
-            parts.append(b"connection: close\r\n")
-            lines += 1
-        elif self.scope["http_version"] == "1.0":
-            parts.append(b"connection: keep-alive\r\n")
-            lines += 1
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-        # Every line we emit ends in exactly one CRLF: any other CR or LF came from a
-        # header name or value and would split the response.
-        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1:
-            raise RuntimeError("CR or LF in a response header")
-        self.status = status
-        self.response_started = True
-        self.expect_continue = False
-        if length_given and not self.is_head and status not in _NO_BODY_STATUS:
-            # Written with the body (one segment instead of two): the body of a
-            # fixed-length response follows at once.
-            self.head_pending = head
-        else:
-            conn.write(head)
-
-    async def run(self, app: ASGIApp) -> None:
-        conn = self.conn
-        try:
-            await app(self.scope, self.receive, self.send)
-        except asyncio.CancelledError:
-            conn.abort()
-            raise
-        except Exception:
-            log.exception(
-                "unhandled error in the application for %s %s",
-                self.scope["method"],
-                self.scope["path"],
-            )
-            self._fail()
-        else:
-            if not self.response_complete and not self.disconnected:
-                log.error(
-                    "the application returned without completing the response for %s %s",
-                    self.scope["method"],
-                    self.scope["path"],
-                )
-                self._fail()
-        finally:
-            conn.cycle_finished(self)
-
-    def _fail(self) -> None:
-        """Answer 500 if no byte of the response was written, then close either way
-        (a partly written response cannot be completed)."""
-        conn = self.conn
-        if self.response_complete:
-            return  # the client has its answer; the error was the app's own business
-        nothing_written = not self.response_started or self.head_pending is not None
-        if nothing_written and not self.disconnected:
-            self.head_pending = None
-            self.response_started = True
-            self.status = 500
-            conn.write(error_response(500, "internal server error", "internal_error"))
-        self.keep_alive = False
-        conn.close_after_response()
 
 
 class HttpConnection(asyncio.Protocol):
@@ -412,9 +102,9 @@ class HttpConnection(asyncio.Protocol):
         config = shared.config
         # Request line + headers + their separators; a generous bound, checked per read.
         self._head_limit = config.max_url_bytes + 2 * config.max_header_bytes + 4096
-        self._parsing: _Cycle | None = None  # the request whose bytes are being parsed
-        self._active: _Cycle | None = None  # the request being answered
-        self._queue: collections.deque[_Cycle] = collections.deque()
+        self._parsing: RequestCycle | None = None  # the request whose bytes are being parsed
+        self._active: RequestCycle | None = None  # the request being answered
+        self._queue: collections.deque[RequestCycle] = collections.deque()
         self._read_paused = False
         self._cycle_body_paused = False
         self._linger_until: float | None = None
@@ -559,7 +249,7 @@ class HttpConnection(asyncio.Protocol):
             "headers": self._headers,
             "state": self.shared.state.copy(),
         }
-        cycle = _Cycle(self, scope, parser.should_keep_alive())
+        cycle = RequestCycle(self, scope, parser.should_keep_alive())
         cycle.expect_continue = self._expect_continue
         self._in_head = False
         self._parsing = cycle
@@ -608,7 +298,7 @@ class HttpConnection(asyncio.Protocol):
             if not self._queue:
                 self._resume_reading()
 
-    def response_done(self, cycle: _Cycle) -> None:
+    def response_done(self, cycle: RequestCycle) -> None:
         cycle.response_complete = True
         cycle.wake()
         shared = self.shared
@@ -627,7 +317,7 @@ class HttpConnection(asyncio.Protocol):
             self._no_more_requests()
             self.close_after_response()
 
-    def cycle_finished(self, cycle: _Cycle) -> None:
+    def cycle_finished(self, cycle: RequestCycle) -> None:
         if cycle.task is not None:
             self.shared.tasks.discard(cycle.task)
         if self._active is not cycle:
@@ -719,7 +409,7 @@ class HttpConnection(asyncio.Protocol):
 
     # -- internals ----------------------------------------------------------------------
 
-    def _start(self, cycle: _Cycle) -> None:
+    def _start(self, cycle: RequestCycle) -> None:
         self._active = cycle
         cycle.started_at = self.loop.time()
         task = self.loop.create_task(cycle.run(self.shared.app))
