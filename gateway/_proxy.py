@@ -388,7 +388,7 @@ class DataPlane:
                 if backend is None:
                     break
                 tried.append(backend.key)
-                self.state.acquire(backend)
+                probe = self.state.acquire(backend)
                 try:
                     attempt = await self._send(backend, path, forwarded, body, watch)
                     if watch.gone:
@@ -407,7 +407,7 @@ class DataPlane:
                     if attempt.response is not None:
                         attempt.response.close()
                 finally:
-                    self.state.release(backend)
+                    self.state.release(backend, probe)
                 if not attempt.retryable or attempts_left == 0:
                     break
                 if not retrying:

@@ -12,9 +12,9 @@ Per request the data plane does::
     peek = peek_request(body)                        # PeekError -> 400
     cands = state.candidates(peek.model, kind, now=now)
     b = policy.select(cands, session_key=key, rng=rng)
-    state.acquire(b)
+    probe = state.acquire(b)
     try: ...send...; detector.record_success(b, now) / record_failure(b, now)
-    finally: state.release(b)
+    finally: state.release(b, probe)
 
 Errors (both ``ValueError``, so a caller that only checks input can catch that)::
 

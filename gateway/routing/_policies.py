@@ -1,8 +1,8 @@
 """Load-balancing policies: small pure objects registered by name (as SkyPilot serve).
 
 A policy only *chooses*. In-flight counting is the data plane's job, done the same
-way for every policy: ``state.acquire(b)`` before sending, ``state.release(b)`` in a
-``finally`` (see :class:`~sage.unified.gateway.routing.RoutingState`). So policies
+way for every policy: ``probe = state.acquire(b)`` before sending,
+``state.release(b, probe)`` in a ``finally`` (see :class:`~sage.unified.gateway.routing.RoutingState`). So policies
 have no start/finish hooks, and a policy that keeps state (round robin's cursors)
 keeps only its own.
 

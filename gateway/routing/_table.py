@@ -194,25 +194,34 @@ class RoutingState:
         healthy = tuple(s for s in states if s.available(now))
         return healthy if healthy else states
 
-    def acquire(self, state: BackendState) -> None:
+    def acquire(self, state: BackendState) -> bool:
         """Count a request sent to ``state``; pair with exactly one :meth:`release`.
 
-        Picking an ejected backend (half-open, or every backend ejected) makes this
-        request its probe: no other request is sent there until it finishes.
+        Picking an ejected backend with no probe in flight (half-open, or every backend
+        ejected) makes this request its probe: no other half-open pick goes there until
+        it finishes.
+
+        Returns:
+            Whether this request is the probe; pass it back to :meth:`release`.
         """
         state.in_flight += 1
-        if state.ejected:
+        if state.ejected and not state.probing:
             state.probing = True
+            return True
+        return False
 
-    def release(self, state: BackendState) -> None:
+    def release(self, state: BackendState, probe: bool = False) -> None:
         """A request counted by :meth:`acquire` finished (any outcome, incl. cancel).
 
         Call it from a ``finally``; it never raises (a double release is clamped at
-        zero rather than raising over the request's own error).
+        zero rather than raising over the request's own error). ``probe`` is what
+        :meth:`acquire` returned: only the probe itself ends the probe (a request that
+        was sent before the ejection and ends during the probe does not).
         """
         if state.in_flight > 0:
             state.in_flight -= 1
-        state.probing = False
+        if probe:
+            state.probing = False
 
     # -- queries -----------------------------------------------------------------------
 

@@ -59,10 +59,11 @@ def test_half_open_single_probe_then_restored(backend: BackendFactory, table: Ta
     assert "b0" not in _keys(state, T0 + 29.9)
     # Ejection over: half-open, offered for one probe.
     assert "b0" in _keys(state, T0 + 30)
-    state.acquire(b0)  # the probe
+    probe = state.acquire(b0)
+    assert probe  # the probe
     assert "b0" not in _keys(state, T0 + 31)  # no second request while it runs
     detector.record_success(b0, T0 + 31)
-    state.release(b0)
+    state.release(b0, probe)
     assert _keys(state, T0 + 31) == ["b0", "b1", "b2"]
     assert b0.consecutive_failures == 0
     assert state.ejected_count == 0
@@ -72,9 +73,24 @@ def test_half_open_single_probe_then_restored(backend: BackendFactory, table: Ta
 def test_probe_cancelled_allows_another_probe(backend: BackendFactory, table: TableFactory) -> None:
     state, detector, b0 = _setup(backend, table)
     _eject(detector, b0, T0)
-    state.acquire(b0)  # picked while half-open (at T0 + 30)
-    state.release(b0)  # client went away: no result recorded
+    probe = state.acquire(b0)  # picked while half-open (at T0 + 30)
+    state.release(b0, probe)  # client went away: no result recorded
     assert "b0" in _keys(state, T0 + 40)
+
+
+def test_a_request_from_before_the_ejection_does_not_end_the_probe(
+    backend: BackendFactory, table: TableFactory
+) -> None:
+    state, detector, b0 = _setup(backend, table)
+    long_stream = state.acquire(b0)  # sent while b0 was healthy
+    assert long_stream is False
+    _eject(detector, b0, T0)
+    probe = state.acquire(b0)  # half-open at T0 + 30: the probe
+    assert probe is True
+    state.release(b0, long_stream)  # the old stream ends while the probe runs
+    assert "b0" not in _keys(state, T0 + 31), "a second probe went out"
+    state.release(b0, probe)
+    assert "b0" in _keys(state, T0 + 31)
 
 
 def test_ejection_grows_and_caps(backend: BackendFactory, table: TableFactory) -> None:
@@ -87,9 +103,9 @@ def test_ejection_grows_and_caps(backend: BackendFactory, table: TableFactory) -
     for _ in range(12):
         now = b0.ejected_until  # half-open: the probe fails
         assert "b0" in _keys(state, now)
-        state.acquire(b0)
+        probe = state.acquire(b0)
         assert detector.record_failure(b0, now) is True
-        state.release(b0)
+        state.release(b0, probe)
         durations.append(b0.ejected_until - now)
     assert durations[:5] == [30.0, 60.0, 90.0, 120.0, 150.0]
     assert durations[-3:] == [300.0, 300.0, 300.0]
