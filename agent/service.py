@@ -43,6 +43,7 @@ from sage.unified.agent.errors import EngineNotFoundError, ModelNotAllowedError,
 from sage.unified.agent.gpus import GpuClaim, assign_gpus
 from sage.unified.agent.launcher import ProcessRecord, adopt, launch
 from sage.unified.agent.logfiles import engine_log_path, rotate_if_needed, tail
+from sage.unified.agent.portowner import port_holder
 from sage.unified.agent.ports import PortAllocator
 from sage.unified.agent.probes import HttpEngineProbe
 from sage.unified.agent.reporter import Reporter
@@ -438,6 +439,11 @@ class Agent:
         async def log_tail(n: int) -> list[str]:
             return await anyio.to_thread.run_sync(tail, log_path, n)
 
+        async def port_taken_by_another(pid: int, engine_port: int) -> str | None:
+            # psutil lists every socket of the host: off the event loop.
+            held = await anyio.to_thread.run_sync(port_holder, pid, engine_port)
+            return held.describe() if held is not None and held.taken_by_another else None
+
         return EngineSupervisor(
             engine_id=engine_id,
             spec=spec,
@@ -463,6 +469,7 @@ class Agent:
             ),
             on_change=self._changed,
             log_tail=log_tail,
+            port_taken_by_another=port_taken_by_another,
             process=process,
             state=state,
             reason=reason,

@@ -165,6 +165,11 @@ class EngineSupervisor:
             to launch one when :meth:`run` starts.
         state: initial state (STARTING for new and adopted engines; ERROR for a
             dead adopted engine; DRAINING to resume a drain; STOPPED to only list it).
+        port_taken_by_another: ``(pid, port)`` -> who else holds the port, when a
+            process outside the engine's tree listens on it and none of the tree does
+            (``None`` otherwise, or when it cannot be told). Asked before READY: a
+            passing readiness check on a port another process took is not the
+            engine's. ``None``: no such check.
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class EngineSupervisor:
         restarts: int = 0,
         created_at: float | None = None,
         agent_id: str | None = None,
+        port_taken_by_another: Callable[[int, int], Awaitable[str | None]] | None = None,
     ) -> None:
         self.engine_id = engine_id
         self.spec = spec
@@ -205,6 +211,8 @@ class EngineSupervisor:
         self._on_change = on_change
         self._log_tail = log_tail
         self._sleep = sleep
+        self._port_taken_by_another = port_taken_by_another
+        self._port_warning = ""
         self.process = process
         self.state = state
         self.reason = reason or ("adopted" if process is not None else "launching")
@@ -367,6 +375,8 @@ class EngineSupervisor:
                 await self._fail(await self._exit_reason(" while starting"))
                 return
             result = await self._probe.readiness()
+            if result.ok and (squatter := await self._someone_else_answers()):
+                result = ProbeResult(False, squatter)
             self.first_round_done.set()
             if not result.ok:
                 self.probe_failures += 1
@@ -386,6 +396,20 @@ class EngineSupervisor:
                 )
                 return
             await self._pause(self._timing.probe_interval_s)
+
+    async def _someone_else_answers(self) -> str | None:
+        """Why the answers on the engine's port are not the engine's, or ``None``."""
+        process = self.process
+        if self._port_taken_by_another is None or process is None:
+            return None
+        held = await self._port_taken_by_another(process.record.pid, self.port)
+        if not held:
+            return None
+        why = f"port {self.port} answers, but it is {held}, not this engine"
+        if why != self._port_warning:  # once per holder, not every probe round
+            self._port_warning = why
+            log.warning("engine %s: %s", self.engine_id, why)
+        return why
 
     async def _ready_phase(self) -> None:
         self.first_round_done.set()

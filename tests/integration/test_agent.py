@@ -405,3 +405,56 @@ def test_engine_that_never_becomes_ready_is_capped(rig: AgentRig) -> None:
     logs = rig.http.get(f"/v1/engines/{slow['id']}/logs", params={"tail": 5})
     assert logs.status_code == 200
     assert logs.json()["engine_id"] == slow["id"]
+
+
+class _Squatter:
+    """Another program that took an engine's port and answers like a healthy engine."""
+
+    def __init__(self, port: int, model: str) -> None:
+        listing = json.dumps({"object": "list", "data": [{"id": model, "object": "model"}]})
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = (listing if self.path == "/v1/models" else "{}").encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_process_that_took_the_engines_port_does_not_make_it_ready(rig: AgentRig) -> None:
+    rig.start("asyncio", SAGE_AGENT_RESTART_MAX="0")
+    # The engine keeps its port closed while it "loads"; meanwhile something else binds
+    # it and answers /health and /v1/models as the engine would.
+    engine = rig.start_engine("sim-late", simulator={"startup_delay_s": 4})
+    squatter = _Squatter(engine["port"], "sim-late")
+    try:
+        watch_until = time.monotonic() + 3
+        while time.monotonic() < watch_until:
+            assert rig.engine(engine["id"])["state"] == "STARTING"
+            time.sleep(0.1)
+        # The engine then fails to bind its port: an error, never READY.
+        rig.wait_state(engine["id"], "ERROR", 15)
+    finally:
+        squatter.close()
+    reported = [
+        e["state"]
+        for report in list(rig.coordinator.reports)
+        for e in report["engines"]
+        if e["id"] == engine["id"]
+    ]
+    assert "READY" not in reported
+    log = rig.http.get(f"/v1/engines/{engine['id']}/logs", params={"tail": 50}).text
+    assert "address already in use" in log.lower() or "errno 98" in log.lower(), log
