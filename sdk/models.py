@@ -202,6 +202,8 @@ class GpuInfo(Struct, kw_only=True):
     memory_total_bytes: int | None = None
     memory_used_bytes: int | None = None
     memory_free_bytes: int | None = None
+    memory_reserved_bytes: int | None = None
+    """Held by the driver; not in ``memory_used_bytes`` (as ``nvidia-smi`` counts)."""
     utilization_percent: float | None = None
     memory_utilization_percent: float | None = None
     temperature_c: float | None = None

@@ -137,11 +137,12 @@ class GpuReader:
         info = GpuInfo(index=index)
         info.name = _text(_field(nvml, nvml.nvmlDeviceGetName, handle))
         info.uuid = _text(_field(nvml, nvml.nvmlDeviceGetUUID, handle))
-        memory = _field(nvml, nvml.nvmlDeviceGetMemoryInfo, handle)
+        memory = _memory_info(nvml, handle)
         if memory is not None:
             info.memory_total_bytes = _int(getattr(memory, "total", None))
             info.memory_used_bytes = _int(getattr(memory, "used", None))
             info.memory_free_bytes = _int(getattr(memory, "free", None))
+            info.memory_reserved_bytes = _int(getattr(memory, "reserved", None))
         rates = _field(nvml, nvml.nvmlDeviceGetUtilizationRates, handle)
         if rates is not None:
             info.utilization_percent = _float(getattr(rates, "gpu", None))
@@ -159,6 +160,23 @@ class GpuReader:
                 for p in procs
             ]
         return info
+
+
+def _memory_info(nvml: ModuleType, handle: object) -> object | None:
+    """Memory figures, ``_v2`` where the library and driver have it.
+
+    The v1 call counts the driver's reserved memory (about 480 MiB on an idle H100) as
+    used, so its ``used`` never matches ``nvidia-smi``; v2 reports it apart. ``free``
+    is the same in both, and placement only reads ``free``.
+    """
+    v2 = getattr(nvml, "nvmlMemory_v2", None)
+    if v2 is not None:
+        try:
+            memory: object = nvml.nvmlDeviceGetMemoryInfo(handle, v2)
+            return memory
+        except (nvml.NVMLError, TypeError):  # a driver or binding without v2
+            pass
+    return _field(nvml, nvml.nvmlDeviceGetMemoryInfo, handle)
 
 
 def _field(nvml: ModuleType, fn: Callable[..., T], *args: Any) -> T | None:

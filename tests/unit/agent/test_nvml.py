@@ -148,6 +148,38 @@ async def test_two_gpus_fully_read() -> None:
     assert nvml.calls["shutdown"] == 1  # type: ignore[attr-defined]
 
 
+async def test_memory_v2_matches_nvidia_smi_and_v1_is_the_fallback() -> None:
+    # Figures an idle H100 80GB HBM3 gave (driver 580.159.04, nvidia-ml-py 13.610):
+    # nvidia-smi said 0 MiB used of 81559; NVML v1 said 480 MiB used (the driver's
+    # reserved memory counted in); v2 reports the reserve apart.
+    total, free, reserved = 85520809984, 85017493504, 503316480
+    v2 = SimpleNamespace(total=total, reserved=reserved, free=free, used=0)
+    nvml = fake_pynvml([device(0, memory=v2)])
+    nvml.nvmlMemory_v2 = 0x2000028  # type: ignore[attr-defined]
+    seen_versions: list[tuple[Any, ...]] = []
+    read_memory = nvml.nvmlDeviceGetMemoryInfo  # type: ignore[attr-defined]
+
+    def memory_info(handle: int, *version: Any) -> Any:
+        seen_versions.append(version)
+        return read_memory(handle)
+
+    nvml.nvmlDeviceGetMemoryInfo = memory_info  # type: ignore[attr-defined]
+    gpus, _ = await GpuReader(nvml).read()
+    assert seen_versions == [(0x2000028,)]
+    assert (gpus[0].memory_used_bytes, gpus[0].memory_reserved_bytes) == (0, reserved)
+    assert (gpus[0].memory_total_bytes, gpus[0].memory_free_bytes) == (total, free)
+
+    # A driver that refuses v2: the v1 figures, reserve unknown.
+    def v1_only(handle: int, *version: Any) -> Any:
+        if version:
+            raise nvml.NVMLError_FunctionNotFound()  # type: ignore[attr-defined]
+        return SimpleNamespace(total=total, used=total - free, free=free)
+
+    nvml.nvmlDeviceGetMemoryInfo = v1_only  # type: ignore[attr-defined]
+    gpus, _ = await GpuReader(nvml).read()
+    assert (gpus[0].memory_used_bytes, gpus[0].memory_reserved_bytes) == (reserved, None)
+
+
 async def test_unsupported_field_is_none_rest_still_read() -> None:
     devices = [device(0), device(1, name=b"Tesla T4")]
     nvml = fake_pynvml(devices)
