@@ -143,6 +143,11 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
             await gateway_server.start()
         except LifespanFailed as exc:
             raise GatewayStartError(f"the gateway failed to start: {exc}") from None
+        except OSError as exc:  # taken between the check above and the bind
+            raise PortInUseError(
+                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc}); "
+                "stop what is using it or choose another port with --port"
+            ) from None
         async with anyio.create_task_group() as tg:
             tg.start_soon(gateway_server.serve)
             log.info("gateway listening on http://%s:%d", settings.host, gateway_server.port)
