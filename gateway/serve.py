@@ -95,8 +95,8 @@ def _server_config(settings: GatewaySettings) -> ServerConfig:
         host=settings.host,
         port=settings.port,
         backlog=2048,
-        # vLLM's own keep-alive; clients that pool connections expect about this.
-        keep_alive_s=5.0,
+        keep_alive_s=settings.keep_alive_s,
+        request_timeout_s=settings.request_timeout_s,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         graceful_shutdown_s=settings.graceful_shutdown_s,

@@ -77,6 +77,12 @@ class GatewaySettings(SageSettings):
     max_connections_per_backend: int = Field(512, ge=1)
     static_refresh_s: float = Field(5.0, gt=0)
     graceful_shutdown_s: float = Field(30.0, ge=0)
+    keep_alive_s: float = Field(5.0, gt=0)
+    """An idle client connection is closed after this long. Behind a load balancer that
+    pools connections, set it above the balancer's idle timeout (AWS ALB: 60 s), so the
+    gateway never closes a connection the balancer is about to reuse."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Longest silence from a client whose request head or body is incomplete."""
     expose_backend_header: bool = False
     """Add ``X-Sage-Backend`` (the engine id) to responses; for debugging and tests."""
     access_log: bool = False

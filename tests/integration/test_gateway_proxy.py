@@ -284,6 +284,21 @@ def test_a_client_that_stops_reading_a_stream_holds_back_the_engine_not_gateway_
     assert received > 30 * 2**20
 
 
+def test_idle_client_connections_close_after_the_configured_keep_alive(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    sim = start_simulator("tiny")
+    gw = start_gateway("--backend", sim.url, env={"SAGE_GATEWAY_KEEP_ALIVE_S": "1"})
+    models_ready(gw.url, {"tiny"})
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as client:
+        client.sendall(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
+        assert client.recv(65536).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        assert client.recv(1) == b""  # closed by the gateway
+        idle = time.monotonic() - answered
+    assert 0.9 <= idle <= 2.5, idle  # 1 s, checked by a 0.5 s sweep
+
+
 def test_session_affinity_keeps_a_session_on_one_backend(
     start_simulator, start_gateway, models_ready
 ) -> None:
