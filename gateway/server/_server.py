@@ -132,8 +132,7 @@ class HttpServer:
             raise
         self._servers.append(server)
         for sock in server.sockets:
-            # Small responses must not wait for Nagle's algorithm (asyncio and uvloop set
-            # this on accepted sockets already; explicit for any other loop).
+            # (asyncio and uvloop both set TCP_NODELAY on accepted connections.)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 self.port = sock.getsockname()[1]
         self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
@@ -143,10 +142,14 @@ class HttpServer:
         state = self._state
         if state is None:
             return
-        now = state.loop.time()
-        for conn in list(state.connections):
-            conn.check_timeouts(now)
-        self._sweeper = state.loop.call_later(_SWEEP_S, self._sweep)
+        try:
+            now = state.loop.time()
+            for conn in list(state.connections):
+                conn.check_timeouts(now)
+        except Exception:  # a bug here must not end the timeouts of every connection
+            log.exception("connection timeout sweep failed")
+        finally:
+            self._sweeper = state.loop.call_later(_SWEEP_S, self._sweep)
 
     async def shutdown(self) -> None:
         """Stop gracefully (see the class docstring); idempotent."""
