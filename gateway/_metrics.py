@@ -27,11 +27,16 @@ class _BackendCollector(Collector):
     """Backend state read at scrape time from the routing state (no background work)."""
 
     def __init__(
-        self, state: RoutingState, source_status: dict[str, object], active: Callable[[], int]
+        self,
+        state: RoutingState,
+        source_status: dict[str, object],
+        active: Callable[[], int],
+        connections: Callable[[], int],
     ) -> None:
         self._state = state
         self._source = source_status
         self._active = active
+        self._connections = connections
 
     def collect(self):  # type: ignore[no-untyped-def]
         in_flight = GaugeMetricFamily(
@@ -52,6 +57,11 @@ class _BackendCollector(Collector):
         yield ejected
         yield GaugeMetricFamily(
             "sage_gateway_in_flight", "Requests being proxied", value=self._active()
+        )
+        yield GaugeMetricFamily(
+            "sage_gateway_client_connections",
+            "Open client connections (idle keep-alive ones included)",
+            value=self._connections(),
         )
         yield GaugeMetricFamily(
             "sage_gateway_backends",
@@ -99,6 +109,8 @@ class GatewayMetrics:
         # Read at scrape time from the data plane's own counter (set by the data plane): a
         # gauge updated twice per request costs two lock round-trips on the hot path.
         self.active_requests: Callable[[], int] = lambda: 0
+        self.client_connections: Callable[[], int] = lambda: 0
+        """Set by the server (read at scrape time, like ``active_requests``)."""
         self._retries = Counter(
             "sage_gateway_retries",
             "Requests retried on another backend",
@@ -124,7 +136,12 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(
-            _BackendCollector(state, source_status, lambda: self.active_requests())
+            _BackendCollector(
+                state,
+                source_status,
+                lambda: self.active_requests(),
+                lambda: self.client_connections(),
+            )
         )
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}

@@ -120,6 +120,7 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
     gc.collect()
     gc.freeze()
     gateway_server = HttpServer(app, _server_config(settings))
+    runtime.metrics.client_connections = lambda: gateway_server.connection_count
     servers: list[HttpServer | uvicorn.Server] = [gateway_server]
 
     loop = asyncio.get_running_loop()

@@ -82,6 +82,11 @@ class HttpServer:
         self.port = config.port
 
     @property
+    def connection_count(self) -> int:
+        """Open client connections (idle keep-alive ones included)."""
+        return len(self._state.connections) if self._state is not None else 0
+
+    @property
     def should_exit(self) -> bool:
         return self._should_exit
 

@@ -294,9 +294,12 @@ def test_idle_client_connections_close_after_the_configured_keep_alive(
         client.sendall(b"GET /health HTTP/1.1\r\nhost: gw\r\n\r\n")
         assert client.recv(65536).startswith(b"HTTP/1.1 200")
         answered = time.monotonic()
+        # This idle connection and the scrape's own.
+        assert _metric(gw.url, "sage_gateway_client_connections") >= 2
         assert client.recv(1) == b""  # closed by the gateway
         idle = time.monotonic() - answered
     assert 0.9 <= idle <= 2.5, idle  # 1 s, checked by a 0.5 s sweep
+    assert _metric(gw.url, "sage_gateway_client_connections") == 1  # the scrape's
 
 
 def test_session_affinity_keeps_a_session_on_one_backend(
