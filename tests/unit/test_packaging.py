@@ -90,3 +90,10 @@ def test_wheel_holds_only_the_namespace_and_no_init_of_it(tmp_path: Path) -> Non
     for component in COMPONENTS:
         assert f"sage/unified/{component}/__init__.py" in names
         assert f"sage/unified/{component}/py.typed" in names
+
+
+def test_public_names_of_the_gateway_server() -> None:
+    import sage.unified.gateway.server as server
+
+    assert set(server.__all__) == {"HttpServer", "LifespanFailed", "ServerConfig"}
+    assert all(hasattr(server, name) for name in server.__all__)
