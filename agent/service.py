@@ -43,7 +43,7 @@ from sage.unified.agent.errors import EngineNotFoundError, ModelNotAllowedError,
 from sage.unified.agent.gpus import GpuClaim, assign_gpus
 from sage.unified.agent.launcher import ProcessRecord, adopt, launch
 from sage.unified.agent.logfiles import engine_log_path, rotate_if_needed, tail
-from sage.unified.agent.portowner import port_holder
+from sage.unified.agent.portowner import port_taken_by_another
 from sage.unified.agent.ports import PortAllocator
 from sage.unified.agent.probes import HttpEngineProbe
 from sage.unified.agent.reporter import Reporter
@@ -439,11 +439,6 @@ class Agent:
         async def log_tail(n: int) -> list[str]:
             return await anyio.to_thread.run_sync(tail, log_path, n)
 
-        async def port_taken_by_another(pid: int, engine_port: int) -> str | None:
-            # psutil lists every socket of the host: off the event loop.
-            held = await anyio.to_thread.run_sync(port_holder, pid, engine_port)
-            return held.describe() if held is not None and held.taken_by_another else None
-
         return EngineSupervisor(
             engine_id=engine_id,
             spec=spec,
@@ -469,7 +464,7 @@ class Agent:
             ),
             on_change=self._changed,
             log_tail=log_tail,
-            port_taken_by_another=port_taken_by_another,
+            port_taken_by_another=_port_taken_by_another,
             process=process,
             state=state,
             reason=reason,
@@ -662,3 +657,8 @@ class Agent:
                 await self._refresh_telemetry()
             await self._rotate_logs()
             self._forget_old_stopped()
+
+
+async def _port_taken_by_another(pid: int, port: int) -> str | None:
+    # psutil lists every socket of the host: off the event loop.
+    return await anyio.to_thread.run_sync(port_taken_by_another, pid, port)

@@ -411,7 +411,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _start(self, cycle: RequestCycle) -> None:
         self._active = cycle
-        cycle.started_at = self.loop.time()
+        if self.shared.config.access_log:  # the only reader of the start time
+            cycle.started_at = self.loop.time()
         task = self.loop.create_task(cycle.run(self.shared.app))
         cycle.task = task
         self.shared.tasks.add(task)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 
 from sage.unified.sdk.models import encode, error_body
 
@@ -18,44 +19,7 @@ __all__ = [
 ]
 
 STATUS_LINES = {
-    status: f"HTTP/1.1 {status} {phrase}\r\n".encode()
-    for status, phrase in (
-        (100, "Continue"),
-        (101, "Switching Protocols"),
-        (200, "OK"),
-        (201, "Created"),
-        (202, "Accepted"),
-        (204, "No Content"),
-        (206, "Partial Content"),
-        (301, "Moved Permanently"),
-        (302, "Found"),
-        (303, "See Other"),
-        (304, "Not Modified"),
-        (307, "Temporary Redirect"),
-        (308, "Permanent Redirect"),
-        (400, "Bad Request"),
-        (401, "Unauthorized"),
-        (403, "Forbidden"),
-        (404, "Not Found"),
-        (405, "Method Not Allowed"),
-        (406, "Not Acceptable"),
-        (408, "Request Timeout"),
-        (409, "Conflict"),
-        (410, "Gone"),
-        (411, "Length Required"),
-        (413, "Content Too Large"),
-        (414, "URI Too Long"),
-        (415, "Unsupported Media Type"),
-        (422, "Unprocessable Content"),
-        (429, "Too Many Requests"),
-        (431, "Request Header Fields Too Large"),
-        (499, "Client Closed Request"),
-        (500, "Internal Server Error"),
-        (501, "Not Implemented"),
-        (502, "Bad Gateway"),
-        (503, "Service Unavailable"),
-        (504, "Gateway Timeout"),
-    )
+    status.value: f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode() for status in HTTPStatus
 }
 NO_BODY_STATUS = frozenset({204, 304})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
