@@ -2,18 +2,23 @@
 
 Every async test runs on asyncio and trio (``anyio_backend``) unless it pins one.
 ``processes`` starts real child processes and always reaps them; ``wait_http``
-polls a URL until it answers. Tests import nothing from this folder directly
-(pytest runs in importlib mode), so shared helpers are fixtures.
+polls a URL until it answers; ``start_simulator``, ``start_gateway``,
+``start_coordinator`` and ``start_agent`` run the real programs on loopback for the
+integration, chaos and fuzz suites, and ``models_ready`` waits for a gateway's models.
+Tests import nothing from this folder directly (pytest runs in importlib mode), so
+shared helpers are fixtures.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -138,3 +143,156 @@ def _wait_http(url: str, timeout: float = 15.0, status: int | None = 200) -> htt
 def wait_http() -> Callable[..., httpx.Response]:
     """``wait_http(url, timeout=15, status=200)``: poll until the URL answers."""
     return _wait_http
+
+
+# -- real processes on loopback: simulated engines, gateways, coordinators, agents --
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def start_simulator(processes, wait_http) -> Callable[..., Server]:  # type: ignore[no-untyped-def]
+    """``start_simulator(model="tiny", **flags)``: a simulated engine on a free port, ready."""
+
+    def start(model: str = "tiny", *, wait: bool = True, **flags: object) -> Server:
+        port = _free_port()
+        argv = ["-m", "sage.unified.agent.simulator", "--model", model, "--port", str(port)]
+        for name, value in flags.items():
+            flag = "--" + name.replace("_", "-")
+            if value is True:
+                argv.append(flag)
+            elif value is not False and value is not None:
+                argv += [flag, str(value)]
+        proc = processes.python(*argv, name=f"sim-{model}")
+        server = Server(proc, port)
+        if wait:
+            wait_http(f"{server.url}/v1/models", timeout=20)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def start_gateway(processes, wait_http, sage_home: Path) -> Callable[..., Server]:  # type: ignore[no-untyped-def]
+    """``start_gateway(*cli_flags, env={...})``: ``sage gateway run`` on a free port, ready."""
+
+    def start(
+        *flags: str, env: dict[str, str] | None = None, ready_path: str = "/readyz"
+    ) -> Server:
+        port = _free_port()
+        merged = {
+            "SAGE_HOME": str(sage_home),
+            "SAGE_GATEWAY_EXPOSE_BACKEND_HEADER": "true",
+            "SAGE_GATEWAY_AGENT_PORT": str(_free_port()),
+            **(env or {}),
+        }
+        proc = processes.python(
+            "-m",
+            "sage.unified.cli",
+            "gateway",
+            "run",
+            "--port",
+            str(port),
+            *flags,
+            env=merged,
+            name="gateway",
+        )
+        server = Server(proc, port)
+        wait_http(f"{server.url}{ready_path}", timeout=30)
+        return server
+
+    return start
+
+
+def wait_for_models(url: str, models: set[str], timeout: float = 15.0) -> None:
+    """Poll the gateway's /v1/models until it lists ``models``."""
+    deadline = time.monotonic() + timeout
+    seen: set[str] = set()
+    while time.monotonic() < deadline:
+        try:
+            data = httpx.get(f"{url}/v1/models", timeout=2).json()
+            seen = {item["id"] for item in data["data"]}
+            if models <= seen:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"gateway lists {sorted(seen)}, expected {sorted(models)}")
+
+
+@pytest.fixture
+def models_ready() -> Callable[[str, set[str]], None]:
+    return wait_for_models
+
+
+@pytest.fixture
+def start_coordinator(processes, wait_http, tmp_path: Path) -> Callable[..., object]:  # type: ignore[no-untyped-def]
+    """``start_coordinator(port=None, db=None, env={})``: ``sage coordinator run``, healthy."""
+
+    def start(
+        port: int | None = None, *, db: Path | None = None, env: dict[str, str] | None = None
+    ) -> object:
+        port = port or _free_port()
+        merged = {
+            "SAGE_COORDINATOR_DB_PATH": str(db or tmp_path / "coordinator.db"),
+            **(env or {}),
+        }
+        proc = processes.python(
+            "-m",
+            "sage.unified.cli",
+            "coordinator",
+            "run",
+            "--port",
+            str(port),
+            env=merged,
+            name="coordinator",
+        )
+        server = Server(proc, port)
+        wait_http(f"{server.url}/health", timeout=30)
+        return server
+
+    return start
+
+
+@pytest.fixture
+def start_agent(processes, wait_http, tmp_path: Path) -> Callable[..., object]:  # type: ignore[no-untyped-def]
+    """``start_agent(coordinator_url, agent_id="a1", env={})``: ``sage agent run``, ready."""
+
+    def start(
+        coordinator_url: str, agent_id: str = "a1", env: dict[str, str] | None = None
+    ) -> object:
+        port = _free_port()
+        home = tmp_path / f"agent-{agent_id}"
+        home.mkdir(exist_ok=True)
+        merged = {"SAGE_HOME": str(home), "SAGE_AGENT_AGENT_ID": agent_id, **(env or {})}
+        proc = processes.python(
+            "-m",
+            "sage.unified.cli",
+            "agent",
+            "run",
+            "--coordinator",
+            coordinator_url,
+            "--port",
+            str(port),
+            env=merged,
+            name=f"agent-{agent_id}",
+        )
+        server = Server(proc, port)
+        wait_http(f"{server.url}/readyz", timeout=30)
+        return server
+
+    return start
