@@ -4,6 +4,15 @@ Each engine runs in its own session and process group (``start_new_session``), s
 one ``killpg`` reaches the API server and its workers (vLLM's ``EngineCore`` and
 ``Worker`` children). Its stdout and stderr go straight to its log file.
 
+No descriptor of the agent reaches an engine: the child is started by
+``subprocess.Popen`` with ``close_fds=True``, which closes every descriptor above
+stderr, inheritable or not. ``anyio.open_process`` is not used for this because under
+uvloop it ends in libuv's ``uv_spawn``, which ignores ``close_fds``: the agent's
+listening socket (hypercorn marks it inheritable for its worker processes) then
+lived on in every engine, and a restarted agent could not bind its port while any
+engine ran. The exit is awaited through a pidfd (Linux 5.3+; polled otherwise), the
+same way trio waits for its own children.
+
 Stopping follows the recipe verified in research/ecosystem.md §1.3: SIGTERM to the
 group, wait up to the grace period, SIGKILL the group, then kill any survivor of
 the recorded process tree (a child that left the group with ``setsid`` would
@@ -28,16 +37,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import anyio.abc
+import anyio.to_thread
 import psutil
 
 from sage.unified.agent.errors import LaunchError, RuntimeUnavailableError
 from sage.unified.agent.logfiles import open_engine_log
 from sage.unified.agent.runtimes import LaunchPlan
 
-__all__ = ["EngineProcess", "ProcessRecord", "adopt", "child_environment", "launch"]
+__all__ = [
+    "ChildProcess",
+    "EngineProcess",
+    "ProcessRecord",
+    "adopt",
+    "child_environment",
+    "launch",
+]
 
 _ADOPT_POLL_S = 0.5
+_EXIT_POLL_S = 0.1
+"""How often a child's exit is polled where no pidfd can be opened."""
 _CREATE_TIME_TOLERANCE_S = 0.05
 _SECRET_ENV = re.compile(r"^SAGE_.*(TOKEN|KEY|SECRET|PASSWORD)", re.IGNORECASE)
 
@@ -77,6 +95,59 @@ async def _poll_until(done: Callable[[], bool], interval_s: float = 0.1) -> None
         await anyio.sleep(interval_s)
 
 
+class ChildProcess:
+    """A process this agent spawned, whose exit it can await (asyncio and trio).
+
+    Created by :func:`launch`. Only this object reaps the child (``waitpid`` on its
+    pid, never ``-1``), so the event loop's own child watchers are not involved.
+    """
+
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+        self._popen = popen
+        self._pidfd: int | None
+        try:
+            self._pidfd = os.pidfd_open(popen.pid)
+        except (AttributeError, OSError):  # not Linux, or a kernel older than 5.3
+            self._pidfd = None
+        self._waiting = anyio.Lock()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once reaped (negative: killed by that signal), else ``None``."""
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        """Wait for the exit, reap the child and return its status.
+
+        Several tasks may wait at once. Cancelling a wait leaves the process running.
+        """
+        while (code := self._popen.poll()) is None:
+            # One task at a time watches the pidfd: both anyio backends refuse two
+            # waiters on one descriptor.
+            async with self._waiting:
+                if self._popen.poll() is not None:
+                    continue
+                if self._pidfd is not None:
+                    await anyio.wait_readable(self._pidfd)
+                else:
+                    await anyio.sleep(_EXIT_POLL_S)
+        self._close_pidfd()
+        return code
+
+    async def aclose(self) -> None:
+        """Release the pidfd (the process itself is left alone)."""
+        self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            fd, self._pidfd = self._pidfd, None
+            os.close(fd)
+
+
 class EngineProcess:
     """One engine process: either our child or adopted from a previous agent run.
 
@@ -87,7 +158,7 @@ class EngineProcess:
         self,
         record: ProcessRecord,
         *,
-        process: anyio.abc.Process | None = None,
+        process: ChildProcess | None = None,
         handle: psutil.Process | None = None,
     ) -> None:
         self.record = record
@@ -128,9 +199,7 @@ class EngineProcess:
 
     async def _close_transport(self) -> None:
         if self._process is not None:
-            # Closes asyncio's subprocess transport (else it warns when collected).
-            with anyio.CancelScope(shield=True):
-                await self._process.aclose()
+            await self._process.aclose()
 
     def is_alive(self) -> bool:
         """Whether the main process is still running (a zombie counts as exited)."""
@@ -282,7 +351,11 @@ async def launch(plan: LaunchPlan, *, log_path: Path, cwd: Path | None = None) -
     """Start ``plan.argv`` in a new session with its output appended to ``log_path``.
 
     The child gets no stdin, the agent's environment without its secrets plus
-    ``plan.env``, and its own process group.
+    ``plan.env``, its own process group, and no other descriptor of the agent (only
+    stdin, stdout and stderr are open when it starts).
+
+    Cancellation: the spawn itself finishes (milliseconds), so a started child is
+    never lost; the cancellation is raised afterwards.
 
     Raises:
         RuntimeUnavailableError: the executable does not exist or cannot be executed.
@@ -291,16 +364,24 @@ async def launch(plan: LaunchPlan, *, log_path: Path, cwd: Path | None = None) -
     """
     executable = plan.argv[0]
     fd = await anyio.to_thread.run_sync(open_engine_log, log_path)
-    try:
-        process = await anyio.open_process(
+    env = child_environment(plan.env)
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             list(plan.argv),
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=fd,
             cwd=cwd,
-            env=child_environment(plan.env),
+            env=env,
             start_new_session=True,
+            close_fds=True,
+            pass_fds=(),
         )
+
+    try:
+        with anyio.CancelScope(shield=True):
+            popen = await anyio.to_thread.run_sync(spawn)
     except FileNotFoundError as exc:
         if cwd is not None and exc.filename is not None and Path(exc.filename) == Path(cwd):
             raise LaunchError(
@@ -319,6 +400,7 @@ async def launch(plan: LaunchPlan, *, log_path: Path, cwd: Path | None = None) -
         raise LaunchError(f"cannot start the engine {executable!r}: {exc}") from exc
     finally:
         os.close(fd)
+    process = ChildProcess(popen)
     pid = process.pid
     handle: psutil.Process | None
     try:

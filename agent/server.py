@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 from typing import Any
 
 import anyio
 import anyio.abc
 import sniffio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 
 from sage.unified.agent.app import create_agent_app
 from sage.unified.agent.sdnotify import notify, watchdog_interval_s
@@ -39,8 +40,22 @@ log = logging.getLogger(__name__)
 _LISTEN_WAIT_S = 30.0
 
 
+class _Config(Config):
+    """hypercorn's configuration, with listening sockets no child process inherits.
+
+    hypercorn marks them inheritable for its worker processes; the agent has none, and
+    an engine holding the agent's port kept a restarted agent from binding it.
+    """
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+            sock.set_inheritable(False)
+        return sockets
+
+
 def _hypercorn_config(settings: AgentSettings) -> Config:
-    config = Config()
+    config = _Config()
     host = settings.bind_host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     config.bind = [f"{host}:{settings.port}"]
@@ -142,15 +157,35 @@ async def serve(
             tg.cancel_scope.cancel()
 
 
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or ``None``."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def run(settings: AgentSettings, backend: str = "asyncio") -> int:
     """Run the agent until a signal (blocking). Returns the process exit status.
 
-    Exit status 2 means the configuration was refused (e.g. an unsafe bind).
+    Exit status 2 means the configuration was refused (e.g. an unsafe bind) or the
+    port is taken.
     """
     try:
         settings.check_bind_safety()
     except ValueError as exc:
         print(f"sage agent: {exc}", file=sys.stderr)
+        return 2
+    if problem := _port_in_use(settings.bind_host, settings.port):
+        print(
+            f"sage agent: cannot listen on {settings.bind_host}:{settings.port} ({problem}); "
+            "stop what is using it (`ss -ltnp` names it) or choose another port with --port",
+            file=sys.stderr,
+        )
         return 2
     options: dict[str, Any] = {}
     if backend == "asyncio":

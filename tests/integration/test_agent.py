@@ -385,6 +385,61 @@ def test_agent_restart_adopts_engines(rig: AgentRig) -> None:
     assert simulators_running(rig.home) == []
 
 
+def _descriptors(pid: int) -> dict[int, str]:
+    """What each open descriptor of ``pid`` points to (``socket:[inode]``, a path...)."""
+    fd_dir = f"/proc/{pid}/fd"
+    found = {}
+    for name in os.listdir(fd_dir):
+        try:
+            found[int(name)] = os.readlink(f"{fd_dir}/{name}")
+        except FileNotFoundError:
+            continue  # closed while we looked
+    return found
+
+
+def _listeners(port: int) -> set[int | None]:
+    """Pids of the processes listening on TCP ``port``."""
+    return {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
+    }
+
+
+def test_a_killed_agent_comes_back_on_its_port_and_readopts_its_engine(rig: AgentRig) -> None:
+    # asyncio runs on uvloop here, whose process spawning ignores close_fds: the agent's
+    # listening socket used to live on in every engine.
+    agent = rig.start("asyncio")
+    engine = rig.start_engine("sim-fd")
+    engine = rig.wait_state(engine["id"], "READY", 20)
+    agent_sockets = {
+        target
+        for target in _descriptors(agent.pid).values()
+        if target.startswith(("socket:", "pipe:"))  # anon_inode names carry no inode
+    }
+    engine_fds = _descriptors(engine["pid"])
+    assert engine_fds[0] == "/dev/null"
+    assert engine_fds[1] == engine_fds[2]
+    assert engine_fds[1].endswith(f"{engine['id']}.log")
+    leaked = {fd: target for fd, target in engine_fds.items() if target in agent_sockets}
+    assert leaked == {}, f"the engine holds descriptors of the agent: {leaked}"
+    assert _listeners(rig.port) == {agent.pid}
+
+    agent.kill()
+    agent.wait(timeout=5)
+    killed_at = time.monotonic()
+    assert _listeners(rig.port) == set(), "nothing may keep listening on the agent's port"
+    rig.start("asyncio")
+    back_after = time.monotonic() - killed_at
+    adopted = rig.engine(engine["id"])
+    assert adopted["state"] == "READY"
+    assert adopted["pid"] == engine["pid"]
+    assert (adopted["incarnation"], adopted["restarts"]) == (0, 0)
+    assert back_after < 10, f"the agent took {back_after:.1f} s to come back"
+    assert rig.agent is not None
+    assert _listeners(rig.port) == {rig.agent.pid}
+
+
 def test_engine_that_never_becomes_ready_is_capped(rig: AgentRig) -> None:
     rig.start("asyncio", SAGE_AGENT_RESTART_MAX="1")
     slow = rig.start_engine("sim-slow", startup_timeout_s=1.5, simulator={"startup_delay_s": 60})

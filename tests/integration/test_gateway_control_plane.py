@@ -150,6 +150,61 @@ def test_engine_killed_under_load_is_routed_around_restarted_and_back(embedded: 
     assert time.monotonic() - killed_at < 30
 
 
+def _descriptors(pid: int) -> dict[int, str]:
+    """What each open descriptor of ``pid`` points to (``socket:[inode]``, a path...)."""
+    fd_dir = f"/proc/{pid}/fd"
+    found = {}
+    for name in os.listdir(fd_dir):
+        try:
+            found[int(name)] = os.readlink(f"{fd_dir}/{name}")
+        except FileNotFoundError:
+            continue  # closed while we looked
+    return found
+
+
+def test_engines_of_the_embedded_agent_hold_no_descriptor_of_the_gateway(
+    start_gateway,  # type: ignore[no-untyped-def]
+) -> None:
+    agent_port = _free_port()
+    gateway = start_gateway(env={**FAST_AGENT, "SAGE_GATEWAY_AGENT_PORT": str(agent_port)})
+    engine_id = _start_engine(gateway.url)
+    _wait(lambda: engine_id in _routable(gateway.url), 30, "the engine READY")
+    engine_pid = _engines(gateway.url)[engine_id]["pid"]
+    gateway_fds = _descriptors(gateway.proc.pid)
+    shared = {
+        target
+        for target in gateway_fds.values()
+        if target.startswith(("socket:", "pipe:"))  # anon_inode names carry no inode
+    }
+    listening = {
+        f"socket:[{inode}]"
+        for inode in _listening_inodes(gateway.proc.pid, {gateway.port, agent_port})
+    }
+    assert len(listening) == 2, "the gateway's and its agent's listening sockets"
+    engine_fds = _descriptors(engine_pid)
+    assert engine_fds[0] == "/dev/null"
+    assert engine_fds[1] == engine_fds[2]
+    assert engine_fds[1].endswith(f"{engine_id}.log")
+    leaked = {fd: target for fd, target in engine_fds.items() if target in shared}
+    assert leaked == {}, f"engine {engine_pid} holds descriptors of the gateway: {leaked}"
+    assert not listening & set(engine_fds.values())
+
+
+def _listening_inodes(pid: int, ports: set[int]) -> set[str]:
+    """Inodes of the TCP sockets ``pid`` listens on at ``ports`` (from /proc/net/tcp*)."""
+    wanted = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                port = int(fields[1].rsplit(":", 1)[1], 16)
+                if fields[3] == "0A" and port in ports:  # 0A: LISTEN
+                    wanted.add(fields[9])
+    owned = {target for target in _descriptors(pid).values() if target.startswith("socket:")}
+    return {inode for inode in wanted if f"socket:[{inode}]" in owned}
+
+
 def test_drain_under_load_loses_nothing_and_stops_the_engine(embedded: str) -> None:
     first = _start_engine(embedded, ttft_ms=50, itl_ms=20, output_tokens=16)
     second = _start_engine(embedded, ttft_ms=50, itl_ms=20, output_tokens=16)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -39,6 +41,12 @@ async def _wait_for_text(path: Path, needle: str) -> str:
             if needle in text:
                 return text
             await anyio.sleep(0.05)
+
+
+def _open_fds(pid: int) -> dict[int, str]:
+    """What each descriptor of process ``pid`` points to (``socket:[inode]``, a path...)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    return {int(entry.name): os.readlink(entry) for entry in fd_dir.iterdir()}
 
 
 def _gone(pid: int) -> bool:
@@ -140,6 +148,37 @@ async def test_child_env_has_plan_env_and_no_agent_secrets(
     with anyio.fail_after(20):
         assert await engine.wait() == 0
     assert (tmp_path / "e.log").read_text().strip() == "None None 1,0 True"
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
+        pytest.param(("trio", {}), id="trio"),
+    ],
+)
+async def test_engine_inherits_no_descriptor_of_the_agent(tmp_path: Path) -> None:
+    # What hypercorn does to the agent's listening socket, and a pipe made inheritable:
+    # neither may reach an engine, whatever the event loop (uvloop ignores close_fds).
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.set_inheritable(True)
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)
+    log = tmp_path / "e.log"
+    plan = LaunchPlan(
+        argv=(sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)")
+    )
+    engine = await launch(plan, log_path=log)
+    try:
+        await _wait_for_text(log, "up")
+        assert _open_fds(engine.record.pid) == {0: "/dev/null", 1: str(log), 2: str(log)}
+    finally:
+        with anyio.fail_after(20):
+            await engine.terminate(grace_s=5)
+        listener.close()
+        os.close(read_end)
+        os.close(write_end)
 
 
 async def test_missing_executable_is_runtime_unavailable(tmp_path: Path) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from sage.unified.agent.server import main, serve
+from sage.unified.agent.server import main, run, serve
 from sage.unified.agent.settings import AgentSettings
 
 pytestmark = pytest.mark.anyio
@@ -54,3 +55,16 @@ async def test_non_loopback_without_token_is_refused(tmp_path: Path) -> None:
 
 def test_main_rejects_unknown_backend() -> None:
     assert main(["curio"]) == 2
+
+
+def test_a_taken_port_is_one_clear_line_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        settings = AgentSettings(sage_home=tmp_path, coordinator_url=None, port=port)
+        assert run(settings) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert "--port" in err

@@ -24,7 +24,14 @@ import pytest
         ),
         (
             "sage.unified.agent.launcher",
-            {"EngineProcess", "ProcessRecord", "adopt", "launch", "child_environment"},
+            {
+                "ChildProcess",
+                "EngineProcess",
+                "ProcessRecord",
+                "adopt",
+                "launch",
+                "child_environment",
+            },
         ),
         (
             "sage.unified.agent.runtimes",
