@@ -1,7 +1,7 @@
 """Per-host agent: launches, supervises, drains and reports engines; the engine simulator.
 
 ``Agent`` is the service (an async context manager), ``create_agent_app`` its HTTP API,
-and :mod:`sage.unified.agent.server` runs both (``sage agent run``).
+and :mod:`sage.unified.agent.main` runs both (``sage agent run``).
 """
 
 from __future__ import annotations

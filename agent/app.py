@@ -31,12 +31,12 @@ non-loopback bind without a token is refused at start
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import msgspec
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
@@ -46,11 +46,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sage.unified.agent.errors import AgentError
 from sage.unified.agent.service import Agent
-from sage.unified.agent.settings import is_loopback
-from sage.unified.sdk.auth import TokenSet, bearer_token
-from sage.unified.sdk.models import EngineInfo, EngineSpec, ErrorBody, GpuInfo, error_body
+from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
+from sage.unified.sdk.models import EngineInfo
+from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
+from sage.unified.sdk.protocol.server import (
+    decode_body,
+    error_response,
+    exception_handlers,
+    route,
+)
 from sage.unified.sdk.states import EngineState
 
 __all__ = ["AgentMetricsCollector", "create_agent_app"]
@@ -59,56 +64,12 @@ _LIVENESS_STALE_S = 5.0
 _MAX_TAIL = 10_000
 _MAX_SPEC_BYTES = 64 * 1024
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    405: "invalid_request_error",
-    409: "conflict_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    503: "service_unavailable",
-}
+_AGENT = AgentApi
+log = logging.getLogger("sage.unified.agent")
 
 
-class EngineList(msgspec.Struct, kw_only=True):
-    engines: list[EngineInfo]
-
-
-class GpuList(msgspec.Struct, kw_only=True):
-    gpus: list[GpuInfo]
-    error: str | None
-
-
-class EngineLogs(msgspec.Struct, kw_only=True):
-    engine_id: str
-    lines: list[str]
-
-
-class Status(msgspec.Struct, kw_only=True):
-    status: str
-    reason: str | None = None
-
-
-def _error(status: int, message: str, code: str | None = None) -> Response[ErrorBody]:
-    type_ = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return Response(error_body(message, type_, code=code), status_code=status)
-
-
-def _agent_error(_request: Request[Any, Any, Any], exc: AgentError) -> Response[ErrorBody]:
-    return _error(exc.status, exc.message, exc.code)
-
-
-def _http_error(_request: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
-    headers = dict(exc.headers or {})
-    response = _error(exc.status_code, str(exc.detail), None)
-    response.headers.update(headers)
-    return response
-
-
-def _internal_error(_request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
-    return _error(500, f"internal error: {type(exc).__name__}", "internal_error")
+def _error(status: int, message: str, code: str) -> Response[bytes]:
+    return error_response(status, message, code=code)
 
 
 class AgentMetricsCollector(Collector):
@@ -165,7 +126,7 @@ def create_agent_app(agent: Agent) -> Litestar:
     """
     settings = agent.settings
     tokens = TokenSet([settings.token.get_secret_value()] if settings.token else [])
-    reads_need_token = bool(tokens) and not is_loopback(settings.bind_host)
+    reads_need_token = bool(tokens) and not is_loopback_host(settings.bind_host)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(AgentMetricsCollector(agent))
 
@@ -183,44 +144,38 @@ def create_agent_app(agent: Agent) -> Litestar:
                 headers={"WWW-Authenticate": "Bearer"},
             )
 
-    @get("/healthz", sync_to_thread=False)
-    def healthz() -> Response[Status] | Response[ErrorBody]:
+    @route(_AGENT.HEALTHZ, sync_to_thread=False)
+    def healthz() -> Response[HealthStatus] | Response[bytes]:
         stale = anyio.current_time() - agent.alive_at
         if stale > _LIVENESS_STALE_S:
             return _error(503, f"agent loop has not ticked for {stale:.1f} s", "loop_stalled")
-        return Response(Status(status="ok"))
+        return Response(HealthStatus(status="ok"))
 
-    @get("/readyz", sync_to_thread=False)
-    def readyz() -> Response[Status] | Response[ErrorBody]:
+    @route(_AGENT.READYZ, sync_to_thread=False)
+    def readyz() -> Response[HealthStatus] | Response[bytes]:
         if not agent.ready:
             return _error(503, "agent is reconciling its engines", "not_ready")
         if not agent.coordinator_reachable:
             detail = agent.reporter.last_error if agent.reporter else None
             return _error(503, f"coordinator not reachable: {detail}", "coordinator_unreachable")
-        return Response(Status(status="ready"))
+        return Response(HealthStatus(status="ready"))
 
-    @get("/v1/engines", sync_to_thread=False)
+    @route(_AGENT.ENGINES, sync_to_thread=False)
     def list_engines() -> EngineList:
         return EngineList(engines=agent.engines())
 
-    @post("/v1/engines", status_code=201)
+    @route(_AGENT.START_ENGINE)
     async def start_engine(request: Request[Any, Any, Any]) -> EngineInfo:
         body = await request.body()
         if len(body) > _MAX_SPEC_BYTES:
             raise HTTPException(status_code=413, detail="engine spec too large")
-        try:
-            spec = msgspec.json.decode(body, type=EngineSpec)
-        except msgspec.ValidationError as exc:
-            raise HTTPException(status_code=422, detail=f"invalid engine spec: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise HTTPException(status_code=400, detail=f"malformed JSON: {exc}") from None
-        return await agent.start_engine(spec)
+        return await agent.start_engine(decode_body(_AGENT.START_ENGINE, body))
 
-    @get("/v1/engines/{engine_id:str}", sync_to_thread=False)
+    @route(_AGENT.ENGINE, sync_to_thread=False)
     def get_engine(engine_id: FromPath[str]) -> EngineInfo:
         return agent.engine(engine_id)
 
-    @post("/v1/engines/{engine_id:str}/drain", status_code=200)
+    @route(_AGENT.DRAIN_ENGINE)
     async def drain_engine(
         engine_id: FromPath[str],
         wait: FromQuery[bool] = True,
@@ -231,22 +186,22 @@ def create_agent_app(agent: Agent) -> Litestar:
         info = await agent.drain_engine(engine_id, wait=wait, timeout_s=timeout_s)
         return Response(info, status_code=200 if wait else 202)
 
-    @delete("/v1/engines/{engine_id:str}", status_code=200)
+    @route(_AGENT.STOP_ENGINE)
     async def stop_engine(engine_id: FromPath[str]) -> EngineInfo:
         return await agent.stop_engine(engine_id)
 
-    @get("/v1/engines/{engine_id:str}/logs")
+    @route(_AGENT.ENGINE_LOGS)
     async def engine_logs(engine_id: FromPath[str], tail: FromQuery[int] = 100) -> EngineLogs:
         if not 0 <= tail <= _MAX_TAIL:
             raise HTTPException(status_code=422, detail=f"tail must be in [0, {_MAX_TAIL}]")
         return EngineLogs(engine_id=engine_id, lines=await agent.logs(engine_id, tail))
 
-    @get("/v1/gpus", sync_to_thread=False)
-    def gpus() -> GpuList:
+    @route(_AGENT.GPUS, sync_to_thread=False)
+    def gpus() -> AgentGpuList:
         found, error = agent.gpus()
-        return GpuList(gpus=found, error=error)
+        return AgentGpuList(gpus=found, error=error)
 
-    @get("/metrics", sync_to_thread=False)
+    @route(_AGENT.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -264,11 +219,7 @@ def create_agent_app(agent: Agent) -> Litestar:
             metrics,
         ],
         guards=[auth_guard],
-        exception_handlers={
-            AgentError: _agent_error,
-            HTTPException: _http_error,
-            Exception: _internal_error,
-        },
+        exception_handlers=exception_handlers(log),
         # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
         openapi_config=OpenAPIConfig(
             title="SAGE Unified Gateway agent", version="1", create_examples=False

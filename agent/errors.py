@@ -11,11 +11,14 @@
     ├── EngineNotFoundError         no engine with that id on this agent; 404
     └── LaunchError                 the engine process could not be started; 500
 
-Each class carries the HTTP ``status`` and an OpenAI-style error ``code`` that the
-agent's exception handler puts in the error body. Messages say what to change.
+Each class carries the HTTP ``status``, the OpenAI error ``type`` and ``code`` (as every
+component's errors do: they are :class:`~sage.unified.sdk.errors.WireError`). Messages say
+what to change.
 """
 
 from __future__ import annotations
+
+from sage.unified.sdk.errors import WireError
 
 __all__ = [
     "AgentError",
@@ -29,22 +32,19 @@ __all__ = [
 ]
 
 
-class AgentError(Exception):
-    """Base of every error the agent raises on purpose."""
+class AgentError(WireError):
+    """Base of every error the agent raises on purpose (``status``, ``type``, ``code``)."""
 
-    status: int = 500
-    code: str = "agent_error"
-
-    @property
-    def message(self) -> str:
-        """The human-readable message (the first argument)."""
-        return str(self.args[0]) if self.args else self.code
+    status = 500
+    type = "server_error"
+    code = "agent_error"
 
 
 class SpecRejectedError(AgentError):
     """Raised when a launch spec is valid JSON but cannot be run on this agent."""
 
     status = 422
+    type = "invalid_request_error"
     code = "spec_rejected"
 
 
@@ -52,6 +52,7 @@ class ModelNotAllowedError(SpecRejectedError):
     """Raised when the spec's model matches no pattern of the agent's allowlist."""
 
     status = 403
+    type = "permission_error"
     code = "model_not_allowed"
 
 
@@ -60,6 +61,7 @@ class PortUnavailableError(SpecRejectedError):
     or when no port of the range is free."""
 
     status = 409
+    type = "conflict_error"
     code = "port_unavailable"
 
 
@@ -67,6 +69,7 @@ class NoFreeGpuError(SpecRejectedError):
     """Raised when the GPUs the spec needs are missing, taken, or not visible at all."""
 
     status = 409
+    type = "conflict_error"
     code = "no_free_gpu"
 
 
@@ -81,6 +84,7 @@ class EngineNotFoundError(AgentError):
     """Raised when an engine id is unknown to this agent."""
 
     status = 404
+    type = "not_found_error"
     code = "engine_not_found"
 
 

@@ -1,8 +1,8 @@
 """Push the agent's full snapshot to the coordinator.
 
-``PUT {coordinator_url}/v1/agents/{agent_id}`` with an :class:`AgentReport`, at once
-on every state change (:meth:`Reporter.report_now`) and every heartbeat interval
-(3 s, or what the coordinator's reply says). The report is the whole state, so a
+``PUT /v1/agents/{agent_id}`` (through the SDK's control-plane client) with an
+:class:`AgentReport`, at once on every state change (:meth:`Reporter.report_now`) and
+every heartbeat interval (3 s, or what the coordinator's reply says). The report is the whole state, so a
 restarted coordinator is rebuilt from the next one (anti-entropy) and a lost
 report needs no replay.
 
@@ -17,13 +17,11 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
 
 import anyio
-import httpx
-import msgspec
 
-from sage.unified.sdk.models import AgentReport, AgentReportReply, encode
+from sage.unified.sdk.client import AsyncGatewayManagementClient, SageClientError
+from sage.unified.sdk.models import AgentReport, AgentReportReply
 
 __all__ = ["Backoff", "Reporter"]
 
@@ -71,36 +69,30 @@ class Reporter:
     """Sends snapshots built by ``snapshot()`` until cancelled.
 
     Args:
-        client: the HTTP client (owned by the caller; its transport can be mocked).
-        coordinator_url: base URL of the coordinator.
+        control_plane: the SDK client of the control plane (one URL or several; a report
+            goes to the first that takes it). Owned by the caller.
         agent_id: this agent's id (the path segment).
         snapshot: builds the current :class:`AgentReport`.
-        token: Bearer token sent on every call, or ``None``.
         interval_s: heartbeat interval until a reply says otherwise.
         timeout_s: per-request timeout.
-        backoff: retry delays while the coordinator is unreachable.
+        backoff: retry delays while the control plane is unreachable.
         sleep: ``sleep(seconds, wake)``; tests inject one that records delays.
     """
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
-        coordinator_url: str,
+        control_plane: AsyncGatewayManagementClient,
         agent_id: str,
         snapshot: Callable[[], AgentReport],
         *,
-        token: str | None = None,
         interval_s: float = 3.0,
-        timeout_s: float = 5.0,
         backoff: Backoff | None = None,
         sleep: Sleep = _event_sleep,
     ) -> None:
-        self._client = client
-        self._url = f"{coordinator_url.rstrip('/')}/v1/agents/{quote(agent_id, safe='')}"
+        self._control_plane = control_plane
+        self._agent_id = agent_id
         self._snapshot = snapshot
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.interval_s = interval_s
-        self._timeout = httpx.Timeout(timeout_s)
         # Retrying no slower than the heartbeat: a coordinator that comes back has the
         # full snapshot again within one heartbeat (it waits for it before publishing).
         self._backoff = backoff or Backoff(max_s=max(interval_s, 0.5))
@@ -119,32 +111,17 @@ class Reporter:
         self._wake.set()
 
     async def send_once(self) -> bool:
-        """Send one snapshot; return whether the coordinator accepted it. Never raises
+        """Send one snapshot; return whether the control plane accepted it. Never raises
         for network or HTTP errors (they are recorded in :attr:`last_error`)."""
-        report = self._snapshot()
         try:
-            response = await self._client.put(
-                self._url,
-                content=encode(report),
-                headers={**self._headers, "Content-Type": "application/json"},
-                timeout=self._timeout,
-            )
-        except httpx.HTTPError as exc:
-            return self._failed(f"coordinator unreachable: {type(exc).__name__}: {exc}")
-        if response.status_code >= 300:
-            return self._failed(
-                f"coordinator answered {response.status_code}: {response.text[:200]}"
-            )
-        try:
-            reply = msgspec.json.decode(response.content, type=AgentReportReply)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            reply = None
-        if reply is not None:
-            self.last_reply = reply
-            if reply.heartbeat_interval_s > 0:
-                self.interval_s = max(_MIN_INTERVAL_S, reply.heartbeat_interval_s)
+            reply = await self._control_plane.report(self._agent_id, self._snapshot())
+        except SageClientError as exc:
+            return self._failed(f"coordinator did not take the report: {exc}")
+        self.last_reply = reply
+        if reply.heartbeat_interval_s > 0:
+            self.interval_s = max(_MIN_INTERVAL_S, reply.heartbeat_interval_s)
         if not self.reachable:
-            log.info("coordinator reachable at %s", self._url)
+            log.info("coordinator reachable at %s", self._control_plane.url)
         self.reachable = True
         self.last_error = None
         self.last_success_at = anyio.current_time()

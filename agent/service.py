@@ -1,7 +1,7 @@
 """The agent service: its engines, their supervisors, telemetry, the state file and reporting.
 
 Independent of any HTTP server: ``sage agent run`` serves it with hypercorn
-(:mod:`sage.unified.agent.server`), and the gateway can embed it in its own loop::
+(:mod:`sage.unified.agent.main`), and the gateway can embed it in its own loop::
 
     async with Agent(settings) as agent:
         app = create_agent_app(agent)
@@ -53,6 +53,7 @@ from sage.unified.agent.settings import AgentSettings
 from sage.unified.agent.statefile import AgentState, EngineRecord, StateFile, StateFileError
 from sage.unified.agent.supervisor import EngineSupervisor, ProcessHandle, SupervisorTiming
 from sage.unified.agent.telemetry import GpuReader, read_host_metrics
+from sage.unified.sdk.client import AsyncGatewayManagementClient, async_http_pool
 from sage.unified.sdk.clock import Clock, SystemClock
 from sage.unified.sdk.models import (
     AgentReport,
@@ -73,6 +74,7 @@ STOPPED_KEEP_S = 600.0
 STOPPED_KEEP_COUNT = 50
 """At most this many STOPPED engines are kept."""
 _LIVENESS_TICK_S = 1.0
+_REPORT_TIMEOUT_S = 5.0
 _ADOPT_PROBE_WAIT_S = 5.0
 
 
@@ -154,10 +156,8 @@ class Agent:
 
     async def __aenter__(self) -> Agent:
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
-        self._client = httpx.AsyncClient(
-            transport=self._transport,
-            trust_env=False,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        self._client = async_http_pool(
+            max_connections=200, max_keepalive=50, transport=self._transport
         )
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -170,12 +170,16 @@ class Agent:
             self._tg.start_soon(self._telemetry_loop)
             token = self.settings.token.get_secret_value() if self.settings.token else None
             if self.settings.coordinator_url:
-                self.reporter = Reporter(
-                    self._client,
+                control_plane = AsyncGatewayManagementClient(
                     self.settings.coordinator_url,
+                    token,
+                    timeout=_REPORT_TIMEOUT_S,
+                    http=self._client,
+                )
+                self.reporter = Reporter(
+                    control_plane,
                     self.settings.agent_id,
                     self.report,
-                    token=token,
                     interval_s=self.settings.heartbeat_interval_s,
                 )
                 # The first report goes out right after reconciliation: no

@@ -12,7 +12,6 @@ Lists and ranges read from the environment accept JSON or a plain form:
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import shlex
 import socket
@@ -27,22 +26,13 @@ from pydantic_settings import (
 )
 
 from sage.unified.agent.runtimes import RuntimeConfig
+from sage.unified.sdk.auth import is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
 
-__all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "AgentSettings", "is_loopback"]
+__all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "AgentSettings"]
 
 CONFIG_ENV = "SAGE_AGENT_CONFIG"
 DEFAULT_TOML_FILES: tuple[Path, ...] = toml_files_for("agent")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) only accepts local connections."""
-    if host.lower() in {"localhost", "localhost.localdomain", "ip6-localhost"}:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class AgentSettings(SageSettings):
@@ -135,7 +125,7 @@ class AgentSettings(SageSettings):
             ValueError: ``bind_host`` is not a loopback address, no token is set and
                 ``insecure`` is false.
         """
-        if is_loopback(self.bind_host) or self.insecure:
+        if is_loopback_host(self.bind_host) or self.insecure:
             return
         if self.token is None or not self.token.get_secret_value():
             raise ValueError(

@@ -1,6 +1,6 @@
 """Coordinator at scale (not a test): many agents heartbeating, gateways long-polling.
 
-Starts the standalone coordinator (``python -m sage.unified.coordinator.serve``:
+Starts the standalone coordinator (``python -m sage.unified.coordinator``:
 uvicorn on 127.0.0.1, SQLite store in a temp dir) and drives it for a bounded time:
 
 - ``--agents`` simulated agents (default 1,000) x ``--engines`` READY engines (8), each
@@ -306,7 +306,7 @@ def main() -> None:
             "SAGE_COORDINATOR_LOG_LEVEL": "warning",
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sage.unified.coordinator.serve"],
+            [sys.executable, "-m", "sage.unified.coordinator"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=open(f"{tmp}/coordinator.log", "wb"),  # noqa: SIM115

@@ -45,7 +45,7 @@ def run(
     """
     from pydantic import ValidationError
 
-    from sage.unified.agent.server import run as serve
+    from sage.unified.agent.main import run as serve
     from sage.unified.agent.settings import AgentSettings
 
     given: dict[str, Any] = {

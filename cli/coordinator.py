@@ -27,7 +27,7 @@ def run(*, host: str | None = None, port: int | None = None, insecure: bool = Fa
     from pydantic import ValidationError
 
     from sage.unified.coordinator import ConfigError, CoordinatorSettings
-    from sage.unified.coordinator.serve import run as serve
+    from sage.unified.coordinator.main import run as serve
 
     given: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if insecure:

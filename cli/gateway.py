@@ -124,7 +124,7 @@ def start(options: GatewayOptions | None = None, *, timeout: float = 60.0) -> in
         print(f"The gateway is already running (pid {existing.pid}) at {existing.url}.")
         return 0
     settings = _settings(options.settings_kwargs())
-    from sage.unified.gateway.serve import PortInUseError, check_port_free
+    from sage.unified.gateway.main import PortInUseError, check_port_free
 
     try:
         check_port_free(settings.host, settings.port)
@@ -147,7 +147,7 @@ def start(options: GatewayOptions | None = None, *, timeout: float = 60.0) -> in
 def run(options: GatewayOptions | None = None) -> int:
     """Run the gateway in the foreground (what systemd runs). Same flags as ``start``."""
     settings = _settings((options or GatewayOptions()).settings_kwargs())
-    from sage.unified.gateway.serve import run as serve
+    from sage.unified.gateway.main import run as serve
 
     return int(serve(settings))
 

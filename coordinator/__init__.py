@@ -1,11 +1,12 @@
 """Coordinator: registry of agents and engines, leases, revisions + watch, placement, persistence.
 
 Embedded in the gateway by default (``async with Coordinator(settings)`` plus the two
-routers), or standalone (:func:`sage.unified.coordinator.serve.run`, port 8100).
+routers), or standalone (:func:`sage.unified.coordinator.main.run`, port 8100).
 """
 
 from __future__ import annotations
 
+from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession, LocalSession
 from sage.unified.coordinator._app import (
     EXCEPTION_HANDLERS,
     create_agents_router,
@@ -48,10 +49,13 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "ConflictError",
+    "ControlPlane",
+    "ControlPlaneSession",
     "Coordinator",
     "CoordinatorError",
     "CoordinatorSettings",
     "InvalidRequestError",
+    "LocalSession",
     "MemoryStore",
     "NotFoundError",
     "PlacementError",

@@ -1,43 +1,42 @@
-"""HTTP surface: Litestar routers for the management and agent APIs, and the standalone app.
+"""HTTP surface: the management and agent routes, and the standalone coordinator app.
 
-The gateway mounts :func:`create_management_router` and :func:`create_agents_router`
-on its own app in embedded mode; :func:`create_coordinator_app` is the standalone
-process (``sage coordinator run``). Request bodies are decoded here with msgspec so
-the status is ours: malformed JSON → 400, a well-formed body that fails validation
-→ 422 with the field in ``param``. Every error body is OpenAI-shaped.
+Every route is a declared endpoint (:class:`~sage.unified.sdk.protocol.ControlPlaneApi`):
+its method, path, status and body type come from the declaration. The gateway mounts
+:func:`create_management_router` (over the embedded coordinator, or over a remote one)
+and :func:`create_agents_router`; :func:`create_coordinator_app` is the standalone
+process (``sage coordinator run``). Every error body is OpenAI-shaped.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-import msgspec
-from litestar import Litestar, Request, Response, Router, get, post, put
-from litestar.exceptions import HTTPException, ValidationException
+from litestar import Litestar, Request, Response, Router
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
-from litestar.types import ExceptionHandlersMap
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from sage.unified.coordinator._errors import CoordinatorError, SettlingError
+from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession
 from sage.unified.coordinator._service import Coordinator
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import Store
 from sage.unified.sdk.clock import Clock
-from sage.unified.sdk.models import (
-    AgentReport,
-    AgentReportReply,
-    EngineInfo,
-    EngineStartRequest,
-    EngineStopRequest,
-    RegisterEngineRequest,
-    decode,
-    error_body,
+from sage.unified.sdk.errors import WireError
+from sage.unified.sdk.models import AgentReportReply, EngineInfo
+from sage.unified.sdk.protocol import (
+    AgentList,
+    AuditLog,
+    ControlPlaneApi,
+    CoordinatorReadiness,
+    Endpoint,
+    EngineList,
+    GpuHostList,
+    HealthStatus,
 )
+from sage.unified.sdk.protocol.server import decode_body, exception_handlers, route
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -49,165 +48,83 @@ __all__ = [
 log = logging.getLogger("sage.unified.coordinator")
 
 T = TypeVar("T")
+API = ControlPlaneApi
 
-_HTTP_TYPES = {
-    400: ("invalid_request_error", "bad_request"),
-    401: ("authentication_error", "invalid_token"),
-    403: ("permission_error", "forbidden"),
-    404: ("not_found_error", "not_found"),
-    405: ("invalid_request_error", "method_not_allowed"),
-    413: ("invalid_request_error", "payload_too_large"),
-    422: ("invalid_request_error", "invalid_request"),
-}
+EXCEPTION_HANDLERS = exception_handlers(log)
+"""Exception handlers mapping every error to an OpenAI-shaped body."""
 
 
-class _BadBody(CoordinatorError):
-    status_code = 400
-    error_type = "invalid_request_error"
-    code = "invalid_json"
+def create_management_router(plane: ControlPlane) -> Router:
+    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit. Admin token."""
 
+    async def session(request: Request[Any, Any, Any], target: str) -> ControlPlaneSession:
+        return await plane.authorize(request.headers.get("authorization"), target)
 
-class _InvalidBody(CoordinatorError):
-    status_code = 422
-    error_type = "invalid_request_error"
-    code = "invalid_request"
-
-
-def _decode_body(body: bytes, type_: type[T]) -> T:
-    try:
-        return decode(body, type_)
-    except msgspec.ValidationError as exc:
-        # msgspec names the field as "at `$.spec.model`": surface it as ``param``.
-        message = str(exc)
-        param = message.rsplit("`$.", 1)[1].rstrip("`") if "`$." in message else None
-        raise _InvalidBody(f"invalid request body: {message}", param=param) from None
-    except msgspec.DecodeError as exc:
-        raise _BadBody(f"malformed JSON body: {exc}") from None
-
-
-def _coordinator_error(_: Request[Any, Any, Any], exc: CoordinatorError) -> Response[Any]:
-    if exc.status_code >= 500 and exc.status_code != 503:
-        log.warning("coordinator error %d: %s", exc.status_code, exc.message)
-    headers = {"retry-after": "1"} if exc.status_code == 503 else None
-    return Response(
-        error_body(exc.message, exc.error_type, exc.code, exc.param),
-        status_code=exc.status_code,
-        headers=headers,
-    )
-
-
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    status = exc.status_code
-    if isinstance(exc, ValidationException):
-        status = 422
-    error_type, code = _HTTP_TYPES.get(status, ("api_error", "error"))
-    message = exc.detail
-    if isinstance(exc, ValidationException) and exc.extra:
-        message = f"{exc.detail}: {exc.extra}"
-    return Response(
-        error_body(str(message), error_type, code), status_code=status, headers=exc.headers
-    )
-
-
-def _internal_error(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    log.exception("unhandled error in coordinator API", exc_info=exc)
-    return Response(error_body("internal error", "api_error", "internal_error"), status_code=500)
-
-
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    CoordinatorError: _coordinator_error,
-    HTTPException: _http_error,
-    Exception: _internal_error,
-}
-"""Exception handlers mapping the coordinator's errors to OpenAI-shaped bodies."""
-
-
-def create_management_router(coordinator: Coordinator) -> Router:
-    """``/v1/management/*``: backends (watch), engines, agents, GPUs. Admin token required."""
-
-    async def admin(request: Request[Any, Any, Any], target: str = "") -> str:
-        return await coordinator.authenticate(
-            "admin", request.headers.get("authorization"), target=target
-        )
-
-    async def _decode_audited(
-        request: Request[Any, Any, Any], type_: type[T], who: str, action: str
+    async def body(
+        request: Request[Any, Any, Any],
+        endpoint: Endpoint[T, Any],
+        caller: ControlPlaneSession,
+        action: str,
     ) -> T:
-        # A control action refused for its body (unknown fields such as command/env,
-        # a path or a flag as the model name) is as much an attempt as one refused
-        # later, so it is audited too; only authenticated callers get this far.
         try:
-            return _decode_body(await request.body(), type_)
-        except CoordinatorError as exc:
-            await coordinator.audit(who, action, "request body", f"rejected: {exc.message}")
+            return decode_body(endpoint, await request.body())
+        except WireError as exc:
+            await caller.refused(action, exc)
             raise
 
-    @get("/backends")
+    @route(API.BACKENDS)
     async def backends(
         request: Request[Any, Any, Any],
         after: FromQuery[int | None] = None,
         wait: FromQuery[float] = 0.0,
     ) -> Response[bytes]:
-        await admin(request, "backends")
-        if coordinator.settling:
-            raise SettlingError(
-                "the coordinator restarted and is waiting for its agents to report again; "
-                "keep using the last routing table and retry in a second"
-            )
-        if after is None or wait <= 0:
-            table = coordinator.routing_table()
-        else:
-            timeout = min(wait, coordinator.settings.max_watch_s)
-            table = await coordinator.wait_for_change(after, timeout)
-        return Response(coordinator.routing_table_json(table), media_type="application/json")
+        caller = await session(request, "backends")
+        payload = await caller.backends_json(after, wait)
+        return Response(payload, media_type="application/json")
 
-    @get("/engines")
-    async def list_engines(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        await admin(request, "engines")
-        engines = coordinator.engines()
-        return {"engines": engines, "count": len(engines)}
+    @route(API.ENGINES)
+    async def list_engines(request: Request[Any, Any, Any]) -> EngineList:
+        engines = await (await session(request, "engines")).engines()
+        return EngineList(engines=engines, count=len(engines))
 
-    @get("/engines/{engine_id:str}")
+    @route(API.ENGINE)
     async def get_engine(request: Request[Any, Any, Any], engine_id: FromPath[str]) -> EngineInfo:
-        await admin(request, engine_id)
-        return coordinator.engine(engine_id)
+        return await (await session(request, engine_id)).engine(engine_id)
 
-    @post("/engines/register", status_code=201)
+    @route(API.REGISTER_ENGINE)
     async def register(request: Request[Any, Any, Any]) -> EngineInfo:
-        who = await admin(request, "engines/register")
-        body = await _decode_audited(request, RegisterEngineRequest, who, "engine.register")
-        return await coordinator.register_engine(body, who)
+        caller = await session(request, "engines/register")
+        return await caller.register_engine(
+            await body(request, API.REGISTER_ENGINE, caller, "engine.register")
+        )
 
-    @post("/engines/start", status_code=202)
+    @route(API.START_ENGINE)
     async def start(request: Request[Any, Any, Any]) -> EngineInfo:
-        who = await admin(request, "engines/start")
-        body = await _decode_audited(request, EngineStartRequest, who, "engine.start")
-        return await coordinator.start_engine(body, who)
+        caller = await session(request, "engines/start")
+        return await caller.start_engine(
+            await body(request, API.START_ENGINE, caller, "engine.start")
+        )
 
-    @post("/engines/stop", status_code=200)
+    @route(API.STOP_ENGINE)
     async def stop(request: Request[Any, Any, Any]) -> EngineInfo:
-        who = await admin(request, "engines/stop")
-        body = await _decode_audited(request, EngineStopRequest, who, "engine.stop")
-        return await coordinator.stop_engine(body, who)
+        caller = await session(request, "engines/stop")
+        return await caller.stop_engine(await body(request, API.STOP_ENGINE, caller, "engine.stop"))
 
-    @get("/gpu")
-    async def gpu(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        await admin(request, "gpu")
-        return {"hosts": coordinator.gpu_hosts()}
+    @route(API.GPUS)
+    async def gpu(request: Request[Any, Any, Any]) -> GpuHostList:
+        return GpuHostList(hosts=await (await session(request, "gpu")).gpu_hosts())
 
-    @get("/agents")
-    async def agents(request: Request[Any, Any, Any]) -> dict[str, Any]:
-        await admin(request, "agents")
-        return {"agents": coordinator.agents()}
+    @route(API.AGENTS)
+    async def agents(request: Request[Any, Any, Any]) -> AgentList:
+        return AgentList(agents=await (await session(request, "agents")).agents())
 
-    @get("/audit")
-    async def audit(request: Request[Any, Any, Any], limit: FromQuery[int] = 100) -> dict[str, Any]:
-        await admin(request, "audit")
-        entries = await coordinator.audit_log(max(1, min(limit, 1000)))
-        return {"entries": [dataclasses.asdict(e) for e in entries]}
+    @route(API.AUDIT)
+    async def audit(request: Request[Any, Any, Any], limit: FromQuery[int] = 100) -> AuditLog:
+        caller = await session(request, "audit")
+        return AuditLog(entries=await caller.audit_log(max(1, min(limit, 1000))))
 
     return Router(
-        path="/v1/management",
+        path="/",
         route_handlers=[
             backends,
             list_engines,
@@ -226,19 +143,17 @@ def create_management_router(coordinator: Coordinator) -> Router:
 def create_agents_router(coordinator: Coordinator) -> Router:
     """``PUT /v1/agents/{agent_id}``: agent snapshots (agent token required)."""
 
-    @put("/{agent_id:str}", status_code=200)
+    @route(API.REPORT)
     async def put_report(
         request: Request[Any, Any, Any], agent_id: FromPath[str]
     ) -> AgentReportReply:
         await coordinator.authenticate(
             "agent", request.headers.get("authorization"), target=agent_id
         )
-        report = _decode_body(await request.body(), AgentReport)
+        report = decode_body(API.REPORT, await request.body())
         return await coordinator.report(agent_id, report)
 
-    return Router(
-        path="/v1/agents", route_handlers=[put_report], exception_handlers=EXCEPTION_HANDLERS
-    )
+    return Router(path="/", route_handlers=[put_report], exception_handlers=EXCEPTION_HANDLERS)
 
 
 def create_coordinator_app(
@@ -268,19 +183,20 @@ def create_coordinator_app(
         async with coord:
             yield
 
-    @get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @route(API.HEALTH, sync_to_thread=False)
+    def health() -> HealthStatus:
+        return HealthStatus(status="ok")
 
-    @get("/readyz")
-    async def readyz() -> Response[dict[str, Any]]:
+    @route(API.READYZ, sync_to_thread=False)
+    def readyz() -> Response[CoordinatorReadiness]:
         ready = coord.ready
         return Response(
-            {"ready": ready, "revision": coord.revision}, status_code=200 if ready else 503
+            CoordinatorReadiness(ready=ready, revision=coord.revision),
+            status_code=200 if ready else 503,
         )
 
-    @get("/metrics")
-    async def metrics() -> Response[bytes]:
+    @route(API.METRICS, sync_to_thread=False)
+    def metrics() -> Response[bytes]:
         return Response(coord.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
     app = Litestar(

@@ -6,7 +6,7 @@ only by the exception handlers in :mod:`._app`.
 
 ::
 
-    CoordinatorError                      500 api_error
+    CoordinatorError (a WireError)        500 api_error
     ├── ConfigError                       (start-up only) bad or unsafe settings
     ├── AuthenticationError               401 authentication_error
     ├── NotFoundError                     404 not_found_error
@@ -22,6 +22,8 @@ only by the exception handlers in :mod:`._app`.
 """
 
 from __future__ import annotations
+
+from sage.unified.sdk.errors import WireError, error_type_for
 
 __all__ = [
     "AgentRejectedError",
@@ -40,19 +42,12 @@ __all__ = [
 ]
 
 
-class CoordinatorError(Exception):
-    """Base of every coordinator error."""
+class CoordinatorError(WireError):
+    """Base of every coordinator error (``status``, ``type``, ``code`` as every component)."""
 
-    status_code: int = 500
-    error_type: str = "api_error"
-    code: str = "internal_error"
-
-    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.param = param
+    status = 500
+    type = "api_error"
+    code = "internal_error"
 
 
 class ConfigError(CoordinatorError):
@@ -64,24 +59,24 @@ class ConfigError(CoordinatorError):
 class AuthenticationError(CoordinatorError):
     """Raised when a request carries no token, or one that the scope does not accept."""
 
-    status_code = 401
-    error_type = "authentication_error"
+    status = 401
+    type = "authentication_error"
     code = "invalid_token"
 
 
 class NotFoundError(CoordinatorError):
     """Raised when an engine or agent id is unknown."""
 
-    status_code = 404
-    error_type = "not_found_error"
+    status = 404
+    type = "not_found_error"
     code = "not_found"
 
 
 class InvalidRequestError(CoordinatorError):
     """Raised when a request body is well-formed but not acceptable."""
 
-    status_code = 422
-    error_type = "invalid_request_error"
+    status = 422
+    type = "invalid_request_error"
     code = "invalid_request"
 
 
@@ -100,8 +95,8 @@ class UrlPolicyError(InvalidRequestError):
 class ConflictError(CoordinatorError):
     """Raised when the request conflicts with the current state."""
 
-    status_code = 409
-    error_type = "conflict_error"
+    status = 409
+    type = "conflict_error"
     code = "conflict"
 
 
@@ -112,45 +107,36 @@ class StaleIncarnationError(ConflictError):
 
 
 class PlacementError(ConflictError):
-    """Raised when no agent can take an engine; the message says why for each agent."""
+    """Raised when no agent can take an engine (409), or the named host is unknown (422);
+    the message says why for each agent."""
 
     code = "no_placement"
-
-    def __init__(self, message: str, *, status_code: int = 409, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status_code = status_code
 
 
 class AgentUnreachableError(CoordinatorError):
     """Raised when a call to an agent's API fails (connect error, timeout, 5xx)."""
 
-    status_code = 502
-    error_type = "api_error"
+    status = 502
+    type = "api_error"
     code = "agent_unreachable"
-
-    def __init__(self, message: str, *, status_code: int = 502, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status_code = status_code
 
 
 class AgentRejectedError(CoordinatorError):
     """Raised when an agent answers a command with a 4xx; carries the agent's status."""
 
-    error_type = "invalid_request_error"
+    type = "invalid_request_error"
     code = "agent_rejected"
 
-    def __init__(self, message: str, *, status_code: int, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status_code = status_code
-        if status_code == 404:
-            self.error_type = "not_found_error"
-        elif status_code == 409:
-            self.error_type = "conflict_error"
+    def __init__(self, message: str, *, status: int, code: str | None = None) -> None:
+        super().__init__(message, status=status, code=code, type_=error_type_for(status))
 
 
 class SettlingError(CoordinatorError):
     """Raised for the routing table while a restarted coordinator waits for its agents."""
 
-    status_code = 503
-    error_type = "service_unavailable"
+    status = 503
+    type = "service_unavailable"
     code = "coordinator_settling"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"retry-after": "1"})

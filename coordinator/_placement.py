@@ -98,7 +98,7 @@ def place(spec: EngineSpec, candidates: Sequence[Candidate], host: str | None = 
         named = [c for c in candidates if host in (c.agent_id, c.host)]
         if not named:
             raise PlacementError(
-                f"no agent has id or host {host!r}", status_code=422, code="unknown_host"
+                f"no agent has id or host {host!r}", status=422, code="unknown_host"
             )
         reasons = [(c, fit_reason(spec, c)) for c in named]
         fitting = [c for c, reason in reasons if reason is None]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anyio
 import anyio.to_thread
@@ -54,10 +54,18 @@ class TablePublisher:
     def published(self) -> RoutingTable:
         return self._published
 
+    def current(self) -> RoutingTable:
+        """The table at the registry's revision: the one built off the loop when it is
+        current, else the registry's own (built once per revision)."""
+        latest = self._json[0] if self._json is not None else None
+        if latest is not None and latest.revision == self._registry.revision:
+            return latest
+        return self._registry.routing_table()
+
     def table_json(self, table: RoutingTable | None = None) -> bytes:
         """``table`` (the current one by default) as JSON, encoded once per table."""
         if table is None:
-            table = self._registry.routing_table()
+            table = self.current()
         cached = self._json
         if cached is not None and cached[0] is table:
             return cached[1]
@@ -70,7 +78,7 @@ class TablePublisher:
         if self._dirty is not None and self._coalesce_s > 0:
             self._dirty.set()
         else:
-            self._wake(self._registry.routing_table())
+            self._wake(self.current())
 
     async def wait_for_change(self, after: int, timeout: float) -> RoutingTable:  # noqa: ASYNC109 (long-poll API: the wait is the contract)
         """See :meth:`Coordinator.wait_for_change`."""
@@ -82,7 +90,7 @@ class TablePublisher:
                 await self._changed.wait()
         return self._published
 
-    async def watch(self, after: int = -1) -> AsyncIterator[RoutingTable]:
+    async def watch(self, after: int = -1) -> AsyncGenerator[RoutingTable, None]:
         """See :meth:`Coordinator.watch`."""
         revision = after
         while True:
@@ -110,7 +118,6 @@ class TablePublisher:
                     _build_and_encode, self._registry.table_inputs()
                 )
                 cost = time.perf_counter() - started
-                self._registry.offer_table(table)
                 self._json = (table, data)
                 self._wake(table)
                 await anyio.sleep(max(self._coalesce_s, 4 * cost))

@@ -220,7 +220,7 @@ class Registry:
         """What :func:`build_table` needs, gathered cheaply (no table objects built).
 
         The expensive part, building thousands of rows, can then run off the event
-        loop; :meth:`offer_table` hands the result back.
+        loop (the publisher does that and keeps the result).
         """
         lost = {a.agent_id for a in self._agents.values() if a.lost_since is not None}
         routable = [
@@ -234,13 +234,6 @@ class Registry:
             {e.model for e in self._engines.values() if e.state is not EngineState.STOPPED} - served
         )
         return TableInputs(self._revision, routable, self._clock.time(), unavailable)
-
-    def offer_table(self, table: RoutingTable) -> None:
-        """Cache a table built from :meth:`table_inputs` if it is still the current revision."""
-        if table.revision == self._revision and (
-            self._table is None or self._table.revision != self._revision
-        ):
-            self._table = table
 
     def engines(self) -> list[EngineInfo]:
         """Every engine in every state, as shown to operators (lost hosts: ERROR, "host lost")."""

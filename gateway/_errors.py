@@ -2,7 +2,7 @@
 
 ::
 
-    GatewayError                       base; carries status, type and code
+    GatewayError (a WireError)         base; carries status, type and code
     ├── BadRequestError                400 invalid JSON / missing model / bad field
     ├── UnauthorizedError              401 missing or wrong API key / admin token
     ├── ModelNotFoundError             404 model_not_found (lists served models)
@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import logging
 
-from litestar import Request, Response
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-
-from sage.unified.sdk.models import encode, error_body
+from sage.unified.sdk.errors import WireError, wire_error_bytes
+from sage.unified.sdk.protocol.server import exception_handlers as handlers_for
 
 __all__ = [
     "BadRequestError",
@@ -36,21 +34,12 @@ __all__ = [
 ]
 
 
-class GatewayError(Exception):
+class GatewayError(WireError):
+    """Base of the gateway's errors (``status``, ``type``, ``code`` as every component)."""
+
     status = 500
     type = "server_error"
     code: str | int | None = None
-
-    def __init__(
-        self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.headers = headers or {}
-
-    def body(self) -> bytes:
-        return error_bytes(self.message, self.type, self.code, self.param)
 
 
 class BadRequestError(GatewayError):
@@ -94,17 +83,9 @@ class UpstreamFailedError(GatewayError):
     type = "upstream_error"
     code = "upstream_failed"
 
-    def __init__(
-        self, message: str, *, status: int = 502, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message, headers=headers)
-        self.status = status
 
-
-def error_bytes(
-    message: str, type_: str, code: str | int | None = None, param: str | None = None
-) -> bytes:
-    return encode(error_body(message, type_, code=code, param=param))
+error_bytes = wire_error_bytes
+"""The OpenAI-shaped error body as JSON bytes (see :func:`sage.unified.sdk.errors.wire_error_bytes`)."""
 
 
 def sse_error_event(
@@ -114,56 +95,5 @@ def sse_error_event(
     return b"data: " + error_bytes(message, type_, code) + b"\n\n"
 
 
-def _json(status: int, body: bytes, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(
-        content=body, status_code=status, media_type="application/json", headers=headers
-    )
-
-
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return _json(exc.status, exc.body(), exc.headers)
-
-
-def _validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
-    extra = exc.extra if isinstance(exc.extra, list) else []
-    detail = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra)
-    message = f"{exc.detail}: {detail}" if detail else str(exc.detail)
-    malformed = "malformed" in message.lower() or ("json" in str(exc.detail).lower() and not extra)
-    status = 400 if malformed else 422
-    return _json(status, error_bytes(message, "invalid_request_error", "invalid_request"))
-
-
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    kinds = {
-        401: "authentication_error",
-        403: "permission_error",
-        404: "not_found_error",
-        405: "invalid_request_error",
-        413: "invalid_request_error",
-        429: "rate_limit_error",
-    }
-    type_ = kinds.get(
-        exc.status_code, "invalid_request_error" if exc.status_code < 500 else "server_error"
-    )
-    return _json(exc.status_code, error_bytes(str(exc.detail), type_, exc.status_code), exc.headers)
-
-
-def _not_found(_: Request[Any, Any, Any], exc: NotFoundException) -> Response[bytes]:
-    return _json(404, error_bytes(str(exc.detail) or "not found", "not_found_error", "not_found"))
-
-
-def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    # No traceback or internal detail reaches a client; the log has it.
-    import logging
-
-    logging.getLogger("sage.unified.gateway").exception("unhandled error", exc_info=exc)
-    return _json(500, error_bytes("internal error", "server_error", "internal_error"))
-
-
-exception_handlers: dict[type[Exception], Any] = {
-    GatewayError: _gateway_error,
-    ValidationException: _validation_error,
-    NotFoundException: _not_found,
-    HTTPException: _http_error,
-    Exception: _unexpected,
-}
+exception_handlers = handlers_for(logging.getLogger("sage.unified.gateway"))
+"""Litestar exception handlers: every error answered in the OpenAI shape."""

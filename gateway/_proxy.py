@@ -1,19 +1,20 @@
 """The data plane: one ASGI callable per OpenAI endpoint, relaying to an engine.
 
 This is the hot path of the product. It runs as Litestar ``asgi`` route handlers (one app,
-one port) over the lean upstream client in ``gateway.upstream``; the body is read once
-and only ``model``, ``stream`` and the session key are decoded from it. It is
-asyncio-only, like the upstream client and the server under it (``gateway.server``).
+one port) over an :class:`~._attempts.Upstream` (the lean client in ``gateway.upstream``);
+the body is read once and only ``model``, ``stream`` and the session key are decoded from
+it. It is asyncio-only, like the upstream client and the server under it
+(``gateway.server``).
 
 Per request:
 
 1. API key (constant time), header and body limits (413/431), body peek (400).
 2. Candidates for ``(model, kind)`` from the routing state: none → 404
    ``model_not_found`` (unknown model) or 503 + ``Retry-After`` (known, none READY).
-3. Pick with the routing policy; send. A failure before any response byte reached the
-   client (connect error, timeout, 502/503, the engine dropping a non-streamed
-   response) is retried once on a *different* backend after a jittered ~50 ms, within
-   the retry budget. 4xx pass through unchanged and never retry.
+3. Pick with the routing policy; send (:func:`~._attempts.send_attempt`). A failure
+   before any response byte reached the client is retried on a *different* backend
+   after a jittered ~50 ms, as :func:`~._retry_rules.plan_retry` decides. 4xx pass
+   through unchanged and never retry.
 4. Relay: non-streamed bodies in one send; SSE chunk by chunk as they arrive. A stream
    that breaks after bytes were sent ends with an OpenAI-shaped error event and no
    ``[DONE]``. A client that disconnects (streamed or not) closes the upstream
@@ -27,10 +28,11 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from sage.unified.gateway._asgi import Receive, Scope, Send, read_body, send_json
+from sage.unified.gateway._attempts import Attempt, ClientWatch, Origin, Upstream, send_attempt
 from sage.unified.gateway._errors import (
     BadRequestError,
     GatewayError,
@@ -50,6 +52,7 @@ from sage.unified.gateway._headers import (
     upstream_headers,
 )
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._retry_rules import FailureKind, plan_retry
 from sage.unified.gateway.routing import (
     BackendState,
     OutlierDetector,
@@ -60,30 +63,15 @@ from sage.unified.gateway.routing import (
     RoutingState,
     peek_request,
 )
-from sage.unified.gateway.upstream import (
-    PoolTimeout,
-    UpstreamConnectError,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamProtocolError,
-    UpstreamResponse,
-)
+from sage.unified.gateway.upstream import UpstreamError
 from sage.unified.sdk.auth import TokenSet, bearer_token
 from sage.unified.sdk.models import EngineKind
 
-__all__ = ["DataPlane", "ProxyConfig"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+__all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin"]
 
 log = logging.getLogger("sage.unified.gateway")
 
-_JSON = [(b"content-type", b"application/json")]
-_RETRYABLE_STATUS = frozenset({502, 503})
-WATCH_AFTER_S = 0.05
-"""A request older than this gets a task that watches for its client leaving."""
+_METHOD_NOT_ALLOWED = error_bytes("method not allowed; use POST", "invalid_request_error", 405)
 
 
 class ProxyConfig:
@@ -122,81 +110,61 @@ class ProxyConfig:
         self.unavailable_retry_after_s = unavailable_retry_after_s
 
 
-class _Attempt:
-    """The outcome of sending a request to one backend, before anything was relayed."""
-
-    __slots__ = ("error", "payload", "response", "retryable")
-
-    def __init__(
-        self,
-        response: UpstreamResponse | None,
-        error: UpstreamError | None,
-        retryable: bool,
-        payload: bytes | None = None,
-    ) -> None:
-        self.response = response
-        self.error = error
-        self.retryable = retryable
-        self.payload = payload
-        """The whole body of a non-streamed response (read before anything is relayed)."""
-
-
 class _ClientGone(Exception):
     """The client disconnected; stop work on its request (nothing more can be sent)."""
 
 
-class _ClientWatch:
-    """Waits for the client to disconnect, then closes the upstream response in use.
+class _Request:
+    """What one proxied request carries from parsing to relaying."""
 
-    The server drops sends silently after a disconnect and never cancels the handler, so
-    without this an engine would go on generating for a client that is gone: closing the
-    upstream connection is how vLLM learns to abort the request. ``receive()`` returns
-    only on disconnect (or once the response is complete) because the body has been read.
+    __slots__ = (
+        "body",
+        "forwarded",
+        "kind",
+        "model",
+        "path",
+        "request_id",
+        "session_key",
+        "started",
+    )
 
-    The waiting task starts only once a request has run for ``WATCH_AFTER_S``: a task per
-    request measurably costs CPU (13 µs of ~80 per proxied request on the benchmark
-    machine), and a request that short cannot leave much upstream work behind. A client
-    that left earlier is noticed at that moment.
-    """
-
-    __slots__ = ("_receive", "_task", "_timer", "gone", "response", "waiting")
-
-    def __init__(self, receive: Receive) -> None:
-        self.gone = False
-        self.response: UpstreamResponse | None = None
-        self.waiting: asyncio.Task[Any] | None = None
-        """The request's task while it waits for the engine's response head."""
-        self._receive = receive
-        self._task: asyncio.Future[Message] | None = None
-        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start)
-
-    def _start(self) -> None:
-        self._task = asyncio.ensure_future(self._receive())
-        self._task.add_done_callback(self._on_disconnect)
-
-    def _on_disconnect(self, task: asyncio.Future[Message]) -> None:
-        if task.cancelled():
-            return
-        self.gone = True
-        if self.response is not None:
-            self.response.close()
-        elif self.waiting is not None:
-            # No response to close yet: cancelling the wait closes the connection.
-            self.waiting.cancel()
-
-    def attach(self, response: UpstreamResponse) -> None:
-        self.response = response
-        if self.gone:
-            response.close()
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+    def __init__(
+        self,
+        model: str,
+        kind: EngineKind,
+        path: bytes,
+        body: bytes,
+        forwarded: list[tuple[bytes, bytes]],
+        session_key: str | None,
+        request_id: bytes,
+        started: float,
+    ) -> None:
+        self.model = model
+        self.kind = kind
+        self.path = path
+        self.body = body
+        self.forwarded = forwarded
+        self.session_key = session_key
+        self.request_id = request_id
+        self.started = started
 
 
 class DataPlane:
-    """Routes and relays inference requests. One instance per gateway process."""
+    """Routes and relays inference requests. One instance per gateway process.
+
+    Args:
+        state: the routing table and in-flight counts.
+        policy: picks a backend.
+        detector: passive ejection.
+        retry_budget: concurrent retries as a share of active requests.
+        upstream: sends requests to engines.
+        throttle: the retry throttle (a fresh one by default).
+        metrics: where outcomes are counted.
+        config: the knobs.
+        unavailable_models: models with engines, none READY (503, not 404).
+        settling: the control plane just restarted (503, not 404, for unknown models).
+        rng: the source of retry jitter.
+    """
 
     def __init__(
         self,
@@ -205,7 +173,7 @@ class DataPlane:
         policy: RoutingPolicy,
         detector: OutlierDetector,
         retry_budget: RetryBudget,
-        pool: UpstreamPool,
+        upstream: Upstream,
         throttle: RetryThrottle | None = None,
         metrics: GatewayMetrics,
         config: ProxyConfig,
@@ -218,13 +186,13 @@ class DataPlane:
         self.detector = detector
         self.retry_budget = retry_budget
         self.throttle = throttle or RetryThrottle()
-        self.pool = pool
+        self.upstream = upstream
         self.metrics = metrics
         self.config = config
         self._unavailable_models = unavailable_models
         self._settling = settling
         self._rng = rng or random.Random()
-        self._origins: dict[str, tuple[str, str, int]] = {}
+        self._origins: dict[str, Origin] = {}
         self.active = 0
         metrics.active_requests = lambda: self.active
 
@@ -241,44 +209,36 @@ class DataPlane:
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, kind: EngineKind, path: bytes
     ) -> None:
+        if scope["method"] != "POST":
+            await send_json(send, 405, _METHOD_NOT_ALLOWED, {"allow": "POST"})
+            return
         started = time.monotonic()
         self.active += 1
         try:
-            await self._handle(scope, receive, send, kind, path, started)
+            request = await self._parse(scope, receive, kind, path, started)
+            if request is not None:
+                await self._proxy(send, receive, request)
         except _ClientGone:
             pass  # recorded as 499 where it was noticed
         except GatewayError as exc:
             self.metrics.rejected(exc.code if isinstance(exc.code, str) else str(exc.status))
-            await _send_json(send, exc.status, exc.body(), exc.headers)
+            await send_json(send, exc.status, exc.body(), exc.headers)
         except Exception:
             # Served ahead of Litestar's exception middleware (see app.fast_path), so an
             # unexpected error is answered here: OpenAI-shaped, no traceback to the client.
             log.exception("unexpected error while proxying %s", path.decode())
             self.metrics.rejected("internal_error")
             with contextlib.suppress(Exception):  # the response may have started already
-                await _send_json(
+                await send_json(
                     send, 500, error_bytes("internal error", "server_error", "internal_error")
                 )
         finally:
             self.active -= 1
 
-    async def _handle(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        kind: EngineKind,
-        path: bytes,
-        started: float,
-    ) -> None:
-        if scope["method"] != "POST":
-            await _send_json(
-                send,
-                405,
-                error_bytes("method not allowed; use POST", "invalid_request_error", 405),
-                {"allow": "POST"},
-            )
-            return
+    async def _parse(
+        self, scope: Scope, receive: Receive, kind: EngineKind, path: bytes, started: float
+    ) -> _Request | None:
+        """Check and read the request; ``None`` when the client left while sending it."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         info = scan_request_headers(headers)
         config = self.config
@@ -296,9 +256,9 @@ class DataPlane:
                 )
         if info.content_length is not None and info.content_length > config.max_body_bytes:
             raise PayloadTooLargeError(f"request body exceeds {config.max_body_bytes} bytes")
-        body = await _read_body(receive, config.max_body_bytes)
+        body = await read_body(receive, config.max_body_bytes)
         if body is None:
-            return  # the client went away while sending
+            return None
         try:
             peek = peek_request(body)
         except PeekError as exc:
@@ -306,11 +266,6 @@ class DataPlane:
         model = peek.model
         if not model:
             raise BadRequestError("you must provide a model parameter", param="model")
-
-        candidates = self.state.candidates(model, kind, now=started)
-        if not candidates:
-            self._raise_unroutable(model, kind)
-
         request_id = info.request_id or new_request_id()
         client = scope.get("client")
         forwarded = upstream_headers(
@@ -321,24 +276,8 @@ class DataPlane:
             scheme=scope.get("scheme", "http"),
             engine_authorization=config.engine_authorization,
         )
-        session_key: str | None = None
-        if info.session_id:
-            session_key = info.session_id.decode("latin-1")
-        elif peek.user:
-            session_key = peek.user
-        await self._proxy(
-            send,
-            receive,
-            model,
-            kind,
-            path,
-            body,
-            forwarded,
-            candidates,
-            session_key,
-            request_id,
-            started,
-        )
+        session_key = info.session_id.decode("latin-1") if info.session_id else peek.user
+        return _Request(model, kind, path, body, forwarded, session_key, request_id, started)
 
     def _raise_unroutable(self, model: str, kind: EngineKind) -> None:
         # While the control plane settles after a restart, an unknown model may simply
@@ -359,76 +298,91 @@ class DataPlane:
             param="model",
         )
 
-    async def _proxy(
-        self,
-        send: Send,
-        receive: Receive,
-        model: str,
-        kind: EngineKind,
-        path: bytes,
-        body: bytes,
-        forwarded: list[tuple[bytes, bytes]],
-        candidates: tuple[BackendState, ...],
-        session_key: str | None,
-        request_id: bytes,
-        started: float,
-    ) -> None:
+    async def _proxy(self, send: Send, receive: Receive, request: _Request) -> None:
+        candidates = self.state.candidates(request.model, request.kind, now=request.started)
+        if not candidates:
+            self._raise_unroutable(request.model, request.kind)
         tried: list[str] = []
         last_error = "no backend tried"
         attempts_left = 1 + self.config.retries
-        retrying = False  # holds one retry-budget slot until this request is done
+        holding_slot = False  # one retry-budget slot, held until this request is done
         unreachable_only = True  # every attempt failed to connect
-        watch = _ClientWatch(receive)
+        watch = ClientWatch(receive)
         try:
             while attempts_left > 0:
                 attempts_left -= 1
                 backend = self.policy.select(
-                    candidates, session_key=session_key, exclude=tried, rng=self._rng
+                    candidates, session_key=request.session_key, exclude=tried, rng=self._rng
                 )
                 if backend is None:
                     break
                 tried.append(backend.key)
                 probe = self.state.acquire(backend)
                 try:
-                    attempt = await self._send(backend, path, forwarded, body, watch)
-                    if watch.gone:
-                        if attempt.response is not None:
-                            attempt.response.close()
-                        self.metrics.request_done(
-                            model, backend.key, 499, time.monotonic() - started
-                        )
-                        raise _ClientGone
-                    if attempt.response is not None and not attempt.retryable:
-                        await self._relay(send, watch, backend, attempt, model, request_id, started)
+                    attempt = await send_attempt(
+                        self.upstream,
+                        self._origin(backend),
+                        request.path,
+                        request.forwarded,
+                        request.body,
+                        watch,
+                    )
+                    if attempt.client_left or watch.gone:
+                        self._client_left(attempt, request, backend)
+                    if attempt.failure is None:
+                        await self._relay(send, watch, backend, attempt, request)
                         return
-                    last_error = _describe(backend, attempt)
-                    if not isinstance(attempt.error, UpstreamConnectError | PoolTimeout):
+                    failure = attempt.failure
+                    self._failed(backend)
+                    last_error = attempt.describe(backend.key)
+                    if failure is not FailureKind.UNREACHED:
                         unreachable_only = False
                     if attempt.response is not None:
                         attempt.response.close()
                 finally:
                     self.state.release(backend, probe)
-                if not attempt.retryable or attempts_left == 0:
+                plan = plan_retry(
+                    failure,
+                    attempts_left=attempts_left,
+                    holding_slot=holding_slot,
+                    throttle_allows=self.throttle.allows_retry(),
+                    budget_has_room=self.retry_budget.has_room(self.active),
+                )
+                if not plan.retry:
                     break
-                if not retrying:
-                    if not self.throttle.allows_retry() or not self.retry_budget.try_acquire(
-                        self.active
-                    ):
-                        break
-                    retrying = True
-                self.metrics.retried(model)
+                if plan.take_budget_slot:
+                    self.retry_budget.acquire()
+                    holding_slot = True
+                self.metrics.retried(request.model)
                 await asyncio.sleep(self.retry_budget.backoff_s(self._rng))
-                candidates = self.state.candidates(model, kind) or candidates
+                candidates = self.state.candidates(request.model, request.kind) or candidates
         finally:
             watch.stop()
-            if retrying:
+            if holding_slot:
                 self.retry_budget.release()
+        self._give_up(request, tried, last_error, unreachable_only)
+
+    def _client_left(self, attempt: Attempt, request: _Request, backend: BackendState) -> None:
+        if attempt.response is not None:
+            attempt.response.close()
+        self.metrics.request_done(
+            request.model, backend.key, 499, time.monotonic() - request.started
+        )
+        raise _ClientGone
+
+    def _give_up(
+        self, request: _Request, tried: list[str], last_error: str, unreachable_only: bool
+    ) -> None:
         # Nothing reachable at all is "unavailable" (503); a backend that answered badly
         # or broke mid-answer is a bad gateway hop (502).
         status = 503 if unreachable_only else 502
         self.metrics.request_done(
-            model, tried[-1] if tried else "none", status, time.monotonic() - started
+            request.model,
+            tried[-1] if tried else "none",
+            status,
+            time.monotonic() - request.started,
         )
+        model = request.model
         if status == 503:
             raise NoBackendAvailableError(
                 f"no backend of model '{model}' is reachable ({last_error}); retry shortly",
@@ -436,58 +390,10 @@ class DataPlane:
             )
         raise UpstreamFailedError(
             f"no backend of model '{model}' answered ({last_error}); retry shortly",
-            status=502,
             headers={"retry-after": "1"},
         )
 
-    async def _send(
-        self,
-        backend: BackendState,
-        path: bytes,
-        forwarded: list[tuple[bytes, bytes]],
-        body: bytes,
-        watch: _ClientWatch,
-    ) -> _Attempt:
-        task = watch.waiting = asyncio.current_task()
-        try:
-            response = await self.pool.request(
-                b"POST", self._origin(backend), path, forwarded, body
-            )
-        except asyncio.CancelledError:
-            if watch.gone and task is not None and task.uncancel() == 0:
-                return _Attempt(None, None, False)  # cancelled by us: the client left
-            raise
-        except UpstreamError as exc:
-            if watch.gone:
-                return _Attempt(None, exc, False)
-            self._failed(backend)
-            # Nothing reached the client yet, so even an engine that died after starting
-            # its answer is safe to retry elsewhere (generation has no side effects).
-            return _Attempt(None, exc, True)
-        except ValueError as exc:  # an engine URL the client cannot use: that engine's fault
-            self._failed(backend)
-            return _Attempt(None, UpstreamProtocolError(f"unusable engine address: {exc}"), True)
-        finally:
-            watch.waiting = None
-        watch.attach(response)
-        if response.status in _RETRYABLE_STATUS:
-            self._failed(backend)
-            return _Attempt(response, None, True)
-        if _is_event_stream(response.headers):
-            return _Attempt(response, None, False)
-        # A non-streamed body is read in full before the client sees a byte, so an engine
-        # dying mid-answer is still a retryable failure, not a broken response.
-        try:
-            payload = await response.read()
-        except UpstreamError as exc:
-            response.close()
-            if watch.gone:  # our own close: the client left, the engine did nothing wrong
-                return _Attempt(None, exc, False)
-            self._failed(backend)
-            return _Attempt(None, exc, True)
-        return _Attempt(response, None, False, payload)
-
-    def _origin(self, backend: BackendState) -> tuple[str, str, int]:
+    def _origin(self, backend: BackendState) -> Origin:
         url = backend.backend.url
         origin = self._origins.get(url)
         if origin is None:
@@ -503,47 +409,44 @@ class DataPlane:
     async def _relay(
         self,
         send: Send,
-        watch: _ClientWatch,
+        watch: ClientWatch,
         backend: BackendState,
-        attempt: _Attempt,
-        model: str,
-        request_id: bytes,
-        started: float,
+        attempt: Attempt,
+        request: _Request,
     ) -> None:
         response = attempt.response
         assert response is not None
         status = response.status
         out_headers = downstream_headers(
             response.headers,
-            request_id=request_id,
+            request_id=request.request_id,
             backend_id=backend.key if self.config.expose_backend_header else None,
         )
         payload = attempt.payload
         try:
             if payload is None:
-                await self._relay_stream(
-                    send, watch, backend, response, status, out_headers, model, started
-                )
+                await self._relay_stream(send, watch, backend, attempt, out_headers, request)
                 return
             out_headers.append((b"content-length", str(len(payload)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
             self._finished(backend, status)
-            self.metrics.request_done(model, backend.key, status, time.monotonic() - started)
+            self._done(request, backend, status)
         finally:
             response.close()
 
     async def _relay_stream(
         self,
         send: Send,
-        watch: _ClientWatch,
+        watch: ClientWatch,
         backend: BackendState,
-        response: UpstreamResponse,
-        status: int,
+        attempt: Attempt,
         out_headers: list[tuple[bytes, bytes]],
-        model: str,
-        started: float,
+        request: _Request,
     ) -> None:
+        response = attempt.response
+        assert response is not None
+        status = response.status
         out_headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         first = True
@@ -551,15 +454,15 @@ class DataPlane:
             async for chunk in response:
                 if first:
                     first = False
-                    self.metrics.first_token(model, time.monotonic() - started)
+                    self.metrics.first_token(request.model, time.monotonic() - request.started)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             if watch.gone:
                 # The client left; closing the upstream connection was our own doing.
-                self.metrics.request_done(model, backend.key, 499, time.monotonic() - started)
+                self._done(request, backend, 499)
                 return
             self._failed(backend)
-            self.metrics.stream_interrupted(model)
+            self.metrics.stream_interrupted(request.model)
             log.warning("stream from %s broke after the response started: %s", backend.key, exc)
             await send(
                 {
@@ -570,14 +473,19 @@ class DataPlane:
                     "more_body": False,
                 }
             )
-            self.metrics.request_done(model, backend.key, 502, time.monotonic() - started)
+            self._done(request, backend, 502)
             return
         if watch.gone:
-            self.metrics.request_done(model, backend.key, 499, time.monotonic() - started)
+            self._done(request, backend, 499)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._finished(backend, status)
-        self.metrics.request_done(model, backend.key, status, time.monotonic() - started)
+        self._done(request, backend, status)
+
+    def _done(self, request: _Request, backend: BackendState, status: int) -> None:
+        self.metrics.request_done(
+            request.model, backend.key, status, time.monotonic() - request.started
+        )
 
     def _finished(self, backend: BackendState, status: int) -> None:
         if status >= 500:
@@ -587,55 +495,10 @@ class DataPlane:
             self.detector.record_success(backend, time.monotonic())
 
 
-def parse_origin(url: str) -> tuple[str, str, int]:
-    """``http://host:port/...`` → ``("http", host, port)`` (the upstream pool's origin)."""
+def parse_origin(url: str) -> Origin:
+    """``http://host:port/...`` → ``("http", host, port)`` (the upstream's origin)."""
     parts = urlsplit(url)
     scheme = parts.scheme or "http"
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if scheme == "https" else 80)
     return (scheme, host, port)
-
-
-def _describe(backend: BackendState, attempt: _Attempt) -> str:
-    if attempt.error is not None:
-        return f"{backend.key}: {type(attempt.error).__name__}: {attempt.error}"
-    if attempt.response is not None:
-        return f"{backend.key}: HTTP {attempt.response.status}"
-    return backend.key
-
-
-def _is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name.lower() == b"content-type":
-            return value.startswith(b"text/event-stream")
-    return False
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    if len(chunks) == 1:
-        return chunks[0]
-    return b"".join(chunks)
-
-
-async def _send_json(
-    send: Send, status: int, body: bytes, headers: dict[str, str] | None = None
-) -> None:
-    raw = [*_JSON, (b"content-length", str(len(body)).encode())]
-    if headers:
-        raw.extend((k.encode(), v.encode()) for k, v in headers.items())
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,35 +1,40 @@
 """Where the gateway's routing table comes from.
 
-- :class:`EmbeddedSource`: the coordinator runs in this process; subscribe in-process.
-- :class:`RemoteSource`: a standalone coordinator; long-poll
-  ``GET /v1/management/backends?after=<rev>&wait=<s>``. If it is unreachable the gateway
+- :class:`EmbeddedSource`: the coordinator runs in this process; follow its table feed.
+- :class:`RemoteSource`: a standalone coordinator; the SDK client's ``watch_table()``
+  (a long-poll of ``GET /v1/management/backends``). If it is unreachable the gateway
   keeps serving from the last table (passive ejection still protects it) and says so in
   ``/readyz`` and ``sage_gateway_control_plane_reachable``.
 - :class:`StaticSource`: ``--backend URL`` with no control plane; model names are learnt
   from each backend's ``/v1/models`` every few seconds.
 
-Each source runs one background loop with a timeout per call, a jittered backoff after
-failures and cancellation as its way to stop.
+Each source runs one background loop with a timeout per call, a backoff after failures
+and cancellation as its way to stop.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import Any, Protocol
 
 import anyio
 import httpx
-import msgspec
 
 from sage.unified.gateway.routing import RoutingState
-from sage.unified.sdk.models import Backend, EngineKind, RoutingTable, decode
+from sage.unified.sdk.client import AsyncEngineClient, AsyncGatewayManagementClient, SageClientError
+from sage.unified.sdk.models import Backend, EngineKind, RoutingTable
 
-if TYPE_CHECKING:
-    from sage.unified.coordinator import Coordinator
-
-__all__ = ["EmbeddedSource", "RemoteSource", "StaticSource", "TableSource"]
+__all__ = [
+    "EmbeddedSource",
+    "RebuildGuard",
+    "RemoteSource",
+    "StaticSource",
+    "TableFeed",
+    "TableSource",
+]
 
 log = logging.getLogger("sage.unified.gateway")
 
@@ -75,100 +80,126 @@ class _Base:
         self.status.update(reachable=True, last_update=time.time(), error=None)
 
 
-class EmbeddedSource(_Base):
-    """Subscribes to the in-process coordinator."""
+class TableFeed(Protocol):
+    """An in-process source of routing tables (the embedded coordinator is one)."""
 
-    def __init__(self, coordinator: Coordinator) -> None:
+    @property
+    def settling(self) -> bool:
+        """Just restarted; the table may lack serving engines for a moment."""
+        ...
+
+    def routing_table(self) -> RoutingTable: ...
+
+    def watch(self, after: int = -1) -> AsyncGenerator[RoutingTable, None]: ...
+
+
+class EmbeddedSource(_Base):
+    """Follows an in-process table feed (the embedded coordinator)."""
+
+    def __init__(self, feed: TableFeed) -> None:
         super().__init__()
         self.status["mode"] = "embedded"
-        self._coordinator = coordinator
+        self._feed = feed
 
     def settling(self) -> bool:
-        return self._coordinator.settling
+        return self._feed.settling
 
     async def run(self, state: RoutingState) -> None:
-        self._apply(state, self._coordinator.routing_table())
-        async for table in self._coordinator.watch(after=state.revision):
-            self._apply(state, table)
+        self._apply(state, self._feed.routing_table())
+        async with aclosing(self._feed.watch(after=state.revision)) as tables:
+            async for table in tables:
+                self._apply(state, table)
 
 
 class RemoteSource(_Base):
-    """Long-polls a standalone coordinator."""
+    """Watches a standalone coordinator through the SDK's control-plane client.
 
-    def __init__(self, url: str, *, token: str | None, wait_s: float = 30.0) -> None:
+    Args:
+        client: the control-plane client (owned by the caller).
+        wait_s: the long-poll wait.
+    """
+
+    def __init__(self, client: AsyncGatewayManagementClient, *, wait_s: float = 30.0) -> None:
         super().__init__()
         self.status["mode"] = "remote"
-        self.status["coordinator_url"] = url
-        self._url = url.rstrip("/") + "/v1/management/backends"
-        self._headers = {"authorization": f"Bearer {token}"} if token else {}
+        self.status["coordinator_url"] = client.url
+        self._client = client
         self._wait_s = wait_s
         self._settling = False
+        self._rebuild = RebuildGuard()
 
     def settling(self) -> bool:
         return self._settling
 
+    def _unreachable(self, error: SageClientError) -> None:
+        if self.status["reachable"] or self.status["error"] is None:
+            log.warning("coordinator unreachable, serving from the last table: %s", error)
+        self.status.update(reachable=False, error=f"{type(error).__name__}: {error}")
+
     async def run(self, state: RoutingState) -> None:
-        backoff = 0.5
-        revision = -1
-        rebuilding_until = 0.0
-        timeout = httpx.Timeout(connect=2.0, read=self._wait_s + 5.0, write=5.0, pool=5.0)
-        async with httpx.AsyncClient(
-            timeout=timeout, trust_env=False, headers=self._headers
-        ) as client:
-            while True:
-                try:
-                    response = await client.get(
-                        self._url, params={"after": revision, "wait": self._wait_s}
-                    )
-                    response.raise_for_status()
-                    table = decode(response.content, RoutingTable)
-                except (httpx.HTTPError, msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    if self.status["reachable"] or self.status["error"] is None:
-                        log.warning("coordinator unreachable, serving from the last table: %s", exc)
-                    self.status.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
-                    await anyio.sleep(backoff * random.uniform(0.5, 1.5))
-                    backoff = min(backoff * 2, 10.0)
-                    continue
-                backoff = 0.5
-                self._settling = False
-                if table.revision < revision:
-                    # Revisions are persisted, so going back means the coordinator lost its
-                    # database: its table fills as agents re-report over the next heartbeat.
-                    log.info("coordinator revision went back (%d -> %d)", revision, table.revision)
-                    rebuilding_until = time.monotonic() + REBUILD_WAIT_S
-                revision = table.revision
-                if time.monotonic() < rebuilding_until and len(table.backends) < len(state):
-                    # Meanwhile keep routing on the fuller table we have.
-                    self._settling = True
-                    continue
-                self._apply(state, table)
+        async with aclosing(
+            self._client.watch_table(wait_s=self._wait_s, on_error=self._unreachable)
+        ) as tables:
+            async for table in tables:
+                keep_ours = self._rebuild.keep_current(table, len(state), time.monotonic())
+                # Meanwhile keep routing on the fuller table we have.
+                self._settling = keep_ours
+                if not keep_ours:
+                    self._apply(state, table)
+
+
+class RebuildGuard:
+    """Keeps a fuller table while a coordinator that lost its database refills (pure).
+
+    Revisions are persisted, so a revision that goes back means the coordinator lost
+    its database: its table fills as agents re-report over the next heartbeat. For
+    ``REBUILD_WAIT_S`` after that, a table with fewer backends than the current one is
+    not applied.
+    """
+
+    def __init__(self) -> None:
+        self._revision = -1
+        self._until = 0.0
+
+    def keep_current(self, table: RoutingTable, current_backends: int, now: float) -> bool:
+        if table.revision < self._revision:
+            log.info("coordinator revision went back (%d -> %d)", self._revision, table.revision)
+            self._until = now + REBUILD_WAIT_S
+        self._revision = table.revision
+        return now < self._until and len(table.backends) < current_backends
 
 
 class StaticSource(_Base):
-    """Serves a fixed list of backends; learns their models from ``/v1/models``."""
+    """Serves a fixed list of backends; learns their models from ``/v1/models``.
 
-    def __init__(self, urls: list[str], *, refresh_s: float = 5.0) -> None:
+    Args:
+        urls: the backends' base URLs.
+        http: the connection pool the reads use (owned by the caller).
+        refresh_s: how often the model lists are read again.
+    """
+
+    def __init__(self, urls: list[str], *, http: httpx.AsyncClient, refresh_s: float = 5.0) -> None:
         super().__init__()
         self.status["mode"] = "static"
         self._urls = [u.rstrip("/").removesuffix("/v1") for u in urls]
+        self._engines = [AsyncEngineClient(url, http=http, timeout=3.0) for url in self._urls]
         self._refresh_s = refresh_s
         self._known: dict[str, list[str]] = {}
 
     async def run(self, state: RoutingState) -> None:
         revision = 0
-        async with httpx.AsyncClient(timeout=httpx.Timeout(3.0), trust_env=False) as client:
-            while True:
-                changed = False
-                for url in self._urls:
-                    models = await self._models(client, url)
-                    if models is not None and models != self._known.get(url):
-                        self._known[url] = models
-                        changed = True
-                if changed or revision == 0:
-                    revision += 1
-                    self._apply(state, self.table(revision))
-                self.status["reachable"] = bool(self._known)
-                await anyio.sleep(self._refresh_s)
+        while True:
+            changed = False
+            for url, engine in zip(self._urls, self._engines, strict=True):
+                models = await self._models(url, engine)
+                if models is not None and models != self._known.get(url):
+                    self._known[url] = models
+                    changed = True
+            if changed or revision == 0:
+                revision += 1
+                self._apply(state, self.table(revision))
+            self.status["reachable"] = bool(self._known)
+            await anyio.sleep(self._refresh_s)
 
     def table(self, revision: int) -> RoutingTable:
         backends = [
@@ -181,14 +212,9 @@ class StaticSource(_Base):
         ]
         return RoutingTable(revision=revision, backends=backends, generated_at=time.time())
 
-    async def _models(self, client: httpx.AsyncClient, url: str) -> list[str] | None:
+    async def _models(self, url: str, engine: AsyncEngineClient) -> list[str] | None:
         try:
-            response = await client.get(f"{url}/v1/models")
-            response.raise_for_status()
-            data = response.json().get("data", [])
-            return sorted(
-                str(item["id"]) for item in data if isinstance(item, dict) and "id" in item
-            )
-        except (httpx.HTTPError, ValueError, KeyError, AttributeError) as exc:
+            return await engine.models()
+        except SageClientError as exc:
             log.debug("static backend %s: %s", url, exc)
             return None

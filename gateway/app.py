@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 import httpx
-from litestar import Litestar, Request, Response, Router, get
+from litestar import Litestar, Request, Response, Router
 from litestar.handlers import asgi
 from litestar.openapi.config import OpenAPIConfig
 
@@ -25,22 +25,33 @@ from sage.unified.coordinator import (
     create_agents_router,
     create_management_router,
 )
-from sage.unified.gateway._errors import UnauthorizedError, error_bytes, exception_handlers
+from sage.unified.gateway._errors import UnauthorizedError, exception_handlers
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, Send
+from sage.unified.gateway._remote_plane import RemoteControlPlane
 from sage.unified.gateway._sources import EmbeddedSource, RemoteSource, StaticSource, TableSource
 from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
 from sage.unified.gateway.settings import GatewaySettings
 from sage.unified.gateway.upstream import UpstreamPool
 from sage.unified.sdk.auth import bearer_token
+from sage.unified.sdk.client import AsyncGatewayManagementClient, async_http_pool
 from sage.unified.sdk.models import EngineKind, RoutingTable
+from sage.unified.sdk.protocol import (
+    ControlPlaneApi,
+    Endpoint,
+    GatewayApi,
+    HealthStatus,
+    ModelCard,
+    ModelList,
+)
+from sage.unified.sdk.protocol.server import route
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
-_PROXIED: tuple[tuple[str, EngineKind], ...] = (
-    ("/v1/chat/completions", EngineKind.LLM),
-    ("/v1/completions", EngineKind.LLM),
-    ("/v1/embeddings", EngineKind.EMBEDDING),
+_PROXIED: tuple[tuple[Endpoint[Any, Any], EngineKind], ...] = (
+    (GatewayApi.CHAT, EngineKind.LLM),
+    (GatewayApi.COMPLETIONS, EngineKind.LLM),
+    (GatewayApi.EMBEDDINGS, EngineKind.EMBEDDING),
 )
 
 
@@ -81,6 +92,9 @@ class GatewayRuntime:
             budget_percent=settings.retry_budget_percent, backoff_base_s=settings.retry_backoff_s
         )
         self.coordinator: Coordinator | None = None
+        # Calls to the control plane and to static backends share one pool.
+        self.control_http: httpx.AsyncClient = async_http_pool()
+        self.remote_plane: RemoteControlPlane | None = None
         source: TableSource
         if settings.mode == "embedded":
             self.coordinator = coordinator or Coordinator(embedded_coordinator_settings(settings))
@@ -88,13 +102,18 @@ class GatewayRuntime:
         elif settings.mode == "remote":
             assert settings.coordinator_url is not None
             admin = settings.admin_tokens[0].get_secret_value() if settings.admin_tokens else None
-            source = RemoteSource(settings.coordinator_url, token=admin)
+            watcher = AsyncGatewayManagementClient(
+                settings.coordinator_url, admin, http=self.control_http
+            )
+            source = RemoteSource(watcher)
+            self.remote_plane = RemoteControlPlane(settings.coordinator_url, self.control_http)
         else:
-            source = StaticSource(settings.backends, refresh_s=settings.static_refresh_s)
+            source = StaticSource(
+                settings.backends, http=self.control_http, refresh_s=settings.static_refresh_s
+            )
         self.source = source
         self.metrics = GatewayMetrics(self.state, source.status)
         self._data_plane: DataPlane | None = None
-        self.management_client: httpx.AsyncClient | None = None
         self.started_at = time.time()
         self.local_agent_pending = False
         """Set by the server while the embedded local agent has not registered yet, so
@@ -121,16 +140,13 @@ class GatewayRuntime:
                 read_idle_timeout_s=settings.read_idle_timeout_s,
             )
             stack.push_async_callback(pool.aclose)
-            if settings.mode == "remote":
-                self.management_client = await stack.enter_async_context(
-                    httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=90.0), trust_env=False)
-                )
+            stack.push_async_callback(self.control_http.aclose)
             self._data_plane = DataPlane(
                 state=self.state,
                 policy=self.policy,
                 detector=self.detector,
                 retry_budget=self.retry_budget,
-                pool=pool,
+                upstream=pool,
                 metrics=self.metrics,
                 config=ProxyConfig(
                     api_keys=settings.api_key_set(),
@@ -192,56 +208,52 @@ def create_gateway_app(
     settings = runtime.settings
     api_keys = settings.api_key_set()
 
-    def proxy_handler(path: str, kind: EngineKind) -> Any:
-        raw_path = path.encode()
+    def proxy_handler(endpoint: Endpoint[Any, Any], kind: EngineKind) -> Any:
+        raw_path = endpoint.path.encode()
 
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:
             await runtime.data_plane.handle(scope, receive, send, kind, raw_path)
 
         # copy_scope=False: the handler is the endpoint itself, not a mounted app that
         # could rewrite the scope; copying it would cost a dict copy per request.
-        return asgi(path, name=f"proxy:{path}", copy_scope=False)(handler)
+        return asgi(endpoint.path, name=endpoint.name, copy_scope=False)(handler)
 
-    @get("/v1/models", sync_to_thread=False)
-    def list_models(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    @route(GatewayApi.MODELS, sync_to_thread=False)
+    def list_models(request: Request[Any, Any, Any]) -> ModelList:
         if api_keys and not api_keys.verify(bearer_token(request.headers.get("authorization"))):
             raise UnauthorizedError(
                 "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
             )
         created = int(runtime.started_at)
-        return {
-            "object": "list",
-            "data": [
-                {"id": model, "object": "model", "created": created, "owned_by": "sage"}
-                for model in runtime.state.models()
-            ],
-        }
+        return ModelList(
+            data=[ModelCard(id=model, created=created) for model in runtime.state.models()]
+        )
 
-    @get("/health", sync_to_thread=False)
-    def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @route(GatewayApi.HEALTH, sync_to_thread=False)
+    def health() -> HealthStatus:
+        return HealthStatus(status="ok")
 
-    @get("/readyz", sync_to_thread=False)
+    @route(GatewayApi.READYZ, sync_to_thread=False)
     def readyz() -> Response[dict[str, Any]]:
         ok, body = runtime.ready()
         return Response(content=body, status_code=200 if ok else 503)
 
-    @get("/metrics", sync_to_thread=False)
+    @route(GatewayApi.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
         text = runtime.metrics.render()
         if runtime.coordinator is not None:
             text += runtime.coordinator.metrics_text()
         return Response(content=text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    handlers: list[Any] = [proxy_handler(path, kind) for path, kind in _PROXIED]
+    handlers: list[Any] = [proxy_handler(endpoint, kind) for endpoint, kind in _PROXIED]
     handlers += [list_models, health, readyz, metrics]
     if runtime.coordinator is not None:
         handlers += [
             create_management_router(runtime.coordinator),
             create_agents_router(runtime.coordinator),
         ]
-    elif settings.mode == "remote":
-        handlers.append(_management_proxy(runtime))
+    elif runtime.remote_plane is not None:
+        handlers.append(create_management_router(runtime.remote_plane))
     else:
         handlers.append(_static_management(runtime))
 
@@ -253,7 +265,7 @@ def create_gateway_app(
     app = Litestar(
         route_handlers=handlers,
         lifespan=[lifespan],
-        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
@@ -277,7 +289,7 @@ def fast_path(
     (then under uvicorn; ``bench/gateway_overhead.sh``, docs/performance.md). One app, one
     port either way.
     """
-    targets = {path: (kind, path.encode()) for path, kind in _PROXIED}
+    targets = {endpoint.path: (kind, endpoint.path.encode()) for endpoint, kind in _PROXIED}
 
     async def serve(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -290,82 +302,13 @@ def fast_path(
     return serve
 
 
-_HOP = {
-    b"connection",
-    b"keep-alive",
-    b"transfer-encoding",
-    b"te",
-    b"trailer",
-    b"upgrade",
-    b"host",
-    b"content-length",
-}
-
-
-def _management_proxy(runtime: GatewayRuntime) -> Any:
-    """``/v1/management/*`` forwarded to the standalone coordinator (it checks the token)."""
-    assert runtime.settings.coordinator_url is not None
-    base = runtime.settings.coordinator_url.rstrip("/")
-    limit = runtime.settings.max_body_bytes
-
-    async def forward(scope: Scope, receive: Receive, send: Send) -> None:
-        client = runtime.management_client
-        assert client is not None
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = bytes(message.get("body", b""))
-            size += len(chunk)
-            if size > limit:
-                await _send_error(
-                    send, 413, f"request body exceeds {limit} bytes", "request_too_large"
-                )
-                return
-            chunks.append(chunk)
-            more = bool(message.get("more_body", False))
-        body = b"".join(chunks)
-        path = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
-        query = scope.get("query_string", b"").decode("latin-1")
-        url = f"{base}{path}" + (f"?{query}" if query else "")
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP]
-        try:
-            response = await client.request(scope["method"], url, headers=headers, content=body)
-        except httpx.HTTPError as exc:
-            why = f"coordinator at {base} is unreachable: {exc}"
-            await _send_error(send, 502, why, "coordinator_unreachable", "upstream_error")
-            return
-        out = [
-            (k.encode(), v.encode()) for k, v in response.headers.items() if k.encode() not in _HOP
-        ]
-        await send({"type": "http.response.start", "status": response.status_code, "headers": out})
-        await send({"type": "http.response.body", "body": response.content})
-
-    return asgi("/v1/management", is_mount=True, name="management-proxy", copy_scope=False)(forward)
-
-
-async def _send_error(
-    send: Send, status: int, message: str, code: str, type_: str = "invalid_request_error"
-) -> None:
-    payload = error_bytes(message, type_, code)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
 def _static_management(runtime: GatewayRuntime) -> Router:
     """Static mode has no control plane: only the backend table is served."""
 
-    @get("/backends", sync_to_thread=False)
+    @route(ControlPlaneApi.BACKENDS, sync_to_thread=False)
     def backends() -> RoutingTable:
         source = runtime.source
         assert isinstance(source, StaticSource)
         return source.table(runtime.state.revision)
 
-    return Router(path="/v1/management", route_handlers=[backends])
+    return Router(path="/", route_handlers=[backends])

@@ -60,10 +60,21 @@ class TokenSet:
 
 
 def is_loopback_host(host: str) -> bool:
-    """Whether binding ``host`` exposes a server only to this machine."""
-    if host in {"localhost", ""}:
-        return host == "localhost"
+    """Whether binding (or calling) ``host`` stays on this machine: the one rule of every
+    component.
+
+    Loopback addresses (``127.0.0.0/8``, ``::1``, IPv4-mapped ``::ffff:127.x``, with or
+    without IPv6 brackets) and the names RFC 6761 reserves for loopback: ``localhost`` and
+    ``*.localhost``. Other names (``localhost.localdomain``, ``ip6-localhost``) are not:
+    only ``/etc/hosts`` says where they point, and it may say anything.
+    """
+    name = host.strip().lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(name.strip("[]"))
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback

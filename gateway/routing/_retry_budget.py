@@ -66,6 +66,14 @@ class RetryBudget:
         share = int(self.budget_percent * active_requests / 100.0)
         return max(self.min_retry_concurrency, share)
 
+    def has_room(self, active_requests: int) -> bool:
+        """Whether a slot is free with ``active_requests`` requests in progress."""
+        return self.active_retries < self.limit(active_requests)
+
+    def acquire(self) -> None:
+        """Take one slot (after :meth:`has_room`); pair it with :meth:`release`."""
+        self.active_retries += 1
+
     def try_acquire(self, active_requests: int) -> bool:
         """Take one retry slot if the budget allows; pair a ``True`` with :meth:`release`.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sage.unified.sdk.client._async_client import AsyncChatStream, AsyncUnifiedInferenceClient
 from sage.unified.sdk.client._config import ClientConfig
+from sage.unified.sdk.client._engine import AsyncEngineClient
 from sage.unified.sdk.client._errors import (
     APIStatusError,
     AttemptRecord,
@@ -28,6 +29,15 @@ from sage.unified.sdk.client._errors import (
     ServerError,
     StreamInterruptedError,
     UnprocessableEntityError,
+    status_error,
+)
+from sage.unified.sdk.client._executor import (
+    AsyncCaller,
+    ErrorTranslator,
+    RawReply,
+    SyncCaller,
+    async_http_pool,
+    sync_http_pool,
 )
 from sage.unified.sdk.client._failover import RetryEvent, is_testing, set_testing
 from sage.unified.sdk.client._management import (
@@ -44,7 +54,9 @@ __all__ = [
     "APIStatusError",
     "AgentClient",
     "AsyncAgentClient",
+    "AsyncCaller",
     "AsyncChatStream",
+    "AsyncEngineClient",
     "AsyncGatewayManagementClient",
     "AsyncUnifiedInferenceClient",
     "AttemptRecord",
@@ -57,6 +69,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "EmbeddingResult",
+    "ErrorTranslator",
     "GatewayManagementClient",
     "GatewayUnreachableError",
     "HostGpus",
@@ -66,13 +79,18 @@ __all__ = [
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RawReply",
     "RetryEvent",
     "SageClientError",
     "ServerError",
     "StreamInterruptedError",
+    "SyncCaller",
     "UnifiedInferenceClient",
     "UnprocessableEntityError",
     "Usage",
+    "async_http_pool",
     "is_testing",
     "set_testing",
+    "status_error",
+    "sync_http_pool",
 ]

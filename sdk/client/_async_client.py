@@ -13,15 +13,16 @@ import httpx
 
 from sage.unified.sdk.client._config import ClientConfig, resolve_config
 from sage.unified.sdk.client._core import ClientCore, describe_exception
-from sage.unified.sdk.client._discovery import BACKENDS_PATH, backends_params, decode_table
 from sage.unified.sdk.client._errors import (
     APIStatusError,
     AttemptRecord,
     ConfigurationError,
+    GatewayUnreachableError,
     SageClientError,
     StreamInterruptedError,
     status_error,
 )
+from sage.unified.sdk.client._executor import AsyncCaller
 from sage.unified.sdk.client._failover import (
     RETRYABLE_STATUSES,
     RetryEvent,
@@ -47,6 +48,7 @@ from sage.unified.sdk.client._results import (
 from sage.unified.sdk.client._routing import build_body
 from sage.unified.sdk.client._sse import SSEDecoder, StreamAccumulator
 from sage.unified.sdk.models import EngineKind, RoutingTable
+from sage.unified.sdk.protocol import ControlPlaneApi
 
 __all__ = ["AsyncChatStream", "AsyncUnifiedInferenceClient"]
 
@@ -255,7 +257,20 @@ class AsyncUnifiedInferenceClient:
             trust_env=config.trust_env, transport=transport, follow_redirects=False
         )
         self._watch_http = httpx.AsyncClient(trust_env=config.trust_env, transport=transport)
+        self._control = self._control_caller(self._http)
+        self._watch_control = self._control_caller(self._watch_http)
         self._task_group: anyio.abc.TaskGroup | None = None
+
+    def _control_caller(self, http: httpx.AsyncClient) -> AsyncCaller:
+        config = self._core.config
+        return AsyncCaller(
+            config.management_urls,
+            config.api_key,
+            timeout=min(config.timeout, 10.0),
+            connect_timeout=config.connect_timeout,
+            http=http,
+            health=self._core.health,
+        )
 
     @classmethod
     def create(cls, gateway_urls: str | Sequence[str] | None = None, **kwargs: Any) -> Self:
@@ -295,30 +310,11 @@ class AsyncUnifiedInferenceClient:
 
     # --------------------------------------------------------------- discovery
     async def _fetch_table(
-        self, http: httpx.AsyncClient, after: int | None, wait: float | None
+        self, caller: AsyncCaller, after: int | None, wait: float | None
     ) -> RoutingTable:
         """Read the table from the first management URL that answers."""
-        core = self._core
-        last: Exception | None = None
-        for base in core.management_targets():
-            read = (wait or 0.0) + min(core.config.timeout, 10.0)
-            try:
-                response = await http.get(
-                    base + BACKENDS_PATH,
-                    params=backends_params(after, wait),
-                    headers=core.management_headers(),
-                    timeout=httpx.Timeout(
-                        connect=core.config.connect_timeout, read=read, write=read, pool=read
-                    ),
-                )
-            except httpx.TransportError as exc:
-                core.health.record_failure(base)
-                last = exc
-                continue
-            core.health.record_success(base)
-            return decode_table(response.status_code, response.content, url=base)
-        assert last is not None
-        raise last
+        query = {"after": after, "wait": wait} if after is not None and wait else {}
+        return await caller.call(ControlPlaneApi.BACKENDS, query=query, extra_read_s=wait or 0.0)
 
     async def _watch_loop(self) -> None:
         core = self._core
@@ -326,7 +322,7 @@ class AsyncUnifiedInferenceClient:
             after, wait = core.policy.request(core.cache.revision)
             started = core.clock()
             try:
-                table = await self._fetch_table(self._watch_http, after, wait)
+                table = await self._fetch_table(self._watch_control, after, wait)
             except (SageClientError, httpx.HTTPError) as exc:
                 core.cache.record_error(describe_exception(exc))
                 logger.debug("routing table refresh failed: %s", describe_exception(exc))
@@ -348,7 +344,7 @@ class AsyncUnifiedInferenceClient:
         if not force and core.table_is_fresh(self._task_group is not None):
             return core.cache.table
         try:
-            table = await self._fetch_table(self._http, None, None)
+            table = await self._fetch_table(self._control, None, None)
         except (SageClientError, httpx.HTTPError) as exc:
             core.cache.record_error(describe_exception(exc))
             if core.config.direct and core.cache.table is None:
@@ -548,8 +544,8 @@ class AsyncUnifiedInferenceClient:
         """
         core = self._core
         try:
-            table = await self._fetch_table(self._http, None, None)
-        except httpx.HTTPError as exc:
+            table = await self._fetch_table(self._control, None, None)
+        except GatewayUnreachableError as exc:
             raise core.table_unavailable(
                 [
                     AttemptRecord(

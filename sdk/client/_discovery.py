@@ -16,43 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgspec
-
-from sage.unified.sdk.client._errors import InvalidResponseError, status_error
 from sage.unified.sdk.models import RoutingTable
 
-__all__ = [
-    "BACKENDS_PATH",
-    "DiscoveryPolicy",
-    "TableCache",
-    "backends_params",
-    "decode_table",
-]
+__all__ = ["DiscoveryPolicy", "TableCache"]
 
-BACKENDS_PATH = "/v1/management/backends"
 _MIN_DELAY_S = 0.05
-
-
-def backends_params(after: int | None, wait: float | None) -> dict[str, str]:
-    """Query parameters of a (long-poll) backends request."""
-    if after is None or wait is None:
-        return {}
-    return {"after": str(after), "wait": f"{wait:g}"}
-
-
-def decode_table(status_code: int, content: bytes, *, url: str) -> RoutingTable:
-    """Decode a backends answer.
-
-    Raises:
-        APIStatusError: a non-2xx status.
-        InvalidResponseError: a 2xx body that is not a routing table.
-    """
-    if not 200 <= status_code < 300:
-        raise status_error(status_code, content, url=url)
-    try:
-        return msgspec.json.decode(content, type=RoutingTable)
-    except msgspec.DecodeError as exc:
-        raise InvalidResponseError(f"{url} answered with an invalid routing table: {exc}") from exc
 
 
 class TableCache:
@@ -110,6 +78,8 @@ class DiscoveryPolicy:
     watch: bool = True
     max_wait_s: float = 30.0
     error_initial_s: float = 0.5
+    error_max_s: float | None = None
+    """The backoff cap after failures (default: the refresh interval, at least 1 s)."""
     _error_delay: float = 0.0
 
     @property
@@ -140,7 +110,7 @@ class DiscoveryPolicy:
 
         ``permanent`` (e.g. 401/403: the key may not read the table) goes straight to the cap.
         """
-        cap = max(1.0, self.refresh_interval_s)
+        cap = self.error_max_s or max(1.0, self.refresh_interval_s)
         if permanent:
             self._error_delay = cap
         else:

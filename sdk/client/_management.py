@@ -1,29 +1,31 @@
-"""Typed clients of the management API (gateway/coordinator) and of the agent API.
+"""Typed clients of the control-plane API (management, reports, the table watch) and of
+an agent's API.
 
-Each method is described once as a :class:`_Call` (method, path, body, decoder);
-the sync and async clients only execute calls, so both speak the same protocol.
-Connection failures raise :class:`GatewayUnreachableError` (one line, fit for a
-CLI); non-2xx answers raise :class:`APIStatusError` subclasses.
+Each method is one declared endpoint (:mod:`sage.unified.sdk.protocol`) executed by a
+caller (:mod:`._executor`); the sync and async clients are twins. Connection failures
+raise :class:`GatewayUnreachableError` (one line, fit for a CLI); non-2xx answers raise
+:class:`APIStatusError` subclasses; a ``translate_error`` hook turns both into the
+caller's own errors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+import logging
+from collections.abc import AsyncGenerator, Callable, Sequence
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self
 
+import anyio
 import httpx
 import msgspec
 
-from sage.unified.sdk.client._config import normalize_base_url
-from sage.unified.sdk.client._core import describe_exception
-from sage.unified.sdk.client._errors import (
-    GatewayUnreachableError,
-    InvalidResponseError,
-    status_error,
-)
+from sage.unified.sdk.client._discovery import DiscoveryPolicy
+from sage.unified.sdk.client._errors import SageClientError
+from sage.unified.sdk.client._executor import AsyncCaller, ErrorTranslator, SyncCaller
+from sage.unified.sdk.client._http import PERMANENT_ERRORS
 from sage.unified.sdk.models import (
+    AgentReport,
+    AgentReportReply,
     AgentSummary,
     EngineInfo,
     EngineKind,
@@ -33,8 +35,8 @@ from sage.unified.sdk.models import (
     GpuInfo,
     RegisterEngineRequest,
     RoutingTable,
-    encode,
 )
+from sage.unified.sdk.protocol import AgentApi, AuditRecord, ControlPlaneApi, HostGpus
 
 __all__ = [
     "AgentClient",
@@ -44,217 +46,84 @@ __all__ = [
     "HostGpus",
 ]
 
-T = TypeVar("T")
-_MGMT = "/v1/management"
+log = logging.getLogger("sage.unified.sdk.client")
+
+_READY = frozenset({503})
+_CP = ControlPlaneApi
 
 
-class HostGpus(msgspec.Struct, kw_only=True):
-    """The GPUs of one agent's host (``GET /v1/management/gpu``)."""
-
-    agent_id: str
-    host: str = ""
-    gpus: list[GpuInfo] = msgspec.field(default_factory=list)
-    gpu_error: str | None = None
+def _backends_query(after: int | None, wait: float | None) -> dict[str, Any]:
+    return {"after": after, "wait": wait} if after is not None and wait else {}
 
 
-def _decode(content: bytes, type_: Any, *, key: str | None = None, url: str = "") -> Any:
-    """Decode JSON into ``type_``; a list may also come wrapped as ``{key: [...]}``."""
-    try:
-        data = msgspec.json.decode(content)
-        if key is not None and isinstance(data, Mapping):
-            data = data.get(key, data.get("data"))
-        return msgspec.convert(data, type_)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise InvalidResponseError(f"{url} answered with an unexpected body: {exc}") from exc
+def _drain_query(wait: bool, timeout_s: float | None) -> dict[str, Any]:
+    return {"wait": wait, "timeout_s": timeout_s}
 
 
-def _json_object(content: bytes, url: str) -> dict[str, Any]:
-    value = _decode(content, dict[str, Any], url=url) if content else {}
-    result: dict[str, Any] = value
-    return result
+def _drain_extra_s(wait: bool, timeout_s: float | None) -> float:
+    # A waiting drain answers only when the engine stopped (default deadline 300 s + kill).
+    return ((timeout_s or 300.0) + 60.0) if wait else 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class _Call(Generic[T]):
-    method: str
-    path: str
-    decode: Callable[[bytes, str], T]
-    params: dict[str, str] = field(default_factory=dict)
-    body: bytes | None = None
-    extra_timeout_s: float = 0.0
-    """Added to the read timeout (long-polls, waiting drains)."""
-    by_status: Callable[[int], T] | None = None
-    """Decode from the status alone, 503 included (``/readyz`` answers 503 when not ready)."""
+_STOP_EXTRA_S = 60.0
+"""An immediate stop waits for the engine's grace period before SIGKILL."""
 
 
-def _ready(status: int) -> bool:
-    return 200 <= status < 300
+def _health_dict(content: bytes) -> dict[str, Any]:
+    value = msgspec.json.decode(content) if content else {}
+    return value if isinstance(value, dict) else {}
 
 
-def _unused(content: bytes, url: str) -> bool:
-    raise AssertionError("decoded by status")
+_CLIENT_DOC = """
+
+    Args:
+        url: the service's base URL, or several of the same service (tried healthiest
+            first; reads and idempotent commands move on to the next on failure).
+        token: the bearer token (admin token for management, agent token for agents).
+        timeout: read timeout per call, seconds (long-polls and drains add their wait).
+        connect_timeout: seconds.
+        trust_env: let httpx read proxies/certificates from the environment.
+        transport: an httpx transport (tests).
+        http: a connection pool shared with other clients (not closed by this one).
+        translate_error: turns SDK errors into the caller's own (raised from them).
+
+    Raises (every method):
+        GatewayUnreachableError: no connection.
+        APIStatusError: a non-2xx answer (401/403 token, 404 unknown engine, 409 no room...).
+        InvalidResponseError: an answer that is not the expected JSON.
+"""
 
 
-# --------------------------------------------------------------- management calls
-def _engines() -> _Call[list[EngineInfo]]:
-    return _Call(
-        "GET", f"{_MGMT}/engines", lambda c, u: _decode(c, list[EngineInfo], key="engines", url=u)
-    )
-
-
-def _start_engine(spec: EngineSpec, host: str | None) -> _Call[EngineInfo]:
-    body = encode(EngineStartRequest(spec=spec, host=host))
-    return _Call(
-        "POST", f"{_MGMT}/engines/start", lambda c, u: _decode(c, EngineInfo, url=u), body=body
-    )
-
-
-def _stop_engine(engine_id: str, drain: bool, timeout_s: float | None) -> _Call[EngineInfo]:
-    body = encode(EngineStopRequest(engine_id=engine_id, drain=drain, timeout_s=timeout_s))
-    return _Call(
-        "POST", f"{_MGMT}/engines/stop", lambda c, u: _decode(c, EngineInfo, url=u), body=body
-    )
-
-
-def _register_engine(
-    model: str, url: str, kind: EngineKind, engine_id: str | None
-) -> _Call[EngineInfo]:
-    body = encode(RegisterEngineRequest(model=model, url=url, kind=kind, id=engine_id))
-    return _Call(
-        "POST", f"{_MGMT}/engines/register", lambda c, u: _decode(c, EngineInfo, url=u), body=body
-    )
-
-
-def _backends(after: int | None, wait: float | None) -> _Call[RoutingTable]:
-    params = {"after": str(after), "wait": f"{wait:g}"} if after is not None and wait else {}
-    return _Call(
-        "GET",
-        f"{_MGMT}/backends",
-        lambda c, u: _decode(c, RoutingTable, url=u),
-        params=params,
-        extra_timeout_s=wait or 0.0,
-    )
-
-
-def _gpus_by_host() -> _Call[list[HostGpus]]:
-    return _Call("GET", f"{_MGMT}/gpu", lambda c, u: _decode(c, list[HostGpus], key="hosts", url=u))
-
-
-def _agents() -> _Call[list[AgentSummary]]:
-    return _Call(
-        "GET", f"{_MGMT}/agents", lambda c, u: _decode(c, list[AgentSummary], key="agents", url=u)
-    )
-
-
-def _health(path: str) -> _Call[dict[str, Any]]:
-    return _Call("GET", path, _json_object)
-
-
-def _readyz() -> _Call[bool]:
-    return _Call("GET", "/readyz", _unused, by_status=_ready)
-
-
-# -------------------------------------------------------------------- agent calls
-def _agent_engines() -> _Call[list[EngineInfo]]:
-    return _Call(
-        "GET", "/v1/engines", lambda c, u: _decode(c, list[EngineInfo], key="engines", url=u)
-    )
-
-
-def _agent_start(spec: EngineSpec) -> _Call[EngineInfo]:
-    return _Call(
-        "POST", "/v1/engines", lambda c, u: _decode(c, EngineInfo, url=u), body=encode(spec)
-    )
-
-
-def _agent_drain(engine_id: str, wait: bool, timeout_s: float | None) -> _Call[EngineInfo]:
-    params = {"wait": "true" if wait else "false"}
-    if timeout_s is not None:
-        params["timeout_s"] = f"{timeout_s:g}"
-    return _Call(
-        "POST",
-        f"/v1/engines/{engine_id}/drain",
-        lambda c, u: _decode(c, EngineInfo, url=u),
-        params=params,
-        # A waiting drain answers only when the engine stopped (default deadline 300 s + kill).
-        extra_timeout_s=((timeout_s or 300.0) + 60.0) if wait else 0.0,
-    )
-
-
-def _agent_stop(engine_id: str) -> _Call[EngineInfo]:
-    return _Call(
-        "DELETE",
-        f"/v1/engines/{engine_id}",
-        lambda c, u: _decode(c, EngineInfo, url=u),
-        extra_timeout_s=60.0,
-    )
-
-
-def _decode_lines(content: bytes, url: str) -> list[str]:
-    try:
-        data = msgspec.json.decode(content)
-    except msgspec.DecodeError:
-        return content.decode("utf-8", "replace").splitlines()
-    if isinstance(data, Mapping):
-        data = data.get("lines", [])
-    return [str(line) for line in data] if isinstance(data, list) else []
-
-
-def _agent_logs(engine_id: str, tail: int) -> _Call[list[str]]:
-    return _Call("GET", f"/v1/engines/{engine_id}/logs", _decode_lines, params={"tail": str(tail)})
-
-
-def _agent_gpus() -> _Call[list[GpuInfo]]:
-    return _Call("GET", "/v1/gpus", lambda c, u: _decode(c, list[GpuInfo], key="gpus", url=u))
-
-
-# ---------------------------------------------------------------------- executors
-def _finish(call: _Call[T], url: str, response: httpx.Response) -> T:
-    if call.by_status is not None and (
-        response.status_code == 503 or 200 <= response.status_code < 300
-    ):
-        return call.by_status(response.status_code)
-    if not 200 <= response.status_code < 300:
-        raise status_error(response.status_code, response.content, url=url)
-    return call.decode(response.content, url)
-
-
-class _SyncBase:
+class _SyncClient:
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str | None = None,
         *,
         timeout: float = 30.0,
         connect_timeout: float = 3.0,
         trust_env: bool = False,
         transport: httpx.BaseTransport | None = None,
+        http: httpx.Client | None = None,
+        translate_error: ErrorTranslator | None = None,
     ) -> None:
-        self.url = normalize_base_url(url)
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(headers=headers, trust_env=trust_env, transport=transport)
+        self._caller = SyncCaller(
+            url,
+            token,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            http=http,
+            transport=transport,
+            trust_env=trust_env,
+            translate_error=translate_error,
+        )
 
-    def _run(self, call: _Call[T]) -> T:
-        read = self._timeout + call.extra_timeout_s
-        timeout = httpx.Timeout(connect=self._connect_timeout, read=read, write=read, pool=read)
-        url = self.url + call.path
-        try:
-            response = self._http.request(
-                call.method,
-                url,
-                params=call.params,
-                content=call.body,
-                timeout=timeout,
-                headers={"Content-Type": "application/json"} if call.body is not None else None,
-            )
-        except httpx.TransportError as exc:
-            raise GatewayUnreachableError(self.url, describe_exception(exc)) from exc
-        return _finish(call, url, response)
+    @property
+    def url(self) -> str:
+        return self._caller.url
 
     def close(self) -> None:
-        self._http.close()
+        self._caller.close()
 
     def __enter__(self) -> Self:
         return self
@@ -268,42 +137,36 @@ class _SyncBase:
         self.close()
 
 
-class _AsyncBase:
+class _AsyncClient:
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str | None = None,
         *,
         timeout: float = 30.0,
         connect_timeout: float = 3.0,
         trust_env: bool = False,
         transport: httpx.AsyncBaseTransport | None = None,
+        http: httpx.AsyncClient | None = None,
+        translate_error: ErrorTranslator | None = None,
     ) -> None:
-        self.url = normalize_base_url(url)
-        self._timeout = timeout
-        self._connect_timeout = connect_timeout
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.AsyncClient(headers=headers, trust_env=trust_env, transport=transport)
+        self._caller = AsyncCaller(
+            url,
+            token,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            http=http,
+            transport=transport,
+            trust_env=trust_env,
+            translate_error=translate_error,
+        )
 
-    async def _run(self, call: _Call[T]) -> T:
-        read = self._timeout + call.extra_timeout_s
-        timeout = httpx.Timeout(connect=self._connect_timeout, read=read, write=read, pool=read)
-        url = self.url + call.path
-        try:
-            response = await self._http.request(
-                call.method,
-                url,
-                params=call.params,
-                content=call.body,
-                timeout=timeout,
-                headers={"Content-Type": "application/json"} if call.body is not None else None,
-            )
-        except httpx.TransportError as exc:
-            raise GatewayUnreachableError(self.url, describe_exception(exc)) from exc
-        return _finish(call, url, response)
+    @property
+    def url(self) -> str:
+        return self._caller.url
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._caller.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -317,168 +180,246 @@ class _AsyncBase:
         await self.aclose()
 
 
-_MGMT_DOC = """
-
-    Args:
-        url: the gateway's (or standalone coordinator's) base URL.
-        token: the admin token (sent as ``Authorization: Bearer``).
-        timeout: read timeout per call, seconds (long-polls and drains add their wait).
-        connect_timeout: seconds.
-        trust_env: let httpx read proxies/certificates from the environment.
-        transport: an httpx transport (tests).
-
-    Raises (every method):
-        GatewayUnreachableError: no connection.
-        APIStatusError: a non-2xx answer (401/403 token, 404 unknown engine, 409 no room...).
-        InvalidResponseError: an answer that is not the expected JSON.
-"""
-
-
-class GatewayManagementClient(_SyncBase):
-    __doc__ = "Sync client of ``/v1/management/*`` (engines, backends, agents, GPUs)." + _MGMT_DOC
+class GatewayManagementClient(_SyncClient):
+    __doc__ = (
+        "Sync client of the control plane (``/v1/management/*`` on a gateway or a "
+        "standalone coordinator)." + _CLIENT_DOC
+    )
 
     def engines(self) -> list[EngineInfo]:
         """Every engine the control plane knows."""
-        return self._run(_engines())
+        return self._caller.call(_CP.ENGINES).engines
+
+    def engine(self, engine_id: str) -> EngineInfo:
+        return self._caller.call(_CP.ENGINE, path={"engine_id": engine_id})
 
     def start_engine(self, spec: EngineSpec, host: str | None = None) -> EngineInfo:
         """Start an engine (placed automatically unless ``host`` names an agent id or address)."""
-        return self._run(_start_engine(spec, host))
+        return self._caller.call(_CP.START_ENGINE, EngineStartRequest(spec=spec, host=host))
 
     def stop_engine(
         self, engine_id: str, drain: bool = True, timeout_s: float | None = None
     ) -> EngineInfo:
         """Drain (default) or stop an engine; unregisters an engine no agent manages."""
-        return self._run(_stop_engine(engine_id, drain, timeout_s))
+        request = EngineStopRequest(engine_id=engine_id, drain=drain, timeout_s=timeout_s)
+        return self._caller.call(_CP.STOP_ENGINE, request)
 
     def register_engine(
         self, model: str, url: str, kind: EngineKind = EngineKind.LLM, engine_id: str | None = None
     ) -> EngineInfo:
         """Register an engine that no agent manages."""
-        return self._run(_register_engine(model, url, kind, engine_id))
+        request = RegisterEngineRequest(model=model, url=url, kind=kind, id=engine_id)
+        return self._caller.call(_CP.REGISTER_ENGINE, request)
 
     def backends(self, after: int | None = None, wait: float | None = None) -> RoutingTable:
         """The routing table; with ``after``/``wait``, long-poll until the revision passes ``after``."""
-        return self._run(_backends(after, wait))
+        return self._caller.call(
+            _CP.BACKENDS, query=_backends_query(after, wait), extra_read_s=wait or 0.0
+        )
 
     def gpus(self) -> list[HostGpus]:
         """The GPUs of every agent's host."""
-        return self._run(_gpus_by_host())
+        return self._caller.call(_CP.GPUS).hosts
 
     def agents(self) -> list[AgentSummary]:
-        return self._run(_agents())
+        return self._caller.call(_CP.AGENTS).agents
+
+    def audit(self, limit: int = 100) -> list[AuditRecord]:
+        """Control actions, newest first."""
+        return self._caller.call(_CP.AUDIT, query={"limit": limit}).entries
+
+    def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
+        """Push an agent's snapshot (what agents do every heartbeat)."""
+        return self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
 
     def health(self) -> dict[str, Any]:
         """``GET /health`` (liveness)."""
-        return self._run(_health("/health"))
+        return _health_dict(self._caller.send(_CP.HEALTH).content)
 
     def readyz(self) -> bool:
         """``GET /readyz``: ``True`` when ready, ``False`` on 503."""
-        return self._run(_readyz())
+        return self._caller.send(_CP.READYZ, expect=_READY).status < 300
 
 
-class AsyncGatewayManagementClient(_AsyncBase):
-    __doc__ = "Async client of ``/v1/management/*`` (same methods as the sync one)." + _MGMT_DOC
+class AsyncGatewayManagementClient(_AsyncClient):
+    __doc__ = (
+        "Async client of the control plane (same methods as the sync one, plus "
+        ":meth:`watch_table`)." + _CLIENT_DOC
+    )
 
     async def engines(self) -> list[EngineInfo]:
-        return await self._run(_engines())
+        return (await self._caller.call(_CP.ENGINES)).engines
+
+    async def engine(self, engine_id: str) -> EngineInfo:
+        return await self._caller.call(_CP.ENGINE, path={"engine_id": engine_id})
 
     async def start_engine(self, spec: EngineSpec, host: str | None = None) -> EngineInfo:
-        return await self._run(_start_engine(spec, host))
+        return await self._caller.call(_CP.START_ENGINE, EngineStartRequest(spec=spec, host=host))
 
     async def stop_engine(
         self, engine_id: str, drain: bool = True, timeout_s: float | None = None
     ) -> EngineInfo:
-        return await self._run(_stop_engine(engine_id, drain, timeout_s))
+        request = EngineStopRequest(engine_id=engine_id, drain=drain, timeout_s=timeout_s)
+        return await self._caller.call(_CP.STOP_ENGINE, request)
 
     async def register_engine(
         self, model: str, url: str, kind: EngineKind = EngineKind.LLM, engine_id: str | None = None
     ) -> EngineInfo:
-        return await self._run(_register_engine(model, url, kind, engine_id))
+        request = RegisterEngineRequest(model=model, url=url, kind=kind, id=engine_id)
+        return await self._caller.call(_CP.REGISTER_ENGINE, request)
 
     async def backends(self, after: int | None = None, wait: float | None = None) -> RoutingTable:
-        return await self._run(_backends(after, wait))
+        return await self._caller.call(
+            _CP.BACKENDS, query=_backends_query(after, wait), extra_read_s=wait or 0.0
+        )
 
     async def gpus(self) -> list[HostGpus]:
-        return await self._run(_gpus_by_host())
+        return (await self._caller.call(_CP.GPUS)).hosts
 
     async def agents(self) -> list[AgentSummary]:
-        return await self._run(_agents())
+        return (await self._caller.call(_CP.AGENTS)).agents
+
+    async def audit(self, limit: int = 100) -> list[AuditRecord]:
+        return (await self._caller.call(_CP.AUDIT, query={"limit": limit})).entries
+
+    async def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
+        return await self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
 
     async def health(self) -> dict[str, Any]:
-        return await self._run(_health("/health"))
+        return _health_dict((await self._caller.send(_CP.HEALTH)).content)
 
     async def readyz(self) -> bool:
-        return await self._run(_readyz())
+        return (await self._caller.send(_CP.READYZ, expect=_READY)).status < 300
+
+    async def watch_table(
+        self,
+        *,
+        wait_s: float = 30.0,
+        error_max_s: float = 10.0,
+        on_error: Callable[[SageClientError], None] | None = None,
+    ) -> AsyncGenerator[RoutingTable, None]:
+        """Yield the routing table now, at every revision change and once more when the
+        control plane answers again after a failure, until cancelled.
+
+        Long-polls ``backends?after=<revision>&wait=<wait_s>``, so a change arrives as soon
+        as it is published. A failed read never ends the iteration: ``on_error`` gets the
+        error (the last table stays the caller's to use) and the next read waits a
+        doubling backoff from 0.5 s up to ``error_max_s`` (straight to it for 401/403).
+        A revision lower than the last one is yielded too: a coordinator that lost its
+        store counts afresh.
+
+        Cancellation: safe at any point; nothing is half-consumed.
+        """
+        policy = DiscoveryPolicy(
+            refresh_interval_s=wait_s, max_wait_s=wait_s, error_max_s=error_max_s
+        )
+        revision: int | None = None
+        failing = False
+        while True:
+            after, wait = policy.request(revision)
+            started = anyio.current_time()
+            try:
+                table = await self.backends(after, wait)
+            except SageClientError as exc:
+                failing = True
+                if on_error is not None:
+                    on_error(exc)
+                delay = policy.after_error(permanent=isinstance(exc, PERMANENT_ERRORS))
+            else:
+                changed = table.revision != revision
+                revision = table.revision
+                delay = policy.after_success(
+                    asked_wait=wait, changed=changed, elapsed=anyio.current_time() - started
+                )
+                if changed or failing:
+                    failing = False
+                    yield table
+            await anyio.sleep(delay)
 
 
-_AGENT_DOC = """
-
-    Paths: ``GET/POST /v1/engines``, ``POST /v1/engines/{id}/drain?wait=&timeout_s=``,
-    ``DELETE /v1/engines/{id}``, ``GET /v1/engines/{id}/logs?tail=``, ``GET /v1/gpus``,
-    ``/healthz``, ``/readyz``. Arguments and errors as for the management client
-    (``token`` is the agent's admin token).
-"""
-
-
-class AgentClient(_SyncBase):
-    __doc__ = "Sync client of one agent's API." + _AGENT_DOC
+class AgentClient(_SyncClient):
+    __doc__ = "Sync client of one agent's API." + _CLIENT_DOC
 
     def engines(self) -> list[EngineInfo]:
-        return self._run(_agent_engines())
+        return self._caller.call(AgentApi.ENGINES).engines
+
+    def engine(self, engine_id: str) -> EngineInfo:
+        return self._caller.call(AgentApi.ENGINE, path={"engine_id": engine_id})
 
     def start_engine(self, spec: EngineSpec) -> EngineInfo:
-        return self._run(_agent_start(spec))
+        return self._caller.call(AgentApi.START_ENGINE, spec)
 
     def drain(
         self, engine_id: str, wait: bool = False, timeout_s: float | None = None
     ) -> EngineInfo:
         """Drain an engine; with ``wait`` the call returns when it has stopped."""
-        return self._run(_agent_drain(engine_id, wait, timeout_s))
+        return self._caller.call(
+            AgentApi.DRAIN_ENGINE,
+            path={"engine_id": engine_id},
+            query=_drain_query(wait, timeout_s),
+            extra_read_s=_drain_extra_s(wait, timeout_s),
+        )
 
     def stop(self, engine_id: str) -> EngineInfo:
         """Stop an engine now (SIGTERM, then SIGKILL after the agent's grace)."""
-        return self._run(_agent_stop(engine_id))
+        return self._caller.call(
+            AgentApi.STOP_ENGINE, path={"engine_id": engine_id}, extra_read_s=_STOP_EXTRA_S
+        )
 
     def logs(self, engine_id: str, tail: int = 100) -> list[str]:
         """The last ``tail`` lines of the engine's log."""
-        return self._run(_agent_logs(engine_id, tail))
+        return self._caller.call(
+            AgentApi.ENGINE_LOGS, path={"engine_id": engine_id}, query={"tail": tail}
+        ).lines
 
     def gpus(self) -> list[GpuInfo]:
-        return self._run(_agent_gpus())
+        return self._caller.call(AgentApi.GPUS).gpus
 
     def healthz(self) -> dict[str, Any]:
-        return self._run(_health("/healthz"))
+        return _health_dict(self._caller.send(AgentApi.HEALTHZ).content)
 
     def readyz(self) -> bool:
-        return self._run(_readyz())
+        return self._caller.send(AgentApi.READYZ, expect=_READY).status < 300
 
 
-class AsyncAgentClient(_AsyncBase):
-    __doc__ = "Async client of one agent's API." + _AGENT_DOC
+class AsyncAgentClient(_AsyncClient):
+    __doc__ = "Async client of one agent's API (same methods as the sync one)." + _CLIENT_DOC
 
     async def engines(self) -> list[EngineInfo]:
-        return await self._run(_agent_engines())
+        return (await self._caller.call(AgentApi.ENGINES)).engines
+
+    async def engine(self, engine_id: str) -> EngineInfo:
+        return await self._caller.call(AgentApi.ENGINE, path={"engine_id": engine_id})
 
     async def start_engine(self, spec: EngineSpec) -> EngineInfo:
-        return await self._run(_agent_start(spec))
+        return await self._caller.call(AgentApi.START_ENGINE, spec)
 
     async def drain(
         self, engine_id: str, wait: bool = False, timeout_s: float | None = None
     ) -> EngineInfo:
-        return await self._run(_agent_drain(engine_id, wait, timeout_s))
+        return await self._caller.call(
+            AgentApi.DRAIN_ENGINE,
+            path={"engine_id": engine_id},
+            query=_drain_query(wait, timeout_s),
+            extra_read_s=_drain_extra_s(wait, timeout_s),
+        )
 
     async def stop(self, engine_id: str) -> EngineInfo:
-        return await self._run(_agent_stop(engine_id))
+        return await self._caller.call(
+            AgentApi.STOP_ENGINE, path={"engine_id": engine_id}, extra_read_s=_STOP_EXTRA_S
+        )
 
     async def logs(self, engine_id: str, tail: int = 100) -> list[str]:
-        return await self._run(_agent_logs(engine_id, tail))
+        reply = await self._caller.call(
+            AgentApi.ENGINE_LOGS, path={"engine_id": engine_id}, query={"tail": tail}
+        )
+        return reply.lines
 
     async def gpus(self) -> list[GpuInfo]:
-        return await self._run(_agent_gpus())
+        return (await self._caller.call(AgentApi.GPUS)).gpus
 
     async def healthz(self) -> dict[str, Any]:
-        return await self._run(_health("/healthz"))
+        return _health_dict((await self._caller.send(AgentApi.HEALTHZ)).content)
 
     async def readyz(self) -> bool:
-        return await self._run(_readyz())
+        return (await self._caller.send(AgentApi.READYZ, expect=_READY)).status < 300

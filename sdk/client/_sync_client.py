@@ -12,15 +12,16 @@ import httpx
 
 from sage.unified.sdk.client._config import ClientConfig, resolve_config
 from sage.unified.sdk.client._core import ClientCore, describe_exception
-from sage.unified.sdk.client._discovery import BACKENDS_PATH, backends_params, decode_table
 from sage.unified.sdk.client._errors import (
     APIStatusError,
     AttemptRecord,
     ConfigurationError,
+    GatewayUnreachableError,
     SageClientError,
     StreamInterruptedError,
     status_error,
 )
+from sage.unified.sdk.client._executor import SyncCaller
 from sage.unified.sdk.client._failover import (
     RETRYABLE_STATUSES,
     RetryEvent,
@@ -46,6 +47,7 @@ from sage.unified.sdk.client._results import (
 from sage.unified.sdk.client._routing import build_body
 from sage.unified.sdk.client._sse import SSEDecoder, StreamAccumulator
 from sage.unified.sdk.models import EngineKind, RoutingTable
+from sage.unified.sdk.protocol import ControlPlaneApi
 
 __all__ = ["ChatStream", "UnifiedInferenceClient"]
 
@@ -239,10 +241,22 @@ class UnifiedInferenceClient:
         self._http = httpx.Client(
             trust_env=config.trust_env, transport=transport, follow_redirects=False
         )
+        self._control = self._control_caller(self._http)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         self._closed = False
+
+    def _control_caller(self, http: httpx.Client) -> SyncCaller:
+        config = self._core.config
+        return SyncCaller(
+            config.management_urls,
+            config.api_key,
+            timeout=min(config.timeout, 10.0),
+            connect_timeout=config.connect_timeout,
+            http=http,
+            health=self._core.health,
+        )
 
     @classmethod
     def create(cls, gateway_urls: str | Sequence[str] | None = None, **kwargs: Any) -> Self:
@@ -296,43 +310,25 @@ class UnifiedInferenceClient:
 
     # --------------------------------------------------------------- discovery
     def _fetch_table(
-        self, http: httpx.Client, after: int | None, wait: float | None
+        self, caller: SyncCaller, after: int | None, wait: float | None
     ) -> RoutingTable:
         """Read the table from the first management URL that answers."""
-        core = self._core
-        last: Exception | None = None
-        for base in core.management_targets():
-            read = (wait or 0.0) + min(core.config.timeout, 10.0)
-            try:
-                response = http.get(
-                    base + BACKENDS_PATH,
-                    params=backends_params(after, wait),
-                    headers=core.management_headers(),
-                    timeout=httpx.Timeout(
-                        connect=core.config.connect_timeout, read=read, write=read, pool=read
-                    ),
-                )
-            except httpx.TransportError as exc:
-                core.health.record_failure(base)
-                last = exc
-                continue
-            core.health.record_success(base)
-            return decode_table(response.status_code, response.content, url=base)
-        assert last is not None
-        raise last
+        query = {"after": after, "wait": wait} if after is not None and wait else {}
+        return caller.call(ControlPlaneApi.BACKENDS, query=query, extra_read_s=wait or 0.0)
 
     def _watch_loop(self) -> None:
         core = self._core
         with httpx.Client(trust_env=core.config.trust_env, transport=self._transport) as http:
+            caller = self._control_caller(http)
             while not self._stop.is_set():
-                self._watch_once(http)
+                self._watch_once(caller)
 
-    def _watch_once(self, http: httpx.Client) -> None:
+    def _watch_once(self, caller: SyncCaller) -> None:
         core = self._core
         after, wait = core.policy.request(core.cache.revision)
         started = core.clock()
         try:
-            table = self._fetch_table(http, after, wait)
+            table = self._fetch_table(caller, after, wait)
         except (SageClientError, httpx.HTTPError) as exc:
             core.cache.record_error(describe_exception(exc))
             logger.debug("routing table refresh failed: %s", describe_exception(exc))
@@ -355,7 +351,7 @@ class UnifiedInferenceClient:
         if not force and core.table_is_fresh(self._watching()):
             return core.cache.table
         try:
-            table = self._fetch_table(self._http, None, None)
+            table = self._fetch_table(self._control, None, None)
         except (SageClientError, httpx.HTTPError) as exc:
             core.cache.record_error(describe_exception(exc))
             if core.config.direct and core.cache.table is None:
@@ -549,8 +545,8 @@ class UnifiedInferenceClient:
         """
         core = self._core
         try:
-            table = self._fetch_table(self._http, None, None)
-        except httpx.HTTPError as exc:
+            table = self._fetch_table(self._control, None, None)
+        except GatewayUnreachableError as exc:
             raise core.table_unavailable(
                 [
                     AttemptRecord(

@@ -42,3 +42,14 @@ def test_state_diagram_matches_the_state_machine() -> None:
         f"docs/architecture.md diagram differs from sdk/states.py: "
         f"only in the doc {sorted(diagram - machine)}, only in the code {sorted(machine - diagram)}"
     )
+
+
+def test_protocol_table_is_generated_from_the_declarations() -> None:
+    import subprocess
+    import sys
+
+    script = ARCHITECTURE.parents[1] / "scripts" / "gen_protocol_docs.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

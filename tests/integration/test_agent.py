@@ -166,7 +166,7 @@ class AgentRig:
 
     def start(self, backend: str = "asyncio", **env: str) -> subprocess.Popen[bytes]:
         self.agent = self.processes.python(
-            "-m", "sage.unified.agent.server", backend, env={**self.env, **env}, name="agent"
+            "-m", "sage.unified.agent", backend, env={**self.env, **env}, name="agent"
         )
         try:
             wait_until(

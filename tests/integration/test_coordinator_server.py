@@ -44,7 +44,7 @@ def report_body(
 
 
 class Server:
-    """Starts/stops ``python -m sage.unified.coordinator.serve`` with a given environment."""
+    """Starts/stops ``python -m sage.unified.coordinator`` with a given environment."""
 
     def __init__(
         self,
@@ -63,7 +63,7 @@ class Server:
     def start(self, **extra: str) -> None:
         env = {**self.env, "SAGE_COORDINATOR_PORT": str(self.port), **extra}
         proc = self.proc = self.processes.python(
-            "-m", "sage.unified.coordinator.serve", env=env, name="coordinator"
+            "-m", "sage.unified.coordinator", env=env, name="coordinator"
         )
         try:
             self.wait_http(f"{self.url}/readyz", timeout=30)

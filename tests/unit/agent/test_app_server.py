@@ -1,4 +1,4 @@
-"""server.serve(): hypercorn on the running backend (asyncio and trio), clean shutdown."""
+"""main.serve(): hypercorn on the running backend (asyncio and trio), clean shutdown."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import anyio
 import httpx
 import pytest
 
-from sage.unified.agent.server import main, run, serve
+from sage.unified.agent.main import main, run, serve
 from sage.unified.agent.settings import AgentSettings
 
 pytestmark = pytest.mark.anyio
@@ -20,7 +20,7 @@ async def test_serve_listens_then_stops_on_shutdown(
 ) -> None:
     sent: list[str] = []
     monkeypatch.setattr(
-        "sage.unified.agent.server.notify", lambda message: sent.append(message) or True
+        "sage.unified.agent.main.notify", lambda message: sent.append(message) or True
     )
     settings = AgentSettings(
         sage_home=tmp_path, coordinator_url=None, port=free_tcp_port, token="t0ken"

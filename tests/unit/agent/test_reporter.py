@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from sage.unified.agent.reporter import Backoff, Reporter
+from sage.unified.sdk.client import AsyncGatewayManagementClient
 from sage.unified.sdk.models import AgentReport, EngineInfo
 
 pytestmark = pytest.mark.anyio
@@ -47,15 +48,15 @@ def _reporter(coord: Coordinator, sleeps: list[float], engines: list[EngineInfo]
         sleeps.append(seconds)
         await anyio.lowlevel.checkpoint()
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(coord.handler))
+    client = AsyncGatewayManagementClient(
+        "http://coord:8000/", "s3cret", transport=httpx.MockTransport(coord.handler)
+    )
     return Reporter(
         client,
-        "http://coord:8000/",
         "host a",
         lambda: AgentReport(
             agent_id="host a", host="127.0.0.1", url="http://127.0.0.1:8200", engines=list(engines)
         ),
-        token="s3cret",
         backoff=Backoff(0.5, 10.0, rng=lambda: 1.0),
         sleep=sleep,
     )
@@ -123,10 +124,11 @@ async def _calls(coord: Coordinator, n: int) -> None:
 
 async def test_report_now_wakes_the_heartbeat_wait() -> None:
     coord = Coordinator(interval=3600.0)
-    client = httpx.AsyncClient(transport=httpx.MockTransport(coord.handler))
+    client = AsyncGatewayManagementClient(
+        "http://coord", transport=httpx.MockTransport(coord.handler)
+    )
     reporter = Reporter(
         client,
-        "http://coord",
         "a",
         lambda: AgentReport(agent_id="a", host="h", url="u"),
         interval_s=3600.0,

@@ -7,7 +7,8 @@ import pytest
 from pydantic import ValidationError
 
 from sage.unified.agent.runtimes import RuntimeConfig
-from sage.unified.agent.settings import CONFIG_ENV, AgentSettings, is_loopback
+from sage.unified.agent.settings import CONFIG_ENV, AgentSettings
+from sage.unified.sdk.auth import is_loopback_host as is_loopback
 
 
 @pytest.fixture(autouse=True)

@@ -56,14 +56,14 @@ def test_named_host_used() -> None:
 def test_named_host_unknown_is_422() -> None:
     with pytest.raises(PlacementError) as info:
         place(EngineSpec(model="m"), [cand("a", gpu(0, 80))], host="zzz")
-    assert info.value.status_code == 422
+    assert info.value.status == 422
 
 
 def test_nothing_fits_gives_reason_per_agent() -> None:
     spec = EngineSpec(model="m")  # 0.9 of 80 GiB needed
     with pytest.raises(PlacementError, match=r"a: 0 of 1 GPUs.*b: no GPUs") as info:
         place(spec, [cand("a", gpu(0, 40)), cand("b")])
-    assert info.value.status_code == 409
+    assert info.value.status == 409
 
 
 def test_no_agent_at_all() -> None:

@@ -47,6 +47,14 @@ def test_bearer_parsing(header: str | None, token: str | None) -> None:
         ("10.0.0.5", False),
         ("", False),
         ("example.com", False),
+        # One rule for every component: RFC 6761 names, mapped addresses, nothing that
+        # only /etc/hosts could make loopback.
+        ("LOCALHOST.", True),
+        ("gpu.localhost", True),
+        ("::ffff:127.0.0.1", True),
+        ("localhost.localdomain", False),
+        ("ip6-localhost", False),
+        ("127.0.0.1.example.com", False),
     ],
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:

@@ -139,11 +139,11 @@ def test_unreachable_is_one_line() -> None:
 def test_agent_client_paths() -> None:
     rec = Recorder(
         {
-            ("GET", "/v1/engines"): j([ENGINE]),
+            ("GET", "/v1/engines"): j({"engines": [ENGINE]}),
             ("POST", "/v1/engines"): j(ENGINE, 201),
             ("POST", "/v1/engines/e1/drain"): j(ENGINE),
             ("DELETE", "/v1/engines/e1"): j(ENGINE),
-            ("GET", "/v1/engines/e1/logs"): j({"lines": ["a", "b"]}),
+            ("GET", "/v1/engines/e1/logs"): j({"engine_id": "e1", "lines": ["a", "b"]}),
             ("GET", "/v1/gpus"): j({"gpus": [GpuInfo(index=1)]}),
             ("GET", "/healthz"): j({"status": "ok"}),
             ("GET", "/readyz"): j({"ready": True}),
@@ -168,7 +168,7 @@ async def test_async_clients() -> None:
     rec = Recorder(
         {
             ("GET", "/v1/management/engines"): j({"engines": [ENGINE]}),
-            ("GET", "/v1/engines/e1/logs"): httpx.Response(200, text="line1\nline2\n"),
+            ("GET", "/v1/engines/e1/logs"): j({"engine_id": "e1", "lines": ["line1", "line2"]}),
         }
     )
     async with AsyncGatewayManagementClient(

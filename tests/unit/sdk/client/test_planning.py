@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 
+import httpx
 import pytest
 
 from sage.unified.sdk.client import (
@@ -20,10 +21,9 @@ from sage.unified.sdk.client._config import normalize_base_url, resolve_config
 from sage.unified.sdk.client._discovery import (
     DiscoveryPolicy,
     TableCache,
-    backends_params,
-    decode_table,
 )
 from sage.unified.sdk.client._errors import APIStatusError, InvalidResponseError, status_error
+from sage.unified.sdk.client._executor import RawReply, _build, decode_reply
 from sage.unified.sdk.client._failover import (
     AttemptPlan,
     TargetHealth,
@@ -34,6 +34,7 @@ from sage.unified.sdk.client._results import parse_chat, parse_embedding, parse_
 from sage.unified.sdk.client._routing import RoundRobin, backends_for, build_body, resolve_model
 from sage.unified.sdk.client._sse import SSEDecoder, SSEEvent, StreamAccumulator
 from sage.unified.sdk.models import Backend, EngineKind, EngineLoad, RoutingTable, encode
+from sage.unified.sdk.protocol import ControlPlaneApi
 
 
 class FakeClock:
@@ -406,20 +407,32 @@ def test_discovery_policy_backs_off_on_errors() -> None:
     assert policy.after_error(permanent=True) == 4.0
 
 
+BACKENDS = ControlPlaneApi.BACKENDS
+
+
 def test_table_cache_and_decoding() -> None:
     clock = FakeClock()
     cache = TableCache(clock=clock)
     assert cache.table is None
     assert cache.age() is None
-    table = decode_table(200, encode(_table()), url="u")
+    table = decode_reply(BACKENDS, _reply(200, encode(_table())))
     assert cache.update(table) is True
     assert cache.update(table) is False
     clock.now += 2
     assert cache.age() == 2
     assert cache.revision == 3
     with pytest.raises(InvalidResponseError):
-        decode_table(200, b"[]", url="u")
+        decode_reply(BACKENDS, _reply(200, b"[]"))
     with pytest.raises(APIStatusError):
-        decode_table(401, b"{}", url="u")
-    assert backends_params(3, 30.0) == {"after": "3", "wait": "30"}
-    assert backends_params(None, 30.0) == {}
+        decode_reply(BACKENDS, _reply(401, b"{}"))
+    assert _build(BACKENDS, None, None, {"after": 3, "wait": 30.0}, None).params == {
+        "after": "3",
+        "wait": "30",
+    }
+    assert _build(BACKENDS, None, None, {"after": None, "wait": 30.0}, None).params == {
+        "wait": "30"
+    }
+
+
+def _reply(status: int, content: bytes) -> RawReply:
+    return RawReply(status, content, httpx.Headers(), "u")

@@ -1,6 +1,6 @@
-"""Run a gateway process: the gateway's own HTTP server (``gateway.server``, uvloop +
+"""Run a gateway's process: the gateway's own HTTP server (``gateway.server``, uvloop +
 httptools) serving the gateway app, plus, in embedded mode, the local agent and its API on
-a second listener (uvicorn: not a hot path).
+a second listener (served as ``sage agent run`` serves it: :func:`agent.main.serve_api`).
 
 Signals:
 
@@ -15,17 +15,14 @@ Signals:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import uvicorn
 
 from sage.unified.gateway.app import GatewayRuntime, create_gateway_app, fast_path
 from sage.unified.gateway.server import HttpServer, LifespanFailed, ServerConfig
@@ -56,38 +53,6 @@ def check_port_free(host: str, port: int) -> None:
                 f"port {port} on {host} is already in use ({exc.strerror}); stop what is using it "
                 f"or choose another port with --port"
             ) from None
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: this module stops every server at once.
-
-    uvicorn re-raises a captured SIGTERM after ``serve()`` returns, which would kill the
-    process before the embedded agent and coordinator shut down cleanly.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _uvicorn_config(app: Any, host: str, port: int, settings: GatewaySettings) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="none",
-        http="httptools",
-        lifespan="on",
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        # vLLM's own keep-alive; clients that pool connections expect about this.
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
-        backlog=2048,
-        server_header=False,
-        # Never let a client set its own address through X-Forwarded-For.
-        proxy_headers=False,
-    )
 
 
 def _server_config(settings: GatewaySettings) -> ServerConfig:
@@ -121,14 +86,14 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
     gc.freeze()
     gateway_server = HttpServer(app, _server_config(settings))
     runtime.metrics.client_connections = lambda: gateway_server.connection_count
-    servers: list[HttpServer | uvicorn.Server] = [gateway_server]
+    agent_shutdown = anyio.Event()
 
     loop = asyncio.get_running_loop()
     stop_engines = [stop_engines_on_exit]
 
     def _stop() -> None:
-        for server in servers:
-            server.should_exit = True
+        gateway_server.should_exit = True
+        agent_shutdown.set()
 
     def _stop_with_engines() -> None:
         stop_engines[0] = True
@@ -153,7 +118,7 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
             tg.start_soon(gateway_server.serve)
             log.info("gateway listening on http://%s:%d", settings.host, gateway_server.port)
             if embedded_agent:
-                await _run_local_agent(settings, runtime, servers, stop_engines)
+                await _run_local_agent(settings, runtime, agent_shutdown, stop_engines)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(signum)
@@ -162,11 +127,11 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
 async def _run_local_agent(
     settings: GatewaySettings,
     runtime: GatewayRuntime,
-    servers: list[HttpServer | uvicorn.Server],
+    shutdown: anyio.Event,
     stop_engines: list[bool],
 ) -> None:
     # Imported here: a gateway in remote or static mode never loads agent code (or NVML).
-    from sage.unified.agent.app import create_agent_app
+    from sage.unified.agent.main import serve_api
     from sage.unified.agent.service import Agent
     from sage.unified.agent.settings import AgentSettings
 
@@ -181,29 +146,21 @@ async def _run_local_agent(
         overrides["token"] = agent_token
     agent_settings = AgentSettings(**overrides)
     async with Agent(agent_settings) as agent:
-        agent_server = _Server(
-            _uvicorn_config(create_agent_app(agent), "127.0.0.1", settings.agent_port, settings)
-        )
-        servers.append(agent_server)
-        if servers[0].should_exit:
-            agent_server.should_exit = True
         async with anyio.create_task_group() as tg:
-            tg.start_soon(agent_server.serve)
-            await _until_registered(runtime, agent_server, agent_settings.agent_id)
+            await tg.start(serve_api, agent, agent_settings, shutdown)
+            await _until_registered(runtime, agent_settings.agent_id, shutdown)
         if stop_engines[0]:
             await agent.stop_all()
 
 
-async def _until_registered(runtime: GatewayRuntime, server: uvicorn.Server, agent_id: str) -> None:
-    """Keep ``/readyz`` at 503 until the local agent listens and the coordinator knows it,
-    so a caller that waited for readiness can start an engine at once."""
+async def _until_registered(runtime: GatewayRuntime, agent_id: str, shutdown: anyio.Event) -> None:
+    """Keep ``/readyz`` at 503 until the coordinator knows the local agent (which already
+    listens), so a caller that waited for readiness can start an engine at once."""
     coordinator = runtime.coordinator
-    while not server.should_exit:
-        # uvicorn exposes no event for "listening", only this flag; the coordinator's
-        # registry has no per-agent event either. Both turn true within milliseconds.
-        if server.started and (
-            coordinator is None or any(a.agent_id == agent_id for a in coordinator.agents())
-        ):
+    while not shutdown.is_set():
+        # The coordinator's registry has no per-agent event; it turns true within
+        # milliseconds of the agent's first report.
+        if coordinator is None or any(a.agent_id == agent_id for a in coordinator.agents()):
             runtime.local_agent_pending = False
             return
         await anyio.sleep(0.05)

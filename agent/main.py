@@ -1,9 +1,10 @@
-"""Serve the agent: hypercorn on asyncio or trio, sd_notify, signals.
+"""Run the agent's process: its API on hypercorn (asyncio or trio), sd_notify, signals.
 
 ``sage agent run`` calls :func:`run`; :func:`serve` is the async form (tests and
-embedders can start it in their own task group). ``python -m
-sage.unified.agent.server [asyncio|trio]`` runs an agent configured from the
-environment (``SAGE_AGENT_*``, ``SAGE_HOME``) and TOML files.
+embedders can start it in their own task group); :func:`serve_api` serves the API of an
+agent someone else runs (the gateway's local agent). ``python -m sage.unified.agent
+[asyncio|trio]`` runs an agent configured from the environment (``SAGE_AGENT_*``,
+``SAGE_HOME``) and TOML files.
 
 systemd protocol: ``READY=1`` once the API listens *and* local state is reconciled
 (adopted engines are not waited for to finish loading); ``WATCHDOG=1`` from the
@@ -33,7 +34,7 @@ from sage.unified.agent.sdnotify import notify, watchdog_interval_s
 from sage.unified.agent.service import Agent
 from sage.unified.agent.settings import AgentSettings
 
-__all__ = ["main", "run", "serve"]
+__all__ = ["main", "run", "serve", "serve_api"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,55 @@ async def _signals(shutdown: anyio.Event) -> None:
             return
 
 
+async def serve_api(
+    agent: Agent,
+    settings: AgentSettings,
+    shutdown: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``agent``'s API with hypercorn (asyncio or trio) until ``shutdown`` is set.
+
+    The one way the agent's API is served: by ``sage agent run`` and by a gateway for its
+    local agent. ``task_status.started()`` is called once the API listens. After
+    ``shutdown``, open requests get the graceful timeout (5 s), then are cancelled.
+
+    Raises:
+        OSError: the port is taken.
+    """
+    if shutdown.is_set():  # stopped before it started
+        task_status.started()
+        return
+    config = _hypercorn_config(settings)
+    app: Any = create_agent_app(agent)
+    backend = sniffio.current_async_library()
+    served = anyio.Event()
+
+    async def serve_http() -> None:
+        try:
+            if backend == "trio":
+                import hypercorn.trio
+
+                await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait)
+            else:
+                import hypercorn.asyncio
+
+                await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)
+        finally:
+            served.set()
+            shutdown.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve_http)
+        await _wait_listening(settings.bind_host, settings.port)
+        task_status.started()
+        await shutdown.wait()
+        # hypercorn returns once the trigger fired and open requests finished.
+        with anyio.move_on_after(config.graceful_timeout + 2):
+            await served.wait()
+        tg.cancel_scope.cancel()
+
+
 async def serve(
     settings: AgentSettings,
     *,
@@ -112,49 +162,35 @@ async def serve(
         OSError: the port is taken.
     """
     settings.check_bind_safety()
-    shutdown = shutdown or anyio.Event()
-    config = _hypercorn_config(settings)
-    backend = sniffio.current_async_library()
-    async with Agent(settings) as agent:
-        app: Any = create_agent_app(agent)
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(_signals, shutdown)
-            served = anyio.Event()
+    stop = shutdown or anyio.Event()
+    async with Agent(settings) as agent, anyio.create_task_group() as tg:
+        if handle_signals:
+            tg.start_soon(_signals, stop)
+        api_done = anyio.Event()
 
-            async def serve_http() -> None:
-                try:
-                    if backend == "trio":
-                        import hypercorn.trio
+        async def api(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            try:
+                await serve_api(agent, settings, stop, task_status=task_status)
+            finally:
+                api_done.set()
 
-                        await hypercorn.trio.serve(app, config, shutdown_trigger=shutdown.wait)
-                    else:
-                        import hypercorn.asyncio
-
-                        await hypercorn.asyncio.serve(app, config, shutdown_trigger=shutdown.wait)
-                finally:
-                    served.set()
-                    shutdown.set()
-
-            tg.start_soon(serve_http)
-            await _wait_listening(settings.bind_host, settings.port)
-            notify("READY=1")
-            interval = watchdog_interval_s()
-            if interval:
-                tg.start_soon(_watchdog, interval)
-            log.info(
-                "agent %s listening on %s (engines: %d)",
-                settings.agent_id,
-                config.bind[0],
-                len(agent.engines()),
-            )
-            task_status.started()
-            await shutdown.wait()
-            notify("STOPPING=1")
-            # hypercorn returns once the trigger fired and open requests finished.
-            with anyio.move_on_after(config.graceful_timeout + 2):
-                await served.wait()
-            tg.cancel_scope.cancel()
+        await tg.start(api)
+        notify("READY=1")
+        interval = watchdog_interval_s()
+        if interval:
+            tg.start_soon(_watchdog, interval)
+        log.info(
+            "agent %s listening on %s:%d (engines: %d)",
+            settings.agent_id,
+            settings.bind_host,
+            settings.port,
+            len(agent.engines()),
+        )
+        task_status.started()
+        await stop.wait()
+        notify("STOPPING=1")
+        await api_done.wait()
+        tg.cancel_scope.cancel()
 
 
 def _port_in_use(host: str, port: int) -> str | None:
@@ -200,11 +236,11 @@ def run(settings: AgentSettings, backend: str = "asyncio") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sage.unified.agent.server [asyncio|trio]``."""
+    """``python -m sage.unified.agent [asyncio|trio]``."""
     args = sys.argv[1:] if argv is None else argv
     backend = args[0] if args else "asyncio"
     if backend not in ("asyncio", "trio"):
-        print("usage: python -m sage.unified.agent.server [asyncio|trio]", file=sys.stderr)
+        print("usage: python -m sage.unified.agent [asyncio|trio]", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

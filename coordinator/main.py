@@ -1,6 +1,6 @@
-"""Serve the standalone coordinator (``sage coordinator run``) with uvicorn.
+"""Run the standalone coordinator's process (``sage coordinator run``) with uvicorn.
 
-``python -m sage.unified.coordinator.serve`` does the same with settings from the
+``python -m sage.unified.coordinator`` does the same with settings from the
 environment and TOML files.
 """
 
@@ -39,7 +39,3 @@ def run(settings: CoordinatorSettings | None = None) -> None:
         lifespan="on",
         timeout_graceful_shutdown=5,
     )
-
-
-if __name__ == "__main__":
-    run()

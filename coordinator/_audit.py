@@ -1,0 +1,58 @@
+"""The audit trail of control actions: who did what to which target, and how it ended."""
+
+from __future__ import annotations
+
+import logging
+
+from sage.unified.coordinator._store import AuditEntry, Store
+from sage.unified.sdk.clock import Clock
+from sage.unified.sdk.protocol import AuditRecord
+
+__all__ = ["Auditor"]
+
+log = logging.getLogger("sage.unified.coordinator")
+
+
+class Auditor:
+    """Writes audit entries to the store and reads them back.
+
+    Args:
+        store: where entries are kept.
+        clock: their timestamps (wall time).
+    """
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def record(self, who: str, action: str, target: str, result: str) -> None:
+        """Record a control action; never raises.
+
+        Fields are capped in length: a rejected caller chooses ``target`` (a path
+        segment) and must not be able to grow the store or the log without bound.
+        """
+        entry = AuditEntry(
+            at=self._clock.time(),
+            who=who[:128],
+            action=action[:64],
+            target=target[:256],
+            result=result[:512],
+        )
+        log.info(
+            "audit who=%s action=%s target=%s result=%s",
+            entry.who,
+            entry.action,
+            entry.target,
+            entry.result,
+        )
+        try:
+            await self._store.audit(entry)
+        except Exception:  # the audit trail must not turn a control action into a 500
+            log.exception("could not write audit entry %r", entry)
+
+    async def entries(self, limit: int = 100) -> list[AuditRecord]:
+        """The newest ``limit`` entries, newest first."""
+        return [
+            AuditRecord(at=e.at, who=e.who, action=e.action, target=e.target, result=e.result)
+            for e in await self._store.audit_log(limit)
+        ]

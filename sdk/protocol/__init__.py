@@ -1,0 +1,61 @@
+"""The protocol between components: every endpoint declared once.
+
+An :class:`Endpoint` names its method, path template, request and reply types, the
+credential it needs (:class:`Scope`) and whether a client may retry it (:class:`Retry`).
+Servers register their routes from these declarations
+(:mod:`sage.unified.sdk.protocol.server`, for Litestar), and the SDK's clients
+(:mod:`sage.unified.sdk.client`) are the only code that sends them.
+"""
+
+from __future__ import annotations
+
+from sage.unified.sdk.protocol._bodies import (
+    AgentGpuList,
+    AgentList,
+    AuditLog,
+    AuditRecord,
+    CoordinatorReadiness,
+    EngineList,
+    EngineLogs,
+    GpuHostList,
+    HealthStatus,
+    HostGpus,
+    ModelCard,
+    ModelList,
+    OpenAIBody,
+)
+from sage.unified.sdk.protocol._catalog import (
+    ENDPOINTS,
+    AgentApi,
+    ControlPlaneApi,
+    EngineApi,
+    GatewayApi,
+    endpoints_of,
+)
+from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope
+
+__all__ = [
+    "ENDPOINTS",
+    "AgentApi",
+    "AgentGpuList",
+    "AgentList",
+    "AuditLog",
+    "AuditRecord",
+    "Component",
+    "ControlPlaneApi",
+    "CoordinatorReadiness",
+    "Endpoint",
+    "EngineApi",
+    "EngineList",
+    "EngineLogs",
+    "GatewayApi",
+    "GpuHostList",
+    "HealthStatus",
+    "HostGpus",
+    "ModelCard",
+    "ModelList",
+    "OpenAIBody",
+    "Retry",
+    "Scope",
+    "endpoints_of",
+]

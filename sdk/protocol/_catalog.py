@@ -1,0 +1,318 @@
+"""Every endpoint between components (and of the public APIs), declared once.
+
+The table in docs/architecture.md ("The protocol") is generated from :data:`ENDPOINTS`
+and a test checks that each server serves exactly the endpoints declared for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sage.unified.sdk.models import (
+    AgentReport,
+    AgentReportReply,
+    EngineInfo,
+    EngineSpec,
+    EngineStartRequest,
+    EngineStopRequest,
+    RegisterEngineRequest,
+    RoutingTable,
+)
+from sage.unified.sdk.protocol._bodies import (
+    AgentGpuList,
+    AgentList,
+    AuditLog,
+    CoordinatorReadiness,
+    EngineList,
+    EngineLogs,
+    GpuHostList,
+    HealthStatus,
+    ModelList,
+    OpenAIBody,
+)
+from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope
+
+__all__ = ["ENDPOINTS", "AgentApi", "ControlPlaneApi", "EngineApi", "GatewayApi", "endpoints_of"]
+
+_MGMT = "/v1/management"
+_ANY = dict[str, Any]
+
+
+def _declarer(server: Component, prefix: str, scope: Scope) -> Callable[..., Endpoint[Any, Any]]:
+    """A function declaring endpoints of ``server``, with ``scope`` and ``Retry.SAFE`` by default."""
+
+    def declare(
+        name: str, method: str, path: str, request: Any, reply: Any, **kw: Any
+    ) -> Endpoint[Any, Any]:
+        kw.setdefault("scope", scope)
+        kw.setdefault("retry", Retry.SAFE)
+        return Endpoint(f"{prefix}.{name}", server, method, path, request, reply, **kw)
+
+    return declare
+
+
+_cp = _declarer(Component.CONTROL_PLANE, "control_plane", Scope.ADMIN)
+_agent = _declarer(Component.AGENT, "agent", Scope.AGENT)
+_gw = _declarer(Component.GATEWAY, "gateway", Scope.INFERENCE)
+_engine = _declarer(Component.ENGINE, "engine", Scope.PUBLIC)
+
+
+class ControlPlaneApi:
+    """The coordinator: agents' reports and the management API (``/v1/management``)."""
+
+    REPORT: Endpoint[AgentReport, AgentReportReply] = _cp(
+        "report",
+        "PUT",
+        "/v1/agents/{agent_id}",
+        AgentReport,
+        AgentReportReply,
+        scope=Scope.AGENT,
+        summary="An agent's full snapshot; renews its lease (idempotent).",
+    )
+    BACKENDS: Endpoint[None, RoutingTable] = _cp(
+        "backends",
+        "GET",
+        f"{_MGMT}/backends",
+        None,
+        RoutingTable,
+        query=("after", "wait"),
+        summary="The routing table; with after/wait, a long-poll until the revision passes after.",
+    )
+    ENGINES: Endpoint[None, EngineList] = _cp(
+        "engines", "GET", f"{_MGMT}/engines", None, EngineList, summary="Every engine, every state."
+    )
+    ENGINE: Endpoint[None, EngineInfo] = _cp(
+        "engine", "GET", f"{_MGMT}/engines/{{engine_id}}", None, EngineInfo, summary="One engine."
+    )
+    REGISTER_ENGINE: Endpoint[RegisterEngineRequest, EngineInfo] = _cp(
+        "register_engine",
+        "POST",
+        f"{_MGMT}/engines/register",
+        RegisterEngineRequest,
+        EngineInfo,
+        status=201,
+        retry=Retry.UNSENT_ONLY,
+        summary="Add an engine no agent manages.",
+    )
+    START_ENGINE: Endpoint[EngineStartRequest, EngineInfo] = _cp(
+        "start_engine",
+        "POST",
+        f"{_MGMT}/engines/start",
+        EngineStartRequest,
+        EngineInfo,
+        status=202,
+        retry=Retry.UNSENT_ONLY,
+        summary="Place an engine and ask its agent to start it.",
+    )
+    STOP_ENGINE: Endpoint[EngineStopRequest, EngineInfo] = _cp(
+        "stop_engine",
+        "POST",
+        f"{_MGMT}/engines/stop",
+        EngineStopRequest,
+        EngineInfo,
+        summary="Drain or stop an engine; unregister an engine no agent manages.",
+    )
+    GPUS: Endpoint[None, GpuHostList] = _cp(
+        "gpus", "GET", f"{_MGMT}/gpu", None, GpuHostList, summary="The GPUs of every agent's host."
+    )
+    AGENTS: Endpoint[None, AgentList] = _cp(
+        "agents",
+        "GET",
+        f"{_MGMT}/agents",
+        None,
+        AgentList,
+        summary="Known agents and their leases.",
+    )
+    AUDIT: Endpoint[None, AuditLog] = _cp(
+        "audit",
+        "GET",
+        f"{_MGMT}/audit",
+        None,
+        AuditLog,
+        query=("limit",),
+        summary="Control actions, newest first.",
+    )
+    HEALTH: Endpoint[None, HealthStatus] = _cp(
+        "health",
+        "GET",
+        "/health",
+        None,
+        HealthStatus,
+        scope=Scope.PUBLIC,
+        summary="Liveness of a standalone coordinator.",
+    )
+    READYZ: Endpoint[None, CoordinatorReadiness] = _cp(
+        "readyz",
+        "GET",
+        "/readyz",
+        None,
+        CoordinatorReadiness,
+        scope=Scope.PUBLIC,
+        summary="200 once the store is open and the loops run, else 503.",
+    )
+    METRICS: Endpoint[None, None] = _cp(
+        "metrics",
+        "GET",
+        "/metrics",
+        None,
+        None,
+        scope=Scope.PUBLIC,
+        summary="Prometheus text (sage_coordinator_*).",
+    )
+
+
+class AgentApi:
+    """One host's agent."""
+
+    HEALTHZ: Endpoint[None, HealthStatus] = _agent(
+        "healthz",
+        "GET",
+        "/healthz",
+        None,
+        HealthStatus,
+        scope=Scope.PUBLIC,
+        summary="Liveness: the agent's event loop ticks.",
+    )
+    READYZ: Endpoint[None, HealthStatus] = _agent(
+        "readyz",
+        "GET",
+        "/readyz",
+        None,
+        HealthStatus,
+        scope=Scope.PUBLIC,
+        summary="200 once reconciled and the control plane is reachable, else 503.",
+    )
+    ENGINES: Endpoint[None, EngineList] = _agent(
+        "engines", "GET", "/v1/engines", None, EngineList, summary="This host's engines."
+    )
+    START_ENGINE: Endpoint[EngineSpec, EngineInfo] = _agent(
+        "start_engine",
+        "POST",
+        "/v1/engines",
+        EngineSpec,
+        EngineInfo,
+        status=201,
+        retry=Retry.UNSENT_ONLY,
+        summary="Launch an engine from a typed spec (STARTING).",
+    )
+    ENGINE: Endpoint[None, EngineInfo] = _agent(
+        "engine", "GET", "/v1/engines/{engine_id}", None, EngineInfo, summary="One engine."
+    )
+    DRAIN_ENGINE: Endpoint[None, EngineInfo] = _agent(
+        "drain_engine",
+        "POST",
+        "/v1/engines/{engine_id}/drain",
+        None,
+        EngineInfo,
+        query=("wait", "timeout_s"),
+        summary="Drain: 200 once STOPPED (wait=true), or 202 at once (wait=false).",
+    )
+    STOP_ENGINE: Endpoint[None, EngineInfo] = _agent(
+        "stop_engine",
+        "DELETE",
+        "/v1/engines/{engine_id}",
+        None,
+        EngineInfo,
+        summary="Stop now: SIGTERM, SIGKILL after the grace (STOPPED).",
+    )
+    ENGINE_LOGS: Endpoint[None, EngineLogs] = _agent(
+        "engine_logs",
+        "GET",
+        "/v1/engines/{engine_id}/logs",
+        None,
+        EngineLogs,
+        query=("tail",),
+        summary="The last lines of an engine's log.",
+    )
+    GPUS: Endpoint[None, AgentGpuList] = _agent(
+        "gpus", "GET", "/v1/gpus", None, AgentGpuList, summary="This host's GPUs (NVML)."
+    )
+    METRICS: Endpoint[None, None] = _agent(
+        "metrics",
+        "GET",
+        "/metrics",
+        None,
+        None,
+        scope=Scope.PUBLIC,
+        summary="Prometheus text (sage_agent_*).",
+    )
+
+
+class GatewayApi:
+    """The gateway's own routes (the OpenAI API and the process endpoints)."""
+
+    CHAT: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "chat", "POST", "/v1/chat/completions", _ANY, _ANY, summary="OpenAI chat, routed by model."
+    )
+    COMPLETIONS: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "completions",
+        "POST",
+        "/v1/completions",
+        _ANY,
+        _ANY,
+        summary="OpenAI completions, routed by model.",
+    )
+    EMBEDDINGS: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "embeddings",
+        "POST",
+        "/v1/embeddings",
+        _ANY,
+        _ANY,
+        summary="OpenAI embeddings, routed by model.",
+    )
+    MODELS: Endpoint[None, ModelList] = _gw(
+        "models", "GET", "/v1/models", None, ModelList, summary="Models with a routable engine."
+    )
+    HEALTH: Endpoint[None, HealthStatus] = _gw(
+        "health", "GET", "/health", None, HealthStatus, scope=Scope.PUBLIC, summary="Liveness."
+    )
+    READYZ: Endpoint[None, _ANY] = _gw(
+        "readyz",
+        "GET",
+        "/readyz",
+        None,
+        _ANY,
+        scope=Scope.PUBLIC,
+        summary="200 once a routing table is known (and the local agent registered), else 503.",
+    )
+    METRICS: Endpoint[None, None] = _gw(
+        "metrics",
+        "GET",
+        "/metrics",
+        None,
+        None,
+        scope=Scope.PUBLIC,
+        summary="Prometheus text (sage_gateway_*, and sage_coordinator_* when embedded).",
+    )
+
+
+class EngineApi:
+    """What the agent, the control plane and a static gateway read from an engine (vLLM's API)."""
+
+    HEALTH: Endpoint[None, None] = _engine(
+        "health", "GET", "/health", None, None, summary="200 once the model is loaded."
+    )
+    MODELS: Endpoint[None, ModelList] = _engine(
+        "models", "GET", "/v1/models", None, ModelList, summary="Served models."
+    )
+    METRICS: Endpoint[None, None] = _engine(
+        "metrics", "GET", "/metrics", None, None, summary="vllm:* Prometheus text."
+    )
+
+
+def _declared(namespace: type) -> list[Endpoint[Any, Any]]:
+    return [value for value in vars(namespace).values() if isinstance(value, Endpoint)]
+
+
+ENDPOINTS: tuple[Endpoint[Any, Any], ...] = tuple(
+    endpoint
+    for namespace in (GatewayApi, ControlPlaneApi, AgentApi, EngineApi)
+    for endpoint in _declared(namespace)
+)
+"""Every declared endpoint."""
+
+
+def endpoints_of(server: Component) -> tuple[Endpoint[Any, Any], ...]:
+    """The endpoints one component serves."""
+    return tuple(e for e in ENDPOINTS if e.server is server)

@@ -1,0 +1,155 @@
+"""The server side of the protocol, for Litestar apps (coordinator, agent, gateway).
+
+Imported only by servers: the SDK's clients and models never load Litestar.
+
+- :func:`route` registers a handler at an endpoint's method, path and success status.
+- :func:`decode_body` decodes a request body into the endpoint's type: malformed JSON
+  is 400 ``invalid_json``, a well-formed body that fails validation 422
+  ``invalid_request`` with the field in ``param``.
+- :func:`exception_handlers` answers every error with the one OpenAI-shaped body:
+  :class:`~sage.unified.sdk.errors.WireError` as declared, Litestar's own HTTP errors
+  with the status's type and code, anything else 500 (logged, never shown).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response
+from litestar import route as litestar_route
+from litestar.enums import HttpMethod
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
+from litestar.types import ExceptionHandlersMap
+
+from sage.unified.sdk.errors import WireError, error_type_for, wire_error_bytes
+from sage.unified.sdk.protocol._endpoint import Endpoint
+
+__all__ = [
+    "BadBodyError",
+    "InvalidBodyError",
+    "decode_body",
+    "error_response",
+    "exception_handlers",
+    "route",
+]
+
+BodyT = TypeVar("BodyT")
+
+_CODE_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+}
+
+
+class BadBodyError(WireError):
+    """The request body is not JSON (400)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_json"
+
+
+class InvalidBodyError(WireError):
+    """The request body is JSON but not a valid value of the endpoint's type (422)."""
+
+    status = 422
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+def route(endpoint: Endpoint[Any, Any], **options: Any) -> Callable[[Any], HTTPRouteHandler]:
+    """A Litestar route decorator for ``endpoint`` (method, path, status and name)."""
+    return litestar_route(
+        endpoint.litestar_path,
+        http_method=[HttpMethod(endpoint.method)],
+        status_code=endpoint.status,
+        name=endpoint.name,
+        **options,
+    )
+
+
+def decode_body(endpoint: Endpoint[BodyT, Any], raw: bytes) -> BodyT:
+    """Decode ``raw`` as the endpoint's request type.
+
+    Raises:
+        BadBodyError: not JSON.
+        InvalidBodyError: JSON that is not a valid request (``param`` names the field).
+    """
+    if endpoint.request is None:
+        raise TypeError(f"{endpoint.name} takes no body")
+    try:
+        return msgspec.json.decode(raw, type=endpoint.request)
+    except msgspec.ValidationError as exc:
+        # msgspec names the field as "at `$.spec.model`": surface it as ``param``.
+        message = str(exc)
+        param = message.rsplit("`$.", 1)[1].rstrip("`") if "`$." in message else None
+        raise InvalidBodyError(f"invalid request body: {message}", param=param) from None
+    except msgspec.DecodeError as exc:
+        raise BadBodyError(f"malformed JSON body: {exc}") from None
+
+
+def error_response(
+    status: int,
+    message: str,
+    type_: str | None = None,
+    code: str | int | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
+    """An OpenAI-shaped error response."""
+    return Response(
+        wire_error_bytes(message, type_ or error_type_for(status), code, param),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _wire_error(_: Request[Any, Any, Any], exc: WireError) -> Response[bytes]:
+    return Response(
+        exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    message = str(exc.detail)
+    if isinstance(exc, ValidationException):
+        extra = exc.extra if isinstance(exc.extra, list) else []
+        detail = "; ".join(
+            str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in extra
+        )
+        message = f"{exc.detail}: {detail}" if detail else message
+        malformed = "malformed" in message.lower() or (
+            "json" in str(exc.detail).lower() and not extra
+        )
+        status = 400 if malformed else 422
+    code = _CODE_BY_STATUS.get(status, "internal_error" if status >= 500 else "http_error")
+    return error_response(status, message, code=code, headers=dict(exc.headers or {}) or None)
+
+
+def exception_handlers(logger: logging.Logger) -> ExceptionHandlersMap:
+    """Litestar exception handlers answering every error in the OpenAI shape.
+
+    Args:
+        logger: where an unexpected error's traceback goes (the client sees only
+            ``internal error``).
+    """
+
+    def unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+        logger.error("unhandled error", exc_info=exc)
+        return error_response(500, "internal error", "server_error", "internal_error")
+
+    return {WireError: _wire_error, HTTPException: _http_error, Exception: unexpected}
