@@ -38,7 +38,7 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 
-from sage.unified.agent.allowlist import model_allowed
+from sage.unified.agent.allowlist import model_allowed, outside_model_roots
 from sage.unified.agent.errors import EngineNotFoundError, ModelNotAllowedError, SpecRejectedError
 from sage.unified.agent.gpus import GpuClaim, assign_gpus
 from sage.unified.agent.launcher import ProcessRecord, adopt, launch
@@ -245,11 +245,7 @@ class Agent:
             NoFreeGpuError: not enough free GPUs.
             RuntimeUnavailableError, LaunchError: the process could not be started.
         """
-        if not model_allowed(spec.model, self.settings.model_allowlist):
-            raise ModelNotAllowedError(
-                f"model {spec.model!r} is not allowed on this agent (allowlist: "
-                f"{', '.join(self.settings.model_allowlist) or 'empty'})"
-            )
+        await self._check_model(spec)
         async with self._start_lock:
             if self.settings.runtime_config().needs_gpu(spec.runtime) or (
                 spec.runtime is Runtime.SIMULATED
@@ -382,6 +378,19 @@ class Agent:
                 f"no engine {engine_id!r} on agent {self.settings.agent_id!r}"
             ) from None
 
+    async def _check_model(self, spec: EngineSpec) -> None:
+        """Raises: ModelNotAllowedError (allowlist, or a path outside the model roots)."""
+        if not model_allowed(spec.model, self.settings.model_allowlist):
+            raise ModelNotAllowedError(
+                f"model {spec.model!r} is not allowed on this agent (allowlist: "
+                f"{', '.join(self.settings.model_allowlist) or 'empty'})"
+            )
+        roots = self.settings.model_root_dirs()
+        # realpath may touch a slow (network) filesystem: off the event loop.
+        why = await anyio.to_thread.run_sync(outside_model_roots, spec.model, roots)
+        if why is not None:
+            raise ModelNotAllowedError(why)
+
     async def _launch_process(
         self, engine_id: str, spec: EngineSpec, port: int, gpu_ids: tuple[int, ...] | list[int]
     ) -> ProcessHandle:
@@ -438,6 +447,8 @@ class Agent:
         log_path = engine_log_path(s.log_dir, engine_id)
 
         async def relaunch(_incarnation: int) -> ProcessHandle:
+            # Checked again: a symlink under a root may have been turned elsewhere since.
+            await self._check_model(spec)
             return await self._launch_process(engine_id, spec, port, gpu_ids)
 
         async def log_tail(n: int) -> list[str]:

@@ -7,12 +7,13 @@ one winning; ``SAGE_AGENT_CONFIG`` names one file to use instead), then defaults
 
 Lists and ranges read from the environment accept JSON or a plain form:
 ``SAGE_AGENT_MODEL_ALLOWLIST="Qwen/*,meta-llama/*"``,
-``SAGE_AGENT_ENGINE_PORT_RANGE=8900-8999``.
+``SAGE_AGENT_MODEL_ROOTS=/models,/data/hf``, ``SAGE_AGENT_ENGINE_PORT_RANGE=8900-8999``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import sys
@@ -64,6 +65,10 @@ class AgentSettings(SageSettings):
     """Allow a non-loopback bind without a token (trusted networks only)."""
     engine_port_range: Annotated[tuple[int, int], NoDecode] = (8900, 8999)
     model_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    model_roots: Annotated[list[Path] | None, NoDecode] = None
+    """Folders a model given as a path must lie in (after resolving ``..`` and symlinks);
+    ``None``: ``<sage_home>/models`` and the Hugging Face cache (``$HF_HOME``, else
+    ``~/.cache/huggingface``). ``[]``: no path at all, registry names only."""
     vllm_executable: str = "vllm"
     vllm_entrypoint: Literal["serve", "api_server"] = "serve"
     vllm_shutdown_timeout: bool = True
@@ -105,6 +110,13 @@ class AgentSettings(SageSettings):
     def log_dir(self) -> Path:
         """Where engine logs are written."""
         return self.state_dir / "logs"
+
+    def model_root_dirs(self) -> list[Path]:
+        """The effective model roots (see :attr:`model_roots`)."""
+        if self.model_roots is not None:
+            return list(self.model_roots)
+        hf_home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        return [self.sage_home / "models", Path(hf_home).expanduser()]
 
     def runtime_config(self) -> RuntimeConfig:
         """The runtime installation settings :func:`build_launch_plan` needs."""
@@ -177,10 +189,21 @@ class AgentSettings(SageSettings):
             return json.loads(text) if text.startswith("[") else shlex.split(text)
         return value
 
-    @field_validator("model_allowlist", mode="before")
+    @field_validator("model_allowlist", "model_roots", mode="before")
     @classmethod
-    def _parse_allowlist(cls, value: Any) -> Any:
+    def _parse_list(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("model_roots", mode="after")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path] | None) -> list[Path] | None:
+        if value is None:
+            return None
+        roots = [root.expanduser() for root in value]
+        relative = [str(root) for root in roots if not root.is_absolute()]
+        if relative:
+            raise ValueError(f"model_roots must be absolute paths, not {relative}")
+        return roots
 
     @model_validator(mode="after")
     def _check_backoff(self) -> AgentSettings:

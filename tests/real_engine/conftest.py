@@ -15,7 +15,8 @@ configure it, through its settings alone:
   works.
 * ``SAGE_AGENT_VLLM_EXTRA_ARGS``: ``--load-format dummy --dtype float32
   --max-num-seqs 4``, appended last to every vLLM argv.
-* The model is launched by its absolute path.
+* The model is launched by its absolute path, which lies under
+  ``SAGE_AGENT_MODEL_ROOTS`` (the folder the tiny model is written to).
 * ``SAGE_AGENT_ENGINE_PORT_RANGE=P-P``: a port of our own (see :func:`gateway`).
 
 Every process a test starts carries ``SAGE_REAL_ENGINE_RUN=<uuid>`` in its
@@ -206,7 +207,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> floa
 
 
 @pytest.fixture(scope="module")
-def gateway(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(
+    vllm_python: Path, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
     """``sage gateway run`` with an embedded agent configured for the real vLLM."""
     base = tmp_path_factory.mktemp("real-vllm")
     sage_home = base / "sage-home"
@@ -229,6 +232,8 @@ def gateway(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "SAGE_AGENT_VLLM_EXECUTABLE": str(vllm_python),
         "SAGE_AGENT_VLLM_ENTRYPOINT": "api_server",
         "SAGE_AGENT_VLLM_EXTRA_ARGS": shlex.join(EXTRA_ARGS),
+        # A model given as a path must lie under a model root.
+        "SAGE_AGENT_MODEL_ROOTS": str(tiny_model.parent),
         "SAGE_AGENT_PROBE_INTERVAL_S": "1",
         "SAGE_AGENT_PROBE_TIMEOUT_S": "10",
         "SAGE_AGENT_HEARTBEAT_INTERVAL_S": "1",

@@ -211,6 +211,25 @@ async def test_rejected_specs_spawn_nothing(
     assert (await api.client.get("/v1/engines")).json() == {"engines": []}
 
 
+async def test_model_paths_outside_the_model_roots_are_403(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    (root / "tiny").mkdir(parents=True)
+    (root / "escape").symlink_to("/")
+    settings = _settings(tmp_path, model_allowlist=["*"], model_roots=[root])
+    async for api in _api(settings):
+        for model in ("/etc/passwd", "/proc/self/environ", f"{root}/escape/etc/passwd"):
+            response = await api.client.post("/v1/engines", json={**SIM, "model": model})
+            error = _assert_error(response, 403, "model_not_allowed")
+            assert str(root) in error["message"]
+            assert "model_roots" in error["message"]
+        assert api.launches.plans == []
+        allowed = await api.client.post(
+            "/v1/engines", json={**SIM, "model": f"{root}/tiny", "served_model_name": "tiny"}
+        )
+        assert allowed.status_code == 201, allowed.text
+        assert len(api.launches.plans) == 1
+
+
 async def test_port_taken_is_409(api: Api) -> None:
     first = await api.client.post("/v1/engines", json={**SIM, "port": 39755})
     assert first.status_code == 201
