@@ -209,6 +209,16 @@ class EngineProcess:
             return False
         return _alive(self._handle)
 
+    def status(self) -> str | None:
+        """psutil's status of the main process (``"sleeping"``, ``"stopped"`` after a
+        SIGSTOP, ``"zombie"``...); ``None`` once it is gone. Reads ``/proc``."""
+        if self._handle is None or self.returncode is not None:
+            return None
+        try:
+            return str(self._handle.status())
+        except psutil.Error:
+            return None
+
     def refresh_tree(self) -> None:
         """Remember the current descendants, for the sweep in :meth:`terminate`.
 

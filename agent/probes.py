@@ -3,7 +3,9 @@
 * readiness: ``/health`` answers 200 *and* ``/v1/models`` lists the served model
   name. vLLM answers ``/health`` only once the model is loaded, but a proxy or an
   older server may answer early, so the model list is the second half of the proof.
-* health: ``/health`` answers 200 within the probe timeout.
+* health: ``/health`` answers 200 within the probe timeout (or the round's deadline the
+  supervisor gives; no answer in time is ``timed_out``, which tells a hung engine from
+  one answering errors).
 * load: ``/metrics`` parsed by :func:`parse_engine_load`; any failure is ``None``
   (unknown), never an error, so a drain never mistakes a failed scrape for "idle".
 
@@ -18,7 +20,7 @@ from typing import Literal
 import httpx
 import msgspec
 
-from sage.unified.agent.supervisor import ProbeResult
+from sage.unified.agent.liveness import ProbeResult
 from sage.unified.agent.telemetry import parse_engine_load
 from sage.unified.sdk.clock import Clock, SystemClock
 from sage.unified.sdk.models import EngineLoad
@@ -72,14 +74,16 @@ class HttpEngineProbe:
         self._flavor: Literal["vllm", "sglang"] = metrics_flavor
         self._clock = clock or SystemClock()
 
-    async def _get(self, path: str) -> httpx.Response:
-        return await self._client.get(self._base + path, timeout=self._timeout)
+    async def _get(self, path: str, timeout_s: float | None = None) -> httpx.Response:
+        timeout = self._timeout if timeout_s is None else httpx.Timeout(timeout_s)
+        return await self._client.get(self._base + path, timeout=timeout)
 
-    async def health(self) -> ProbeResult:
+    async def health(self, timeout_s: float | None = None) -> ProbeResult:
         try:
-            response = await self._get(self._health)
+            response = await self._get(self._health, timeout_s)
         except httpx.HTTPError as exc:
-            return ProbeResult(False, _error_detail(exc))
+            timed_out = isinstance(exc, httpx.TimeoutException)
+            return ProbeResult(False, _error_detail(exc), timed_out=timed_out)
         if response.status_code != 200:
             return ProbeResult(False, str(response.status_code))
         return ProbeResult(True)
@@ -102,9 +106,9 @@ class HttpEngineProbe:
             return ProbeResult(False, f"model {self._model!r} not listed by {self._models}")
         return ProbeResult(True)
 
-    async def load(self) -> EngineLoad | None:
+    async def load(self, timeout_s: float | None = None) -> EngineLoad | None:
         try:
-            response = await self._get(self._metrics)
+            response = await self._get(self._metrics, timeout_s)
         except httpx.HTTPError:
             return None
         if response.status_code != 200:

@@ -471,6 +471,7 @@ class Agent:
             clock=self.clock,
             timing=SupervisorTiming(
                 probe_interval_s=s.probe_interval_s,
+                probe_timeout_s=s.probe_timeout_s,
                 probe_failures=s.probe_failures,
                 stop_grace_s=s.stop_grace_s,
                 drain_propagation_s=s.drain_propagation_s,

@@ -12,7 +12,9 @@
 Every move goes through :func:`sage.unified.sdk.states.transition`; nothing sets a
 state by hand. The supervisor knows nothing about HTTP or processes: it is given a
 ``launch`` callable, an :class:`EngineProbe`, a :class:`~sage.unified.sdk.clock.Clock`
-and a ``sleep`` function, so its logic is tested with fakes and a fake clock.
+and a ``sleep`` function (:mod:`sage.unified.agent.supervision`), so its logic is tested
+with fakes and a fake clock. When a READY engine counts as failed, and how long a
+failed one gets to stop, is :mod:`sage.unified.agent.liveness`.
 
 One task (:meth:`EngineSupervisor.run`) owns all transitions. Operators' commands
 (:meth:`~EngineSupervisor.drain`, :meth:`~EngineSupervisor.stop`) only record a request
@@ -23,14 +25,31 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 
+from sage.unified.agent.liveness import (
+    ProbeResult,
+    failure_reason,
+    has_failed,
+    next_round_in,
+    round_budget,
+    stop_grace,
+)
+from sage.unified.agent.supervision import (
+    EngineProbe,
+    ProcessHandle,
+    ProcessRecordLike,
+    RestartPolicyLike,
+    Sleep,
+    SupervisorTiming,
+    event_sleep,
+    exit_reason,
+    probe_round,
+)
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.models import EngineInfo, EngineLoad, EngineSpec
 from sage.unified.sdk.states import EngineEvent, EngineState, transition
@@ -48,99 +67,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_LOG_TAIL_LINES = 5
 _REASON_MAX = 1500
-
-
-class ProcessRecordLike(Protocol):
-    """How a process is recognised again (``agent.launcher.ProcessRecord``)."""
-
-    @property
-    def pid(self) -> int: ...
-    @property
-    def create_time(self) -> float: ...
-    @property
-    def pgid(self) -> int: ...
-
-
-class ProcessHandle(Protocol):
-    """A running engine process (``agent.launcher.EngineProcess``)."""
-
-    @property
-    def record(self) -> ProcessRecordLike: ...
-    @property
-    def returncode(self) -> int | None: ...
-    def is_alive(self) -> bool: ...
-    async def wait(self) -> int: ...
-    async def terminate(self, grace_s: float) -> None: ...
-    def refresh_tree(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    """Outcome of one probe; ``detail`` says why it failed (status code, error)."""
-
-    ok: bool
-    detail: str = ""
-
-
-class EngineProbe(Protocol):
-    """HTTP checks of one engine. Implementations bound each call by their own timeout
-    and never raise for a failed check (they return ``ok=False``)."""
-
-    async def readiness(self) -> ProbeResult:
-        """``/health`` answers 200 *and* ``/v1/models`` lists the served model."""
-        ...
-
-    async def health(self) -> ProbeResult:
-        """``/health`` answers 200."""
-        ...
-
-    async def load(self) -> EngineLoad | None:
-        """Load scraped from ``/metrics``; ``None`` when the scrape failed."""
-        ...
-
-
-class RestartPolicyLike(Protocol):
-    """``agent.restart_policy.RestartPolicy``."""
-
-    def next_delay(self, now: float) -> float | None: ...
-    def record_restart(self, now: float) -> None: ...
-    def record_healthy(self, now: float) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorTiming:
-    """Intervals and budgets (from ``AgentSettings``)."""
-
-    probe_interval_s: float = 2.0
-    probe_failures: int = 3
-    stop_grace_s: float = 30.0
-    drain_propagation_s: float = 2.0
-    default_drain_timeout_s: float = 300.0
-    restart_window_s: float = 600.0
-
-
-Sleep = Callable[[float, anyio.Event], Awaitable[None]]
-"""``sleep(seconds, wake)``: wait ``seconds`` or until ``wake`` is set."""
-
-
-async def event_sleep(seconds: float, wake: anyio.Event) -> None:
-    """The real :data:`Sleep`: returns after ``seconds`` or as soon as ``wake`` is set."""
-    with anyio.move_on_after(max(0.0, seconds)):
-        await wake.wait()
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "process exited (exit code unknown: not a child of this agent)"
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"process exited with code {code} ({name})"
-    return f"process exited with code {code}"
 
 
 class EngineSupervisor:
@@ -225,6 +152,8 @@ class EngineSupervisor:
         self.load = EngineLoad()
         self.probe_failures = 0
         """Failed readiness/health probes so far (a counter for ``/metrics``)."""
+        self._hung = False
+        """The last failure was checks going unanswered (shortens the stop grace)."""
         self._wake = anyio.Event()
         self._exit_seen = anyio.Event()
         self._stop_requested = False
@@ -413,32 +342,40 @@ class EngineSupervisor:
 
     async def _ready_phase(self) -> None:
         self.first_round_done.set()
+        rule = self._timing.health_rule
         failures = 0
-        last_detail = ""
+        last_ok = self._clock.monotonic()
         while self.state is EngineState.READY and not self._interrupted():
             if self._exited():
                 await self._fail(await self._exit_reason(""))
                 return
-            if self.process is not None:
-                # Workers are spawned late; remember them so a stop reaches them all.
-                await anyio.to_thread.run_sync(self.process.refresh_tree)
-            result = await self._probe.health()
-            await self._scrape_load()
+            started = self._clock.monotonic()
+            budget = round_budget(rule, since_ok_s=started - last_ok)
+            result, status = await probe_round(self._probe, self.process, budget, self._scrape_load)
             if self._interrupted():
                 return
+            now = self._clock.monotonic()
             if result.ok:
                 failures = 0
+                last_ok = now
                 self.last_healthy_at = self._clock.time()
             else:
                 if self._exited():
                     continue
                 failures += 1
                 self.probe_failures += 1
-                last_detail = result.detail or "failed"
-                if failures >= self._timing.probe_failures:
-                    await self._fail(f"health check failed {failures} times: {last_detail}")
+                if has_failed(rule, failures=failures, since_ok_s=now - last_ok):
+                    self._hung = result.timed_out
+                    reason = failure_reason(
+                        rule,
+                        failures=failures,
+                        since_ok_s=now - last_ok,
+                        detail=result.detail or "failed",
+                        process_status=status,
+                    )
+                    await self._fail(reason)
                     return
-            await self._pause(self._timing.probe_interval_s)
+            await self._pause(next_round_in(rule, round_took_s=now - started))
 
     async def _drain_phase(self) -> None:
         if self._drain_deadline is None:
@@ -487,7 +424,7 @@ class EngineSupervisor:
 
     async def _error_phase(self, tg: anyio.abc.TaskGroup) -> None:
         self.first_round_done.set()
-        await self._terminate_process()
+        await self._terminate_process(hung=self._hung)
         now = self._clock.monotonic()
         delay = self._policy.next_delay(now)
         if delay is None:
@@ -527,14 +464,15 @@ class EngineSupervisor:
             return
         self.process = process
         self._exit_seen = anyio.Event()
+        self._hung = False
         self.state_changed_at_mono = self._clock.monotonic()
         tg.start_soon(self._watch_exit, process)
         self._on_change(self)
 
     # ---- helpers -----------------------------------------------------------------
 
-    async def _scrape_load(self) -> EngineLoad | None:
-        load = await self._probe.load()
+    async def _scrape_load(self, timeout_s: float | None = None) -> EngineLoad | None:
+        load = await self._probe.load(timeout_s)
         if load is not None:
             self.load = load
         # On failure the previous values stay, with their old ``updated_at``: readers
@@ -542,41 +480,36 @@ class EngineSupervisor:
         return load
 
     async def _exit_reason(self, when: str) -> str:
-        process = self.process
-        if (
-            process is not None
-            and process.returncode is None
-            and not getattr(process, "adopted", False)
-        ):
-            # ``_exited`` may see the zombie before ``_watch_exit`` has reaped it; the
-            # exit status is known once it has.
-            with anyio.move_on_after(2.0):
-                await self._exit_seen.wait()
-        code = self.process.returncode if self.process is not None else None
-        if getattr(self.process, "adopted", False):
-            # Only a process's real parent sees its exit status (the launcher gives -1).
-            code = None
-        text = _describe_exit(code) + when
-        if self._log_tail is not None:
-            try:
-                lines = await self._log_tail(_LOG_TAIL_LINES)
-            except OSError as exc:
-                lines = [f"(log unreadable: {exc})"]
-            lines = [line.rstrip() for line in lines if line.strip()]
-            if lines:
-                text += "; last log lines: " + " | ".join(lines)
+        text = await exit_reason(self.process, when, self._exit_seen, self._log_tail)
         return text[:_REASON_MAX]
 
     async def _fail(self, reason: str) -> None:
         log.warning("engine %s: %s", self.engine_id, reason)
         self._apply(EngineEvent.FAILED, reason)
 
-    async def _terminate_process(self) -> None:
+    async def _terminate_process(self, *, hung: bool = False) -> None:
         process = self.process
         if process is None:
             return
         with anyio.CancelScope(shield=True):
-            await process.terminate(self._timing.stop_grace_s)
+            status = await anyio.to_thread.run_sync(process.status)
+            grace = stop_grace(
+                process_status=status,
+                hung=hung,
+                grace_s=self._timing.stop_grace_s,
+                hung_grace_s=self._timing.probe_timeout_s,
+            )
+            if grace < self._timing.stop_grace_s:
+                log.warning(
+                    "engine %s: pid %s is %s%s; SIGKILL after %g s, not the %g s grace",
+                    self.engine_id,
+                    process.record.pid,
+                    status or "in an unknown state",
+                    " and does not answer" if hung else "",
+                    grace,
+                    self._timing.stop_grace_s,
+                )
+            await process.terminate(grace)
         self.process = None
         self._on_change(self)
 

@@ -56,6 +56,9 @@ class FakeProcess:
     def refresh_tree(self) -> None:
         pass
 
+    def status(self) -> str | None:
+        return "sleeping" if self.returncode is None else None
+
     async def terminate(self, grace_s: float) -> None:
         self._code = -15
         self._done.set()

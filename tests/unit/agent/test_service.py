@@ -52,6 +52,9 @@ class FakeProcess:
     def refresh_tree(self) -> None:
         pass
 
+    def status(self) -> str | None:
+        return "sleeping" if self.returncode is None else None
+
     async def terminate(self, grace_s: float) -> None:
         self.terminated = True
         self._code = -15

@@ -32,6 +32,8 @@ class FakeProcess:
         self._code: int | None = None
         self._done = anyio.Event()
         self.terminated_with: float | None = None
+        self.state = "sleeping"
+        """What psutil would say of it (``stopped`` after a SIGSTOP)."""
 
     @property
     def returncode(self) -> int | None:
@@ -53,6 +55,9 @@ class FakeProcess:
     def refresh_tree(self) -> None:
         pass
 
+    def status(self) -> str | None:
+        return self.state if self.returncode is None else None
+
     async def terminate(self, grace_s: float) -> None:
         self.terminated_with = grace_s
         self.exit(-15)
@@ -73,12 +78,15 @@ class FakeProbe:
         ok = self.readiness_ok(len(self.readiness_calls))
         return ProbeResult(ok, "" if ok else "model 'm' not listed by /v1/models")
 
-    async def health(self) -> ProbeResult:
+    async def health(self, timeout_s: float | None = None) -> ProbeResult:
         self.health_calls.append(self.clock.monotonic())
         status = self.health_status(len(self.health_calls))
+        if status == 0:  # no answer: the round's whole deadline passes
+            self.clock.advance(timeout_s if timeout_s is not None else 3.0)
+            return ProbeResult(False, "timed out", timed_out=True)
         return ProbeResult(status == 200, str(status))
 
-    async def load(self) -> EngineLoad | None:
+    async def load(self, timeout_s: float | None = None) -> EngineLoad | None:
         self.load_calls.append(self.clock.monotonic())
         await anyio.lowlevel.checkpoint()
         return self.load_of(len(self.load_calls))
@@ -193,6 +201,33 @@ async def test_three_health_failures_make_error_with_reason() -> None:
     # 2 good probes then 3 bad ones, 2 s apart: the fifth probe (t = 8 s) trips it.
     assert error[2] == pytest.approx(8.0)
     assert h.processes[0].terminated_with == 30.0  # the unhealthy tree is terminated
+
+
+@pytest.mark.parametrize(
+    ("process_state", "grace"), [("stopped", 0.0), ("tracing-stop", 0.0), ("sleeping", 3.0)]
+)
+async def test_a_hung_engine_is_error_6_s_after_its_last_answer(
+    process_state: str, grace: float
+) -> None:
+    # /health answers once, then never: each round's checks share one deadline, cut so
+    # that the engine is failed 6 s after its last answer (not 3 x (3 s + 3 s + 2 s)).
+    h = Harness(
+        FakeProbe(FakeClock(), health_status=lambda n: 200 if n <= 1 else 0),
+        policy=RestartPolicy(max_restarts=0),
+    )
+    h.processes[0].state = process_state
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(h.sup.run)
+        await h.until(lambda: h.sup.state is EngineState.ERROR)
+        tg.cancel_scope.cancel()
+    error = next(e for e in h.history if e[0] is EngineState.ERROR)
+    assert error[2] == pytest.approx(6.0)
+    assert error[1].startswith("health check failed 2 times in 6.0 s: timed out")
+    assert ("kernel state T/t" in error[1]) is (grace == 0.0)
+    # A stopped process cannot act on SIGTERM: killed at once. One that merely does not
+    # answer gets one probe timeout, not the 30 s grace.
+    assert h.processes[0].terminated_with == grace
+    assert [t - h.start for t in h.probe.health_calls] == [0.0, 2.0, 5.0]
 
 
 async def test_intermittent_failures_do_not_trip() -> None:

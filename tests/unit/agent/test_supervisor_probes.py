@@ -75,3 +75,19 @@ async def test_load_parsed_and_failed_scrape_is_unknown() -> None:
     assert (load.running, load.waiting) == (3, 1)
     assert load.kv_cache_usage == pytest.approx(0.25)
     assert await _probe(_engine(metrics=500)).load() is None
+
+
+async def test_no_answer_is_timed_out_and_an_error_status_is_not() -> None:
+    seen: list[float | None] = []
+
+    def hang(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    hung = await _probe(hang).health(0.7)
+    assert (hung.ok, hung.detail, hung.timed_out) == (False, "timed out", True)
+    assert seen == [0.7]  # the round's deadline, not the probe's own 1 s
+    assert await _probe(hang).load(0.4) is None
+    assert seen[-1] == 0.4
+    failing = await _probe(_engine(health=503)).health()
+    assert (failing.ok, failing.timed_out) == (False, False)
