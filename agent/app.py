@@ -14,6 +14,8 @@ Routes (JSON; errors are OpenAI-shaped ``{"error": {"message", "type", "param", 
 ``DELETE /v1/engines/{id}``                stop now → 200 EngineInfo (STOPPED)
 ``GET  /v1/engines/{id}/logs?tail=N``      ``{"engine_id", "lines": [...]}``
 ``GET  /v1/gpus``                          ``{"gpus": [...], "error": reason | null}``
+``POST /v1/gpus/{index}/clear``            lift a GPU's quarantine → 200 GpuInfo; 404
+                                           ``gpu_not_found``
 ``GET  /metrics``                          Prometheus text, ``sage_agent_*``
 =========================================  ==============================================
 
@@ -46,9 +48,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from sage.unified.agent.errors import GpuNotFoundError
 from sage.unified.agent.service import Agent
 from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
-from sage.unified.sdk.models import EngineInfo
+from sage.unified.sdk.models import EngineInfo, GpuInfo
 from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
 from sage.unified.sdk.protocol.server import (
     decode_body,
@@ -109,13 +112,20 @@ class AgentMetricsCollector(Collector):
             "sage_agent_gpu_memory_used_bytes", "GPU memory in use", labels=["gpu"]
         )
         total = GaugeMetricFamily("sage_agent_gpu_memory_total_bytes", "GPU memory", labels=["gpu"])
+        quarantined = GaugeMetricFamily(
+            "sage_agent_gpu_quarantined",
+            "1 while a GPU is quarantined after a fault",
+            labels=["gpu"],
+        )
         for gpu in gpus:
+            quarantined.add_metric([str(gpu.index)], 0 if gpu.healthy else 1)
             if gpu.memory_used_bytes is not None:
                 used.add_metric([str(gpu.index)], gpu.memory_used_bytes)
             if gpu.memory_total_bytes is not None:
                 total.add_metric([str(gpu.index)], gpu.memory_total_bytes)
         yield used
         yield total
+        yield quarantined
 
 
 def create_agent_app(agent: Agent) -> Litestar:
@@ -201,6 +211,12 @@ def create_agent_app(agent: Agent) -> Litestar:
         found, error = agent.gpus()
         return AgentGpuList(gpus=found, error=error)
 
+    @route(_AGENT.CLEAR_GPU)
+    async def clear_gpu(index: FromPath[str]) -> GpuInfo:
+        if not index.isdigit():
+            raise GpuNotFoundError(f"GPU index {index!r} is not a number")
+        return await agent.clear_gpu(int(index))
+
     @route(_AGENT.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -216,6 +232,7 @@ def create_agent_app(agent: Agent) -> Litestar:
             stop_engine,
             engine_logs,
             gpus,
+            clear_gpu,
             metrics,
         ],
         guards=[auth_guard],

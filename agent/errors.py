@@ -9,6 +9,7 @@
     │   ├── NoFreeGpuError          not enough free GPUs (or GPU memory) for the spec; 409
     │   └── RuntimeUnavailableError the runtime's program is not installed; 422
     ├── EngineNotFoundError         no engine with that id on this agent; 404
+    ├── GpuNotFoundError            no GPU with that index on this agent; 404
     └── LaunchError                 the engine process could not be started; 500
 
 Each class carries the HTTP ``status``, the OpenAI error ``type`` and ``code`` (as every
@@ -23,6 +24,7 @@ from sage.unified.sdk.errors import WireError
 __all__ = [
     "AgentError",
     "EngineNotFoundError",
+    "GpuNotFoundError",
     "LaunchError",
     "ModelNotAllowedError",
     "NoFreeGpuError",
@@ -86,6 +88,13 @@ class EngineNotFoundError(AgentError):
     status = 404
     type = "not_found_error"
     code = "engine_not_found"
+
+
+class GpuNotFoundError(AgentError):
+    """Raised when a GPU index is neither seen by NVML nor quarantined on this agent."""
+
+    status = 404
+    code = "gpu_not_found"
 
 
 class LaunchError(AgentError):

@@ -1,6 +1,7 @@
 """GPU assignment for new engines. Pure: no NVML, no I/O.
 
-A GPU can take an engine when:
+A GPU can take an engine when it is healthy (not quarantined after a fault: see
+:mod:`sage.unified.agent.quarantine`) and:
 
 * the engine wants it exclusively (``gpu_memory_utilization`` unset) and no
   engine holds any claim on it, or
@@ -54,8 +55,9 @@ def assign_gpus(
         ``simulated`` engine that asked for no GPU.
 
     Raises:
-        NoFreeGpuError: no GPU is visible, a requested GPU does not exist or is
-            taken, or fewer than ``tensor_parallel_size`` GPUs can take the engine.
+        NoFreeGpuError: no GPU is visible, a requested GPU does not exist, is
+            quarantined or is taken, or fewer than ``tensor_parallel_size`` GPUs can
+            take the engine.
         SpecRejectedError: explicit ``gpu_ids`` whose count differs from
             ``tensor_parallel_size`` (reported as :class:`NoFreeGpuError`, a subclass).
     """
@@ -84,6 +86,12 @@ def assign_gpus(
                 f"GPU {_ids(missing)} does not exist on this host (GPUs here: "
                 f"{_ids(sorted(known))}); pick existing indices or omit gpu_ids"
             )
+        faulty = [known[i] for i in spec.gpu_ids if not known[i].healthy]
+        if faulty:
+            raise NoFreeGpuError(
+                f"{_quarantined(faulty)}; choose other gpu_ids, or clear the GPU once it is "
+                "fixed (sage llm gpu clear HOST:INDEX)"
+            )
         taken = [i for i in spec.gpu_ids if not _fits(i, fraction, claims)]
         if taken:
             raise NoFreeGpuError(
@@ -92,13 +100,18 @@ def assign_gpus(
             )
         return tuple(spec.gpu_ids)
 
+    healthy = [gpu for gpu in known.values() if gpu.healthy]
     candidates = sorted(
-        (gpu for gpu in known.values() if _fits(gpu.index, fraction, claims)),
+        (gpu for gpu in healthy if _fits(gpu.index, fraction, claims)),
         key=lambda gpu: (-(gpu.memory_free_bytes or 0), gpu.index),
     )
     if len(candidates) < want:
-        busy = sorted(i for i in known if not _fits(i, fraction, claims))
-        detail = _describe(busy, fraction, claims) if busy else "none taken"
+        busy = sorted(g.index for g in healthy if not _fits(g.index, fraction, claims))
+        parts = [_describe(busy, fraction, claims)] if busy else []
+        faulty = sorted((g for g in known.values() if not g.healthy), key=lambda g: g.index)
+        if faulty:
+            parts.append(_quarantined(faulty))
+        detail = "; ".join(parts) or "none taken"
         raise NoFreeGpuError(
             f"engine needs {want} GPU(s) but only {len(candidates)} of {len(known)} can take it "
             f"({detail}); stop an engine, lower tensor_parallel_size, or set "
@@ -131,6 +144,10 @@ def _describe(indices: Sequence[int], fraction: float | None, claims: Sequence[G
         want = "exclusive use" if fraction is None else f"a fraction of {fraction:g}"
         parts.append(f"GPU {index} is held by {holders} and cannot give {want}")
     return "; ".join(parts)
+
+
+def _quarantined(gpus: Sequence[GpuInfo]) -> str:
+    return "; ".join(f"GPU {gpu.index} is quarantined ({gpu.fault})" for gpu in gpus)
 
 
 def _ids(indices: Sequence[int]) -> str:

@@ -12,6 +12,8 @@ What runs inside (one task group owned by the :class:`Agent`):
 * one :class:`EngineSupervisor` per engine;
 * the state saver (every change is written to the state file, coalesced);
 * telemetry (GPUs through NVML, host metrics, log rotation) every heartbeat;
+* GPU fault handling (:class:`GpuHealth`): NVML fault events and counters quarantine a
+  GPU; its engines are drained and never restarted on it until an operator clears it;
 * the reporter (pushes the full snapshot to the coordinator);
 * a 1 s liveness tick (``/healthz``).
 
@@ -23,6 +25,7 @@ the restart policy. On exit engines keep running (a successor adopts them) unles
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import secrets
@@ -39,7 +42,13 @@ import anyio.to_thread
 import httpx
 
 from sage.unified.agent.allowlist import model_allowed, outside_model_roots
-from sage.unified.agent.errors import EngineNotFoundError, ModelNotAllowedError, SpecRejectedError
+from sage.unified.agent.errors import (
+    EngineNotFoundError,
+    GpuNotFoundError,
+    ModelNotAllowedError,
+    SpecRejectedError,
+)
+from sage.unified.agent.gpu_health import GpuHealth
 from sage.unified.agent.gpus import GpuClaim, assign_gpus
 from sage.unified.agent.launcher import ProcessRecord, adopt, launch
 from sage.unified.agent.logfiles import engine_log_path, rotate_if_needed, tail
@@ -53,6 +62,7 @@ from sage.unified.agent.settings import AgentSettings
 from sage.unified.agent.statefile import AgentState, EngineRecord, StateFile, StateFileError
 from sage.unified.agent.supervisor import EngineSupervisor, ProcessHandle, SupervisorTiming
 from sage.unified.agent.telemetry import GpuReader, read_host_metrics
+from sage.unified.agent.telemetry.gpu_faults import GpuFaultWatcher
 from sage.unified.sdk.client import AsyncGatewayManagementClient, async_http_pool
 from sage.unified.sdk.clock import Clock, SystemClock
 from sage.unified.sdk.models import (
@@ -111,6 +121,8 @@ class Agent:
         http_transport: transport for probes and reports (tests can mock it).
         launch_process: starts a process for a plan (default: ``launcher.launch``).
         adopt_process: finds a process again (default: ``launcher.adopt``).
+        fault_watcher: NVML fault events and counters; by default a real one when
+            ``gpu_reader`` is not given, none when it is (tests pass a fake).
     """
 
     def __init__(
@@ -122,6 +134,7 @@ class Agent:
         http_transport: httpx.AsyncBaseTransport | None = None,
         launch_process: LaunchProcess | None = None,
         adopt_process: AdoptProcess | None = None,
+        fault_watcher: GpuFaultWatcher | None = None,
     ) -> None:
         self.settings = settings
         self._launch_fn: LaunchProcess = launch_process or _default_launch
@@ -131,6 +144,15 @@ class Agent:
         """Boot epoch in ms: higher on every agent start, so stale reports are fenced."""
         self.version = _version()
         self._gpu_reader = gpu_reader if gpu_reader is not None else GpuReader()
+        if fault_watcher is None and gpu_reader is None:
+            fault_watcher = GpuFaultWatcher()
+        self.gpu_health = GpuHealth(
+            fault_watcher,
+            critical_xids=settings.gpu_fault_xids,
+            clock=self.clock,
+            on_fault=self._gpu_fault,
+            agent_id=settings.agent_id,
+        )
         self._transport = http_transport
         self._supervisors: dict[str, EngineSupervisor] = {}
         self._ports = PortAllocator(*settings.engine_port_range)
@@ -164,10 +186,15 @@ class Agent:
         try:
             self.alive_at = anyio.current_time()
             self._tg.start_soon(self._liveness_loop)
+            state = self._load_state()
+            # Before the first reading: a quarantine the agent kept must not be lost to
+            # a fault found in that reading.
+            self.gpu_health.load(state.gpu_health)
             await self._refresh_telemetry()
-            await self._reconcile()
+            await self._reconcile(state)
             self._tg.start_soon(self._save_loop)
             self._tg.start_soon(self._telemetry_loop)
+            self._tg.start_soon(self.gpu_health.watch)
             token = self.settings.token.get_secret_value() if self.settings.token else None
             if self.settings.coordinator_url:
                 control_plane = AsyncGatewayManagementClient(
@@ -222,6 +249,7 @@ class Agent:
                 if self._client is not None:
                     await self._client.aclose()
                 await self._gpu_reader.aclose()
+                await self.gpu_health.aclose()
         return result
 
     async def stop_all(self) -> None:
@@ -327,6 +355,31 @@ class Agent:
 
     def gpus(self) -> tuple[list[GpuInfo], str | None]:
         return list(self._gpus), self._gpu_error
+
+    async def clear_gpu(self, index: int) -> GpuInfo:
+        """Lift GPU ``index``'s quarantine; engines held back by it are restarted.
+
+        Idempotent: clearing a healthy GPU changes nothing.
+
+        Raises:
+            GpuNotFoundError: NVML shows no GPU ``index`` and none is quarantined.
+        """
+        known = {gpu.index: gpu for gpu in self._gpus}
+        if index not in known and self.gpu_health.fault(index) is None:
+            raise GpuNotFoundError(
+                f"no GPU {index} on agent {self.settings.agent_id!r} (GPUs here: "
+                f"{', '.join(str(i) for i in sorted(known)) or 'none'})"
+            )
+        if await self.gpu_health.clear(index):
+            self._gpus = self.gpu_health.annotate(self._gpus)
+            for sup in self._supervisors.values():
+                if index in sup.gpu_ids:
+                    sup.wake()
+            self._dirty.set()
+            if self.reporter is not None:
+                self.reporter.report_now()
+        gpu = next((g for g in self._gpus if g.index == index), None)
+        return gpu if gpu is not None else GpuInfo(index=index)
 
     @property
     def coordinator_reachable(self) -> bool:
@@ -481,6 +534,7 @@ class Agent:
             on_change=self._changed,
             log_tail=log_tail,
             port_taken_by_another=_port_taken_by_another,
+            restart_gate=lambda: self.gpu_health.restart_held(gpu_ids),
             process=process,
             state=state,
             reason=reason,
@@ -489,6 +543,24 @@ class Agent:
             created_at=created_at,
             agent_id=s.agent_id,
         )
+
+    def _gpu_fault(self, index: int, reason: str) -> None:
+        """GPU ``index`` was just quarantined: drain its engines (a failed one is held
+        back by the restart gate instead)."""
+        self._gpus = self.gpu_health.annotate(self._gpus)
+        why = f"GPU {index} is quarantined: {reason}"
+        assert self._tg is not None
+        for sup in list(self._supervisors.values()):
+            if index not in sup.gpu_ids or sup.stopped:
+                continue
+            if sup.state is EngineState.ERROR:
+                sup.wake()
+            else:
+                log.warning("engine %s: draining, %s", sup.engine_id, why)
+                self._tg.start_soon(functools.partial(sup.drain, wait=False, why=why))
+        self._dirty.set()
+        if self.reporter is not None:
+            self.reporter.report_now()
 
     def _changed(self, sup: EngineSupervisor) -> None:
         if sup.stopped and sup.engine_id in self._claims:
@@ -499,12 +571,14 @@ class Agent:
         if self.reporter is not None:
             self.reporter.report_now()
 
-    async def _reconcile(self) -> None:
+    def _load_state(self) -> AgentState:
         try:
-            state = self._statefile.load()
+            return self._statefile.load()
         except StateFileError as exc:
             log.error("%s; starting with no engines", exc)
-            state = AgentState()
+            return AgentState()
+
+    async def _reconcile(self, state: AgentState) -> None:
         adopted: list[EngineSupervisor] = []
         now = self.clock.time()
         for rec in self._prune_records(state.engines, now):
@@ -565,6 +639,8 @@ class Agent:
         assert self._tg is not None
         for sup in adopted:
             self._tg.start_soon(sup.run)
+        for index, reason in self.gpu_health.quarantined().items():
+            self._gpu_fault(index, reason)  # nothing keeps running on a quarantined GPU
         # Let adopted engines pass one readiness probe before the first report, so a
         # healthy engine is never reported STARTING (and dropped from routing).
         with anyio.move_on_after(min(_ADOPT_PROBE_WAIT_S, self.settings.probe_timeout_s * 2 + 0.5)):
@@ -619,7 +695,10 @@ class Agent:
                 )
             )
         return AgentState(
-            agent_id=self.settings.agent_id, saved_at=self.clock.time(), engines=records
+            agent_id=self.settings.agent_id,
+            saved_at=self.clock.time(),
+            engines=records,
+            gpu_health=self.gpu_health.records(),
         )
 
     async def _save_state(self) -> None:
@@ -641,10 +720,12 @@ class Agent:
 
     async def _refresh_gpus(self) -> None:
         gpus, error = await self._gpu_reader.read()
-        self._gpus, self._gpu_error, self._gpus_read = list(gpus), error, True
+        self._gpus, self._gpu_error = self.gpu_health.annotate(gpus), error
+        self._gpus_read = True
 
     async def _refresh_telemetry(self) -> None:
         await self._refresh_gpus()
+        await self.gpu_health.check_counters()
         try:
             self._host_metrics = await read_host_metrics(self.settings.state_dir)
         except OSError as exc:

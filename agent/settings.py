@@ -26,6 +26,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from sage.unified.agent.quarantine import CRITICAL_XIDS
 from sage.unified.agent.runtimes import RuntimeConfig
 from sage.unified.sdk.auth import is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
@@ -100,6 +101,10 @@ class AgentSettings(SageSettings):
     log_max_bytes: int = Field(default=10 * 2**20, ge=1024)
     log_backups: int = Field(default=3, ge=0)
     stop_engines_on_exit: bool = False
+    gpu_fault_xids: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: sorted(CRITICAL_XIDS)
+    )
+    """XIDs that quarantine a GPU (see :data:`~sage.unified.agent.quarantine.CRITICAL_XIDS`)."""
 
     @property
     def state_dir(self) -> Path:
@@ -189,7 +194,7 @@ class AgentSettings(SageSettings):
             return json.loads(text) if text.startswith("[") else shlex.split(text)
         return value
 
-    @field_validator("model_allowlist", "model_roots", mode="before")
+    @field_validator("model_allowlist", "model_roots", "gpu_fault_xids", mode="before")
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         return split_list(value)

@@ -5,6 +5,7 @@ serving while the agent is away, and the new agent finds them again from this fi
 Per engine it keeps the launch spec, the id, how to recognise the process (pid +
 process start time + process group, so a reused pid is never mistaken for the
 engine), the port and GPUs it holds, its incarnation, restart count and last state.
+Per GPU it keeps a quarantine (fault and since when) until an operator clears it.
 
 The file is JSON, written atomically (temporary file in the same directory, fsync,
 ``os.replace``, fsync of the directory), so a reader sees either the old or the new
@@ -24,6 +25,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from sage.unified.agent.quarantine import GpuHealthRecord
 from sage.unified.sdk.models import EngineSpec
 from sage.unified.sdk.states import EngineState
 
@@ -69,6 +71,8 @@ class AgentState(msgspec.Struct, kw_only=True):
     agent_id: str = ""
     saved_at: float = 0.0
     engines: list[EngineRecord] = msgspec.field(default_factory=list)
+    gpu_health: list[GpuHealthRecord] = msgspec.field(default_factory=list)
+    """Quarantined GPUs and the counters acknowledged at their last clear."""
 
 
 _encoder = msgspec.json.Encoder()

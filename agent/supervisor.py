@@ -97,6 +97,9 @@ class EngineSupervisor:
             (``None`` otherwise, or when it cannot be told). Asked before READY: a
             passing readiness check on a port another process took is not the
             engine's. ``None``: no such check.
+        restart_gate: asked before restarting a failed engine: why it must not be
+            restarted now (its GPU is quarantined), or ``None``. While it gives a
+            reason the engine stays ERROR; :meth:`wake` makes it ask again.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class EngineSupervisor:
         created_at: float | None = None,
         agent_id: str | None = None,
         port_taken_by_another: Callable[[int, int], Awaitable[str | None]] | None = None,
+        restart_gate: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.engine_id = engine_id
         self.spec = spec
@@ -139,6 +143,7 @@ class EngineSupervisor:
         self._log_tail = log_tail
         self._sleep = sleep
         self._port_taken_by_another = port_taken_by_another
+        self._restart_gate = restart_gate
         self._port_warning = ""
         self.process = process
         self.state = state
@@ -158,6 +163,7 @@ class EngineSupervisor:
         self._exit_seen = anyio.Event()
         self._stop_requested = False
         self._drain_deadline: float | None = None
+        self._drain_why = ""
         self._drain_started = anyio.Event()
         self._stopped = anyio.Event()
         self.first_round_done = anyio.Event()
@@ -209,7 +215,9 @@ class EngineSupervisor:
 
     # ---- commands (any task) -----------------------------------------------------
 
-    async def drain(self, timeout_s: float | None = None, *, wait: bool = True) -> EngineInfo:
+    async def drain(
+        self, timeout_s: float | None = None, *, wait: bool = True, why: str = ""
+    ) -> EngineInfo:
         """Take the engine out of routing, wait for in-flight requests, then stop it.
 
         Args:
@@ -217,12 +225,14 @@ class EngineSupervisor:
                 it the engine is stopped even with requests in flight.
             wait: return only once STOPPED; otherwise return as soon as the engine
                 has left READY.
+            why: added to the engine's reasons (e.g. its GPU was quarantined).
 
         Cancellation: cancelling the caller does not cancel the drain.
         """
         if not self.stopped and self._drain_deadline is None:
             budget = timeout_s if timeout_s is not None else self.spec.drain_timeout_s
             self._drain_deadline = self._clock.monotonic() + budget
+            self._drain_why = why
             self._wake.set()
         await (self._stopped.wait() if wait else self._drain_started.wait())
         return self.info()
@@ -246,6 +256,10 @@ class EngineSupervisor:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    def wake(self) -> None:
+        """Make the driver look again at what it waits for (e.g. the restart gate)."""
+        self._wake.set()
 
     # ---- the driver --------------------------------------------------------------
 
@@ -385,13 +399,13 @@ class EngineSupervisor:
         self.first_round_done.set()
         if self.state is not EngineState.DRAINING and self.state is not EngineState.READY:
             # Never served a request (or not serving now): nothing to wait for.
-            await self._stop_now(f"stopped: drain requested while {self.state.value}")
+            await self._stop_now(self._why(f"stopped: drain requested while {self.state.value}"))
             return
         if self.process is None:
-            await self._stop_now("stopped: drain resumed but the process is gone")
+            await self._stop_now(self._why("stopped: drain resumed but the process is gone"))
             return
         if self.state is EngineState.READY:
-            self._apply(EngineEvent.DRAIN, "draining: waiting for in-flight requests")
+            self._apply(EngineEvent.DRAIN, self._why("draining: waiting for in-flight requests"))
         self._drain_started.set()
         # The gateway keeps routing until it sees DRAINING; on_change pushed it, give
         # the routing table time to propagate before counting in-flight requests.
@@ -419,12 +433,17 @@ class EngineSupervisor:
                 break
             await self._pause(min(self._timing.probe_interval_s, max(0.0, deadline - now)))
         await self._stop_now(
-            reason if not self._stop_requested else "stopped by request during drain"
+            self._why(reason) if not self._stop_requested else "stopped by request during drain"
         )
+
+    def _why(self, text: str) -> str:
+        return f"{text} ({self._drain_why})" if self._drain_why else text
 
     async def _error_phase(self, tg: anyio.abc.TaskGroup) -> None:
         self.first_round_done.set()
         await self._terminate_process(hung=self._hung)
+        if not await self._restart_allowed():
+            return
         now = self._clock.monotonic()
         delay = self._policy.next_delay(now)
         if delay is None:
@@ -440,7 +459,8 @@ class EngineSupervisor:
         restart_at = now + delay
         while not self._interrupted() and self._clock.monotonic() < restart_at:
             await self._pause(restart_at - self._clock.monotonic())
-        if self._interrupted():
+        # Asked again: the GPU may have been quarantined during the backoff.
+        if not await self._restart_allowed():
             return
         self._policy.record_restart(self._clock.monotonic())
         self.incarnation += 1
@@ -449,6 +469,21 @@ class EngineSupervisor:
             EngineEvent.RESTART, f"restarting (restart {self.restarts}) after: {self.reason}"
         )
         await self._launch_new(tg)
+
+    async def _restart_allowed(self) -> bool:
+        """Wait while the restart gate holds the engine back; ``False`` once interrupted."""
+        failure = self.reason
+        held = False
+        while not self._interrupted() and (why := self._restart_gate()) is not None:
+            held = True
+            shown = f"not restarted: {why}; last failure: {failure}"
+            if self.reason != shown:
+                log.warning("engine %s: not restarted: %s", self.engine_id, why)
+                self._set_reason(shown)
+            await self._pause(math.inf)
+        if held and not self._interrupted():
+            self._set_reason(failure)
+        return not self._interrupted()
 
     def _restart_cap_text(self) -> str:
         cap = getattr(self._policy, "max_restarts", None)

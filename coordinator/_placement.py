@@ -7,7 +7,8 @@ when ``tensor_parallel_size`` GPUs (or exactly ``spec.gpu_ids``) each have at le
 when the spec gives none). A runtime the agent runs without GPUs (``simulated``, or
 ``vllm`` on an agent with a CPU build) needs none: the agent with the fewest engines
 wins. A named host (agent id or host address) skips the choice but
-still has to fit.
+still has to fit. A GPU its agent quarantined after a fault (``GpuInfo.healthy`` false)
+takes no engine and adds no free memory; the no-placement reason names it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Candidate:
 
     @property
     def free_bytes(self) -> int:
-        return sum(g.memory_free_bytes or 0 for g in self.gpus)
+        return sum(g.memory_free_bytes or 0 for g in self.gpus if g.healthy)
 
 
 def _gpu_fits(gpu: GpuInfo, fraction: float) -> bool:
@@ -70,15 +71,25 @@ def fit_reason(spec: EngineSpec, candidate: Candidate) -> str | None:
             gpu = by_index.get(index)
             if gpu is None:
                 return f"no GPU {index}"
+            if not gpu.healthy:
+                return f"GPU {index} is quarantined ({gpu.fault or 'fault'})"
             if not _gpu_fits(gpu, fraction):
                 return f"GPU {index} has less than {fraction:.0%} of its memory free"
         return None
-    fitting = sum(1 for g in candidate.gpus if _gpu_fits(g, fraction))
+    fitting = sum(1 for g in candidate.gpus if g.healthy and _gpu_fits(g, fraction))
     if fitting < spec.tensor_parallel_size:
-        return (
+        reason = (
             f"{fitting} of {len(candidate.gpus)} GPUs have {fraction:.0%} of their memory free; "
             f"{spec.tensor_parallel_size} needed"
         )
+        faulty = [g for g in candidate.gpus if not g.healthy]
+        if faulty:
+            reason += (
+                " ("
+                + "; ".join(f"GPU {g.index} is quarantined: {g.fault or 'fault'}" for g in faulty)
+                + ")"
+            )
+        return reason
     return None
 
 

@@ -210,6 +210,12 @@ class GpuInfo(Struct, kw_only=True):
     power_w: float | None = None
     power_limit_w: float | None = None
     processes: list[GpuProcess] = msgspec.field(default_factory=list)
+    healthy: bool = True
+    """``False`` while the agent holds the GPU in quarantine after a fault (critical XID,
+    uncorrectable ECC errors, pending row remapping or page retirement): no engine is
+    placed or restarted on it until an operator clears it. Older agents omit it."""
+    fault: str | None = None
+    """Why the GPU is quarantined (``None`` when healthy)."""
 
 
 class HostMetrics(Struct, kw_only=True):

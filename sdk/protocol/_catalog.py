@@ -16,6 +16,7 @@ from sage.unified.sdk.models import (
     EngineSpec,
     EngineStartRequest,
     EngineStopRequest,
+    GpuInfo,
     RegisterEngineRequest,
     RoutingTable,
 )
@@ -227,6 +228,14 @@ class AgentApi:
     )
     GPUS: Endpoint[None, AgentGpuList] = _agent(
         "gpus", "GET", "/v1/gpus", None, AgentGpuList, summary="This host's GPUs (NVML)."
+    )
+    CLEAR_GPU: Endpoint[None, GpuInfo] = _agent(
+        "clear_gpu",
+        "POST",
+        "/v1/gpus/{index}/clear",
+        None,
+        GpuInfo,
+        summary="Lift a GPU's fault quarantine (after an operator checked it); idempotent.",
     )
     METRICS: Endpoint[None, None] = _agent(
         "metrics",

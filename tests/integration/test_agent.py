@@ -483,6 +483,89 @@ def test_a_stopped_engine_is_found_within_6_s_killed_at_once_and_restarted(
     assert restarted["restarts"] == 1
 
 
+FAKE_NVML_DIR = Path(__file__).resolve().parents[1] / "fake_nvml"
+FAKE_VLLM = """#!{python}
+# Stands in for `vllm serve MODEL --host H --port P --served-model-name N ...`.
+import argparse, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("command")
+parser.add_argument("model")
+for flag in ("--host", "--port", "--served-model-name"):
+    parser.add_argument(flag)
+args, _ = parser.parse_known_args()
+os.execv(sys.executable, [sys.executable, "-m", "sage.unified.agent.simulator", "--model",
+    args.model, "--served-model-name", args.served_model_name, "--host", args.host,
+    "--port", args.port])
+"""
+
+
+def test_a_gpu_fault_drains_its_engine_and_placement_avoids_the_gpu_until_cleared(
+    rig: AgentRig, tmp_path: Path
+) -> None:
+    # A real agent process whose `import pynvml` finds the fake library: two GPUs, the
+    # first with more free memory. vLLM engines run the simulator through a wrapper.
+    nvml_state = tmp_path / "nvml.json"
+    gpus = [
+        {"uuid": f"GPU-{i}", "free_gib": free, "ecc_uncorrected": 0, "remap_pending": 0}
+        for i, free in enumerate((70, 40))
+    ]
+    nvml_state.write_text(json.dumps({"gpus": gpus, "events": []}))
+    vllm = tmp_path / "fake-vllm"
+    vllm.write_text(FAKE_VLLM.format(python=sys.executable))
+    vllm.chmod(vllm.stat().st_mode | stat.S_IEXEC)
+    env = {
+        "PYTHONPATH": str(FAKE_NVML_DIR),
+        "SAGE_FAKE_NVML": str(nvml_state),
+        "SAGE_AGENT_VLLM_EXECUTABLE": str(vllm),
+    }
+    rig.start("asyncio", **env)
+    first = rig.start_engine("sim-gpu-a", runtime="vllm")
+    assert first["gpu_ids"] == [0]
+    rig.wait_state(first["id"], "READY", 20)
+
+    state = json.loads(nvml_state.read_text())
+    state["events"].append({"index": 0, "xid": 79})
+    nvml_state.write_text(json.dumps(state))
+    drained = rig.wait_state(first["id"], "STOPPED", 20)
+    assert "GPU 0 is quarantined: XID 79: GPU has fallen off the bus" in drained["reason"]
+    reported = wait_until(
+        lambda: [g for g in rig.coordinator.latest()["gpus"] if not g["healthy"]],
+        5,
+        "the quarantine reported",
+    )
+    assert [(g["index"], g["fault"]) for g in reported] == [
+        (0, "XID 79: GPU has fallen off the bus")
+    ]
+
+    second = rig.start_engine("sim-gpu-b", runtime="vllm")
+    assert second["gpu_ids"] == [1]  # not GPU 0, although it has the most free memory
+    rig.wait_state(second["id"], "READY", 20)
+    named = rig.http.post(
+        "/v1/engines",
+        json={"model": "sim-gpu-c", "runtime": "vllm", "gpu_ids": [0]},
+        headers=AUTH,
+    )
+    assert named.status_code == 409, named.text
+    assert "GPU 0 is quarantined" in named.json()["error"]["message"]
+
+    # The quarantine outlives the agent.
+    assert rig.agent is not None
+    rig.agent.kill()
+    rig.agent.wait(timeout=5)
+    rig.start("asyncio", **env)
+    healthy = [g["healthy"] for g in rig.http.get("/v1/gpus").json()["gpus"]]
+    assert healthy == [False, True]
+    assert rig.engine(second["id"])["state"] == "READY"
+
+    cleared = rig.http.post("/v1/gpus/0/clear", headers=AUTH)
+    assert cleared.status_code == 200, cleared.text
+    assert cleared.json()["healthy"] is True
+    third = rig.start_engine("sim-gpu-c", runtime="vllm", gpu_ids=[0])
+    rig.wait_state(third["id"], "READY", 20)
+    for engine in (second, third):
+        assert rig.http.delete(f"/v1/engines/{engine['id']}", headers=AUTH).status_code == 200
+
+
 def test_engine_that_never_becomes_ready_is_capped(rig: AgentRig) -> None:
     rig.start("asyncio", SAGE_AGENT_RESTART_MAX="1")
     slow = rig.start_engine("sim-slow", startup_timeout_s=1.5, simulator={"startup_delay_s": 60})

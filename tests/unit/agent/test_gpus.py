@@ -76,3 +76,18 @@ def test_simulated_needs_no_gpu() -> None:
     assert assign_gpus(spec(runtime=Runtime.SIMULATED, gpu_ids=[1]), gpus(1, 1), []) == (1,)
     with pytest.raises(NoFreeGpuError):
         assign_gpus(spec(runtime=Runtime.SIMULATED, gpu_ids=[3]), gpus(1), [])
+
+
+def test_quarantined_gpus_take_no_engine_and_say_why() -> None:
+    found = gpus(80, 40, 30)
+    found[0].healthy, found[0].fault = False, "XID 79: GPU has fallen off the bus"
+    # The quarantined GPU has the most free memory, and still it is skipped.
+    assert assign_gpus(spec(), found, []) == (1,)
+    assert assign_gpus(spec(tensor_parallel_size=2), found, []) == (1, 2)
+    with pytest.raises(NoFreeGpuError, match="only 2 of 3 can take it") as auto:
+        assign_gpus(spec(tensor_parallel_size=3), found, [])
+    assert "GPU 0 is quarantined (XID 79: GPU has fallen off the bus)" in str(auto.value)
+    with pytest.raises(NoFreeGpuError, match=r"GPU 0 is quarantined \(XID 79") as named:
+        assign_gpus(spec(gpu_ids=[0]), found, [])
+    assert "sage llm gpu clear" in str(named.value)
+    assert assign_gpus(spec(gpu_ids=[2]), found, []) == (2,)

@@ -8,7 +8,10 @@ import pytest
 @pytest.mark.parametrize(
     ("module", "names"),
     [
-        ("sage.unified.agent.telemetry", {"GpuReader", "parse_engine_load", "read_host_metrics"}),
+        (
+            "sage.unified.agent.telemetry",
+            {"GpuFaultWatcher", "GpuReader", "parse_engine_load", "read_host_metrics"},
+        ),
         (
             "sage.unified.agent.errors",
             {
@@ -19,6 +22,7 @@ import pytest
                 "NoFreeGpuError",
                 "RuntimeUnavailableError",
                 "EngineNotFoundError",
+                "GpuNotFoundError",
                 "LaunchError",
             },
         ),

@@ -101,3 +101,24 @@ def test_vllm_goes_to_an_agent_with_a_cpu_build_only_when_no_gpu_host_fits() -> 
     # SGLang still needs GPUs there.
     with pytest.raises(PlacementError, match="no GPUs"):
         place(EngineSpec(model="m", runtime=Runtime.SGLANG), [cpu_agent])
+
+
+def sick(index: int, free_gib: float, fault: str = "XID 79: GPU has fallen off the bus") -> GpuInfo:
+    info = gpu(index, free_gib)
+    info.healthy, info.fault = False, fault
+    return info
+
+
+def test_quarantined_gpus_are_skipped_and_named_in_the_reason() -> None:
+    spec = EngineSpec(model="m", gpu_memory_utilization=0.5)
+    # "a" has the most free memory, all of it on a quarantined GPU: "b" wins.
+    chosen = place(spec, [cand("a", sick(0, 80), gpu(1, 41)), cand("b", gpu(0, 60))])
+    assert chosen.agent_id == "b"
+    assert place(spec, [cand("a", sick(0, 80), gpu(1, 41))]).agent_id == "a"  # on GPU 1
+    with pytest.raises(PlacementError) as auto:
+        place(spec, [cand("a", sick(0, 80))])
+    assert "0 of 1 GPUs" in str(auto.value)
+    assert "GPU 0 is quarantined: XID 79: GPU has fallen off the bus" in str(auto.value)
+    named = EngineSpec(model="m", gpu_ids=[0], gpu_memory_utilization=0.5)
+    with pytest.raises(PlacementError, match=r"a: GPU 0 is quarantined \(XID 79"):
+        place(named, [cand("a", sick(0, 80), gpu(1, 80))])
