@@ -42,6 +42,7 @@ import anyio.to_thread
 import httpx
 
 from sage.unified.agent.allowlist import model_allowed, outside_model_roots
+from sage.unified.agent.engine_setup import EngineSlot, build_supervisor
 from sage.unified.agent.errors import (
     EngineNotFoundError,
     GpuNotFoundError,
@@ -52,15 +53,19 @@ from sage.unified.agent.gpu_health import GpuHealth
 from sage.unified.agent.gpus import GpuClaim, assign_gpus
 from sage.unified.agent.launcher import ProcessRecord, adopt, launch
 from sage.unified.agent.logfiles import engine_log_path, rotate_if_needed, tail
-from sage.unified.agent.portowner import port_taken_by_another
 from sage.unified.agent.ports import PortAllocator
-from sage.unified.agent.probes import HttpEngineProbe
+from sage.unified.agent.reconcile import (
+    STOPPED_KEEP_COUNT,
+    STOPPED_KEEP_S,
+    engine_record,
+    prune_records,
+    resumed_state,
+)
 from sage.unified.agent.reporter import Reporter
-from sage.unified.agent.restart_policy import RestartPolicy
 from sage.unified.agent.runtimes import LaunchPlan, build_launch_plan
 from sage.unified.agent.settings import AgentSettings
-from sage.unified.agent.statefile import AgentState, EngineRecord, StateFile, StateFileError
-from sage.unified.agent.supervisor import EngineSupervisor, ProcessHandle, SupervisorTiming
+from sage.unified.agent.statefile import AgentState, StateFile, StateFileError
+from sage.unified.agent.supervisor import EngineSupervisor, ProcessHandle
 from sage.unified.agent.telemetry import GpuReader, read_host_metrics
 from sage.unified.agent.telemetry.gpu_faults import GpuFaultWatcher
 from sage.unified.sdk.client import AsyncGatewayManagementClient, async_http_pool
@@ -79,10 +84,6 @@ __all__ = ["STOPPED_KEEP_COUNT", "STOPPED_KEEP_S", "Agent", "engine_id_for"]
 
 log = logging.getLogger(__name__)
 
-STOPPED_KEEP_S = 600.0
-"""STOPPED engines stay listed this long for operators, then are forgotten."""
-STOPPED_KEEP_COUNT = 50
-"""At most this many STOPPED engines are kept."""
 _LIVENESS_TICK_S = 1.0
 _REPORT_TIMEOUT_S = 5.0
 _ADOPT_PROBE_WAIT_S = 5.0
@@ -472,68 +473,19 @@ class Agent:
         restarts: int = 0,
         created_at: float | None = None,
     ) -> EngineSupervisor:
-        s = self.settings
-        plan = build_launch_plan(
-            spec,
-            host=s.engine_bind_host,
-            port=port,
-            gpu_ids=gpu_ids,
-            config=s.runtime_config(),
-            drain_timeout_s=spec.drain_timeout_s,
-        )
-        probe_host = (
-            s.engine_bind_host if s.engine_bind_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        )
-        probe_host = f"[{probe_host}]" if ":" in probe_host else probe_host
-        assert self._client is not None
-        probe = HttpEngineProbe(
-            self._client,
-            f"http://{probe_host}:{port}",
-            spec.name,
-            timeout_s=s.probe_timeout_s,
-            health_path=plan.health_path,
-            models_path=plan.models_path,
-            metrics_path=plan.metrics_path,
-            metrics_flavor=plan.metrics_flavor,
-            clock=self.clock,
-        )
-        log_path = engine_log_path(s.log_dir, engine_id)
-
         async def relaunch(_incarnation: int) -> ProcessHandle:
             # Checked again: a symlink under a root may have been turned elsewhere since.
             await self._check_model(spec)
             return await self._launch_process(engine_id, spec, port, gpu_ids)
 
-        async def log_tail(n: int) -> list[str]:
-            return await anyio.to_thread.run_sync(tail, log_path, n)
-
-        return EngineSupervisor(
-            engine_id=engine_id,
-            spec=spec,
-            host=s.advertise_host,
-            port=port,
-            gpu_ids=gpu_ids,
-            launch=relaunch,
-            probe=probe,
-            policy=RestartPolicy(
-                initial_s=s.restart_backoff_initial_s,
-                max_s=s.restart_backoff_max_s,
-                max_restarts=s.restart_max,
-                window_s=s.restart_window_s,
-            ),
+        assert self._client is not None
+        return build_supervisor(
+            self.settings,
+            EngineSlot(engine_id, spec, port, gpu_ids),
+            client=self._client,
             clock=self.clock,
-            timing=SupervisorTiming(
-                probe_interval_s=s.probe_interval_s,
-                probe_timeout_s=s.probe_timeout_s,
-                probe_failures=s.probe_failures,
-                stop_grace_s=s.stop_grace_s,
-                drain_propagation_s=s.drain_propagation_s,
-                default_drain_timeout_s=s.default_drain_timeout_s,
-                restart_window_s=s.restart_window_s,
-            ),
+            launch=relaunch,
             on_change=self._changed,
-            log_tail=log_tail,
-            port_taken_by_another=_port_taken_by_another,
             restart_gate=lambda: self.gpu_health.restart_held(gpu_ids),
             process=process,
             state=state,
@@ -541,7 +493,6 @@ class Agent:
             incarnation=incarnation,
             restarts=restarts,
             created_at=created_at,
-            agent_id=s.agent_id,
         )
 
     def _gpu_fault(self, index: int, reason: str) -> None:
@@ -581,7 +532,7 @@ class Agent:
     async def _reconcile(self, state: AgentState) -> None:
         adopted: list[EngineSupervisor] = []
         now = self.clock.time()
-        for rec in self._prune_records(state.engines, now):
+        for rec in prune_records(state.engines, now):
             if rec.engine_id in self._supervisors:
                 continue  # a duplicate line must not produce a duplicate engine
             process: ProcessHandle | None = None
@@ -596,24 +547,7 @@ class Agent:
                         pid=rec.pid, create_time=rec.pid_create_time, pgid=rec.pgid or rec.pid
                     ),
                 )
-            if rec.state is EngineState.STOPPED:
-                state_, reason = EngineState.STOPPED, rec.reason
-            elif process is not None:
-                # Alive: resume probing; a healthy engine is READY after one probe.
-                state_ = (
-                    rec.state
-                    if rec.state in (EngineState.DRAINING, EngineState.ERROR)
-                    else EngineState.STARTING
-                )
-                reason = f"adopted after agent restart (pid {rec.pid})"
-            elif rec.state is EngineState.DRAINING:
-                state_, reason = (
-                    EngineState.STOPPED,
-                    "process gone while the agent was down (was draining)",
-                )
-            else:
-                state_ = EngineState.ERROR
-                reason = f"process gone while the agent was down (was {rec.state.value})"
+            state_, reason = resumed_state(rec, alive=process is not None)
             sup = self._make_supervisor(
                 engine_id=rec.engine_id,
                 spec=rec.spec,
@@ -648,17 +582,6 @@ class Agent:
                 await sup.first_round_done.wait()
         await self._save_state()
 
-    def _prune_records(self, records: list[EngineRecord], now: float) -> list[EngineRecord]:
-        stopped = [r for r in records if r.state is EngineState.STOPPED]
-        keep = {
-            id(r)
-            for r in sorted(stopped, key=lambda r: r.state_changed_at, reverse=True)[
-                :STOPPED_KEEP_COUNT
-            ]
-            if now - r.state_changed_at < STOPPED_KEEP_S
-        }
-        return [r for r in records if r.state is not EngineState.STOPPED or id(r) in keep]
-
     def _forget_old_stopped(self) -> None:
         now = self.clock.time()
         stopped = sorted(
@@ -674,30 +597,10 @@ class Agent:
                 self._dirty.set()
 
     def _snapshot_state(self) -> AgentState:
-        records = []
-        for sup in self._supervisors.values():
-            proc = sup.process
-            records.append(
-                EngineRecord(
-                    engine_id=sup.engine_id,
-                    spec=sup.spec,
-                    port=sup.port,
-                    gpu_ids=list(sup.gpu_ids),
-                    incarnation=sup.incarnation,
-                    created_at=sup.created_at,
-                    restarts=sup.restarts,
-                    state=sup.state,
-                    reason=sup.reason,
-                    state_changed_at=sup.state_changed_at,
-                    pid=proc.record.pid if proc is not None else None,
-                    pid_create_time=proc.record.create_time if proc is not None else None,
-                    pgid=proc.record.pgid if proc is not None else None,
-                )
-            )
         return AgentState(
             agent_id=self.settings.agent_id,
             saved_at=self.clock.time(),
-            engines=records,
+            engines=[engine_record(sup) for sup in self._supervisors.values()],
             gpu_health=self.gpu_health.records(),
         )
 
@@ -754,8 +657,3 @@ class Agent:
                 await self._refresh_telemetry()
             await self._rotate_logs()
             self._forget_old_stopped()
-
-
-async def _port_taken_by_another(pid: int, port: int) -> str | None:
-    # psutil lists every socket of the host: off the event loop.
-    return await anyio.to_thread.run_sync(port_taken_by_another, pid, port)
