@@ -15,9 +15,14 @@ def simulate(
     served_model_name: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8000,
-    kind: Literal["llm", "embedding"] = "llm",
+    kind: Literal["llm", "embedding", "classify", "rerank", "transcription"] = "llm",
     max_num_seqs: int = 256,
     max_model_len: int = 4096,
+    kv_blocks: int = 2000,
+    block_size: int = 16,
+    prefill_tokens_per_s: float = 0.0,
+    enable_prompt_tokens_details: bool = False,
+    kv_events_config: str | None = None,
     ttft_ms: float = 0.0,
     itl_ms: float = 0.0,
     output_tokens: int = 16,
@@ -45,17 +50,29 @@ def simulate(
     port
         Port to listen on.
     kind
-        ``llm`` (chat and completions) or ``embedding``.
+        Which endpoints it serves, as vLLM by model task: ``llm`` (chat, completions,
+        responses), ``embedding`` (embeddings, pooling, score, rerank), ``classify``,
+        ``rerank`` (a cross-encoder) or ``transcription``.
     max_num_seqs
         Requests running at once; the rest wait in a queue, as in vLLM.
     max_model_len
-        Context length reported by /v1/models.
+        Context length in tokens (reported by /v1/models).
+    kv_blocks
+        KV cache blocks; unreferenced cached blocks are evicted least recently used first.
+    block_size
+        Tokens per KV cache block; only full blocks are cached and shared.
+    prefill_tokens_per_s
+        Prefill speed for uncached prompt tokens, one request at a time (0: free).
+    enable_prompt_tokens_details
+        Report usage.prompt_tokens_details.cached_tokens, as vLLM's flag of that name.
+    kv_events_config
+        vLLM's KV events JSON: publish BlockStored/BlockRemoved/AllBlocksCleared on ZMQ.
     ttft_ms
         Time to first token in milliseconds.
     itl_ms
         Time between tokens in milliseconds.
     output_tokens
-        Tokens generated per request (a request's max_tokens lowers it).
+        Natural answer length in tokens (max_tokens lowers it; ignore_eos overrides it).
     startup_delay_s
         Seconds before the port opens, like a model loading.
     embedding_dim
@@ -73,7 +90,7 @@ def simulate(
     unhealthy
         Start with /health answering 503 while the API keeps serving.
     enable_control
-        Serve /sim/config, /sim/stats and /sim/crash to change behaviour at run time.
+        Serve /sim/config, /sim/stats, /sim/crash and /reset_prefix_cache at run time.
     seed
         Seed of the generated text.
     """
@@ -88,6 +105,11 @@ def simulate(
             kind=kind,
             max_num_seqs=max_num_seqs,
             max_model_len=max_model_len,
+            kv_blocks=kv_blocks,
+            block_size=block_size,
+            prefill_tokens_per_s=prefill_tokens_per_s,
+            enable_prompt_tokens_details=enable_prompt_tokens_details,
+            kv_events_config=kv_events_config,
             ttft_ms=ttft_ms,
             itl_ms=itl_ms,
             output_tokens=output_tokens,

@@ -1,4 +1,24 @@
-"""Command-line configuration of the simulator (pure: argparse only)."""
+"""Command-line configuration of the simulator (pure: argparse only).
+
+``--kind`` decides which endpoints the engine serves, as vLLM registers routes by
+the model's supported tasks (every kind serves /tokenize, /detokenize, /v1/models,
+/health, /metrics and the rest of the plain endpoints):
+
+==============  =================================================================
+kind            endpoints
+==============  =================================================================
+llm             /v1/chat/completions, /v1/completions, /v1/responses
+embedding       /v1/embeddings, /pooling, /score, /v1/score, /rerank, /v1/rerank,
+                /v2/rerank (a bi-encoder scores by cosine)
+classify        /classify, /pooling
+rerank          /classify, /pooling, /score, /v1/score, /rerank, /v1/rerank,
+                /v2/rerank (a cross-encoder: one label)
+transcription   /v1/audio/transcriptions and the llm endpoints (as Whisper)
+==============  =================================================================
+
+Any other inference path answers 404 ``{"detail": "Not Found"}``, vLLM's answer
+for a route it did not register.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +26,11 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["SimulatorConfig", "build_parser", "parse_args"]
+from sage.unified.agent.simulator._kv_events import KVEventsConfig, parse_kv_events_config
+
+__all__ = ["KINDS", "SimulatorConfig", "build_parser", "parse_args"]
+
+KINDS: tuple[str, ...] = ("llm", "embedding", "classify", "rerank", "transcription")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,6 +48,11 @@ class SimulatorConfig:
     kind: str = "llm"
     max_num_seqs: int = 256
     max_model_len: int = 4096
+    kv_blocks: int = 2000
+    block_size: int = 16
+    prefill_tokens_per_s: float = 0.0
+    enable_prompt_tokens_details: bool = False
+    kv_events_config: str | None = None
     ttft_ms: float = 0.0
     itl_ms: float = 0.0
     output_tokens: int = 16
@@ -41,14 +70,35 @@ class SimulatorConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in ("llm", "embedding"):
-            raise ValueError(f"kind must be 'llm' or 'embedding', not {self.kind!r}")
-        for name in ("max_num_seqs", "max_model_len", "output_tokens", "embedding_dim"):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
+        for name in (
+            "max_num_seqs",
+            "max_model_len",
+            "output_tokens",
+            "embedding_dim",
+            "kv_blocks",
+            "block_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        for name in ("ttft_ms", "itl_ms", "startup_delay_s", "shutdown_timeout"):
+        for name in (
+            "ttft_ms",
+            "itl_ms",
+            "startup_delay_s",
+            "shutdown_timeout",
+            "prefill_tokens_per_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.kv_blocks * self.block_size < self.max_model_len:
+            # vLLM refuses to start when one max_model_len sequence cannot fit either.
+            raise ValueError(
+                f"the KV cache ({self.kv_blocks} blocks of {self.block_size} tokens) "
+                f"cannot hold one sequence of max_model_len={self.max_model_len} tokens"
+            )
+        if self.kv_events_config is not None:
+            parse_kv_events_config(self.kv_events_config)
         if self.keep_alive_timeout <= 0:
             raise ValueError("keep_alive_timeout must be > 0")
         for name in ("failure_rate", "hang_rate"):
@@ -64,6 +114,13 @@ class SimulatorConfig:
         """The model name clients must send (``served_model_name`` or ``model``)."""
         return self.served_model_name or self.model
 
+    @property
+    def kv_events(self) -> KVEventsConfig | None:
+        """The parsed ``--kv-events-config``, if given."""
+        if self.kv_events_config is None:
+            return None
+        return parse_kv_events_config(self.kv_events_config)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser behind :func:`parse_args` (flags as vLLM spells them)."""
@@ -75,15 +132,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--kind", choices=("llm", "embedding"), default="llm")
+    p.add_argument("--kind", choices=KINDS, default="llm", help="which endpoints it serves")
     p.add_argument(
         "--max-num-seqs", type=int, default=256, help="running cap; the rest wait (FIFO)"
     )
-    p.add_argument("--max-model-len", type=int, default=4096, help="reported by /v1/models")
+    p.add_argument("--max-model-len", type=int, default=4096, help="context length (tokens)")
+    p.add_argument("--kv-blocks", type=int, default=2000, help="KV cache blocks")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument(
+        "--prefill-tokens-per-s",
+        type=float,
+        default=0.0,
+        help="prefill speed for uncached prompt tokens; 0 = prefill is free",
+    )
+    p.add_argument(
+        "--enable-prompt-tokens-details",
+        action="store_true",
+        help="report usage.prompt_tokens_details.cached_tokens (as vLLM's flag)",
+    )
+    p.add_argument(
+        "--kv-events-config",
+        default=None,
+        help="vLLM's KV events JSON; publishes BlockStored/BlockRemoved over ZMQ",
+    )
     p.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     p.add_argument("--itl-ms", type=float, default=0.0, help="inter-token latency")
     p.add_argument(
-        "--output-tokens", type=int, default=16, help="tokens per choice (max_tokens lowers it)"
+        "--output-tokens",
+        type=int,
+        default=16,
+        help="natural answer length in tokens (max_tokens lowers it, ignore_eos overrides it)",
     )
     p.add_argument("--startup-delay-s", type=float, default=0.0, help="port stays closed this long")
     p.add_argument("--embedding-dim", type=int, default=384)
@@ -103,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hang-rate", type=float, default=0.0, help="fraction that never answer")
     p.add_argument("--unhealthy", action="store_true", help="/health answers 503, the API stays up")
     p.add_argument(
-        "--enable-control", action="store_true", help="serve /sim/config, /sim/stats, /sim/crash"
+        "--enable-control",
+        action="store_true",
+        help="serve /sim/config, /sim/stats, /sim/crash, /reset_prefix_cache",
     )
     p.add_argument("--ignore-sigterm", action="store_true")
     p.add_argument(

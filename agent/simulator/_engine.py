@@ -1,23 +1,27 @@
 """The simulated engine: run-time settings, the running/waiting scheduler, counters.
 
 Asyncio only (the simulator is a standalone asyncio process). The scheduler admits
-at most ``max_num_seqs`` requests at once; the rest wait in FIFO order, which is
-what ``vllm:num_requests_waiting`` reports.
+a request when fewer than ``max_num_seqs`` run *and* the KV cache has the blocks
+its sequences need; the rest wait in FIFO order (the head waits for blocks even if
+a later, smaller request would fit, as vLLM's FCFS policy does). That queue is what
+``vllm:num_requests_waiting`` reports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
+import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sage.unified.agent.simulator._config import SimulatorConfig
 from sage.unified.agent.simulator._errors import BadRequestError
+from sage.unified.agent.simulator._kvcache import PrefixCache, SequenceBlocks
 
-__all__ = ["RuntimeSettings", "Scheduler", "SimStats"]
+__all__ = ["KVNeeds", "RuntimeSettings", "Scheduler", "SimStats", "sleep_until"]
 
 
 @dataclass(slots=True)
@@ -27,6 +31,7 @@ class RuntimeSettings:
     ttft_ms: float
     itl_ms: float
     output_tokens: int
+    prefill_tokens_per_s: float
     failure_rate: float
     hang_rate: float
     crash_after: int | None
@@ -39,6 +44,7 @@ class RuntimeSettings:
             ttft_ms=config.ttft_ms,
             itl_ms=config.itl_ms,
             output_tokens=config.output_tokens,
+            prefill_tokens_per_s=config.prefill_tokens_per_s,
             failure_rate=config.failure_rate,
             hang_rate=config.hang_rate,
             crash_after=config.crash_after,
@@ -63,7 +69,12 @@ class RuntimeSettings:
     @property
     def instant(self) -> bool:
         """Whether requests finish without waiting (no latency, no hangs)."""
-        return self.ttft_ms <= 0 and self.itl_ms <= 0 and self.hang_rate <= 0
+        return (
+            self.ttft_ms <= 0
+            and self.itl_ms <= 0
+            and self.hang_rate <= 0
+            and self.prefill_tokens_per_s <= 0
+        )
 
 
 def _check(key: str, value: Any) -> Any:
@@ -101,59 +112,97 @@ class SimStats:
     per_endpoint: dict[str, int] = field(default_factory=dict)
 
 
+KVNeeds = Sequence[tuple[Sequence[int], int]]
+"""Per sequence of a request: its prompt token ids and the tokens it may reach."""
+
+
 class Scheduler:
-    """At most ``max_num_seqs`` running requests; the rest wait in FIFO order.
+    """At most ``max_num_seqs`` running requests, each with its KV blocks; FIFO waiting.
 
     ``running`` and ``waiting`` are exact at every moment: a waiter that is cancelled
-    (client gone) leaves the queue at once, and a slot handed to a waiter that was
-    cancelled before it resumed is released again.
+    (client gone) leaves the queue at once, and a request admitted for a waiter that
+    was cancelled before it resumed is finished again.
+
+    Args:
+        max_num_seqs: the running cap.
+        cache: the engine's KV cache; requests without sequences (pooling) need none.
     """
 
-    def __init__(self, max_num_seqs: int, rng: random.Random | None = None) -> None:
+    def __init__(self, max_num_seqs: int, cache: PrefixCache) -> None:
         self.max_num_seqs = max_num_seqs
+        self.cache = cache
         self.running = 0
-        self._waiting: deque[asyncio.Future[None]] = deque()
-        self.rng = rng or random.Random()
+        self._waiting: deque[tuple[asyncio.Future[list[SequenceBlocks]], KVNeeds]] = deque()
 
     @property
     def waiting(self) -> int:
-        """Requests queued for a running slot."""
+        """Requests queued for admission."""
         return len(self._waiting)
 
-    def try_acquire(self) -> bool:
-        """Take a slot without waiting; ``False`` when full or others are queued (FIFO)."""
-        if self.running < self.max_num_seqs and not self._waiting:
-            self.running += 1
-            return True
-        return False
+    def fits_ever(self, needs: KVNeeds) -> bool:
+        """Whether ``needs`` could be admitted into an empty cache."""
+        cache = self.cache
+        return sum(cache.blocks_for(total) for _, total in needs) <= cache.num_blocks
 
-    async def acquire(self) -> None:
-        """Wait for a running slot (FIFO).
+    def try_admit(self, needs: KVNeeds) -> list[SequenceBlocks] | None:
+        """Admit now, or ``None`` when full, short of blocks or others are queued (FIFO)."""
+        if self.running < self.max_num_seqs and not self._waiting and self.cache.can_admit(needs):
+            return self._admit(needs)
+        return None
 
-        Cancellation: the request leaves the queue (or gives back a slot it was just
-        handed) before ``CancelledError`` propagates.
+    async def admit(self, needs: KVNeeds) -> list[SequenceBlocks]:
+        """Wait for admission (FIFO); returns the sequences' blocks.
+
+        Call :meth:`fits_ever` first: a request that can never fit would block the queue.
+
+        Cancellation: the request leaves the queue (or gives back what it was just
+        admitted with) before ``CancelledError`` propagates.
         """
-        if self.try_acquire():
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(fut)
+        admitted = self.try_admit(needs)
+        if admitted is not None:
+            return admitted
+        fut: asyncio.Future[list[SequenceBlocks]] = asyncio.get_running_loop().create_future()
+        entry = (fut, needs)
+        self._waiting.append(entry)
         try:
-            await fut
+            return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self.release()
+                self.finish(fut.result(), None)
             else:
                 fut.cancel()
-                # release() may already have popped it (it skips cancelled futures).
+                # _pump() may already have popped it (it skips cancelled futures).
                 with contextlib.suppress(ValueError):
-                    self._waiting.remove(fut)
+                    self._waiting.remove(entry)
             raise
 
-    def release(self) -> None:
-        """Give back a slot; the oldest waiter gets it."""
+    def finish(self, seqs: list[SequenceBlocks], tokens: Sequence[Sequence[int]] | None) -> None:
+        """Cache the sequences' final ``tokens`` (``None``: nothing new), free their blocks
+        and give the slot to the oldest waiters that fit."""
+        for index, seq in enumerate(seqs):
+            self.cache.release(seq, tokens[index] if tokens is not None else ())
         self.running -= 1
-        while self._waiting and self.running < self.max_num_seqs:
-            fut = self._waiting.popleft()
-            if not fut.done():
-                self.running += 1
-                fut.set_result(None)
+        self._pump()
+
+    def _admit(self, needs: KVNeeds) -> list[SequenceBlocks]:
+        self.running += 1
+        return [self.cache.admit(prompt, total) for prompt, total in needs]
+
+    def _pump(self) -> None:
+        waiting = self._waiting
+        while waiting and self.running < self.max_num_seqs:
+            fut, needs = waiting[0]
+            if fut.done():
+                waiting.popleft()
+                continue
+            if not self.cache.can_admit(needs):
+                break
+            waiting.popleft()
+            fut.set_result(self._admit(needs))
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline`` (at once if it has)."""
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)

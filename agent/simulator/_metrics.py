@@ -22,6 +22,16 @@ E2E_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 FINISHED_REASONS: tuple[str, ...] = ("stop", "length", "abort")
 
+_RUNNING = "Number of requests in model execution batches."
+_WAITING = "Number of requests waiting to be processed."
+_USAGE = "KV-cache usage. 1 means 100 percent usage."
+_GPU_USAGE = "GPU KV-cache usage. 1 means 100 percent usage (deprecated name)."
+_QUERIES = "Prefix cache queries, in terms of number of queried tokens."
+_HITS = "Prefix cache hits, in terms of number of cached tokens."
+_PREEMPTIONS = "Cumulative number of preemption from the engine."
+_PROMPT = "Number of prefill tokens processed."
+_GENERATION = "Number of generation tokens processed."
+
 
 def _fmt(value: float) -> str:
     return repr(float(value))
@@ -63,8 +73,9 @@ class Histogram:
 class EngineMetrics:
     """Counters and histograms of one simulated engine.
 
-    The gauges (running, waiting, cache usage) are not stored here; they are passed
-    to :meth:`render` from the scheduler, so they can never drift.
+    The gauges (running, waiting, cache usage) and the prefix cache counters are not
+    stored here; they are passed to :meth:`render` from the scheduler and the cache,
+    so they can never drift.
     """
 
     def __init__(self, model_name: str) -> None:
@@ -93,10 +104,23 @@ class EngineMetrics:
         self.ttft.observe(ttft_s)
         self.e2e.observe(e2e_s)
 
-    def render(self, *, running: int, waiting: int, max_num_seqs: int) -> bytes:
-        """Prometheus text exposition (format 0.0.4) of every series."""
+    def render(
+        self,
+        *,
+        running: int,
+        waiting: int,
+        kv_cache_usage: float,
+        prefix_cache_queries: int,
+        prefix_cache_hits: int,
+        num_gpu_blocks: int,
+        block_size: int,
+    ) -> bytes:
+        """Prometheus text exposition (format 0.0.4) of every series.
+
+        The prefix cache counters are in tokens, as vLLM counts them; like every
+        counter here they carry prometheus_client's ``_total`` suffix.
+        """
         lab = self.labels
-        usage = min(1.0, running / max_num_seqs) if max_num_seqs else 0.0
         out: list[str] = []
 
         def series(name: str, kind: str, help_: str, samples: list[str]) -> None:
@@ -104,47 +128,26 @@ class EngineMetrics:
             out.append(f"# TYPE {name} {kind}")
             out.extend(samples)
 
+        for name, kind, help_, value in (
+            ("vllm:num_requests_running", "gauge", _RUNNING, running),
+            ("vllm:num_requests_waiting", "gauge", _WAITING, waiting),
+            ("vllm:kv_cache_usage_perc", "gauge", _USAGE, kv_cache_usage),
+            ("vllm:gpu_cache_usage_perc", "gauge", _GPU_USAGE, kv_cache_usage),
+            ("vllm:prefix_cache_queries_total", "counter", _QUERIES, prefix_cache_queries),
+            ("vllm:prefix_cache_hits_total", "counter", _HITS, prefix_cache_hits),
+            ("vllm:num_preemptions_total", "counter", _PREEMPTIONS, self.preemptions),
+            ("vllm:prompt_tokens_total", "counter", _PROMPT, self.prompt_tokens),
+            ("vllm:generation_tokens_total", "counter", _GENERATION, self.generation_tokens),
+        ):
+            series(name, kind, help_, [f"{name}{{{lab}}} {_fmt(value)}"])
         series(
-            "vllm:num_requests_running",
+            "vllm:cache_config_info",
             "gauge",
-            "Number of requests in model execution batches.",
-            [f"vllm:num_requests_running{{{lab}}} {_fmt(running)}"],
-        )
-        series(
-            "vllm:num_requests_waiting",
-            "gauge",
-            "Number of requests waiting to be processed.",
-            [f"vllm:num_requests_waiting{{{lab}}} {_fmt(waiting)}"],
-        )
-        series(
-            "vllm:kv_cache_usage_perc",
-            "gauge",
-            "KV-cache usage. 1 means 100 percent usage.",
-            [f"vllm:kv_cache_usage_perc{{{lab}}} {_fmt(usage)}"],
-        )
-        series(
-            "vllm:gpu_cache_usage_perc",
-            "gauge",
-            "GPU KV-cache usage. 1 means 100 percent usage (deprecated name).",
-            [f"vllm:gpu_cache_usage_perc{{{lab}}} {_fmt(usage)}"],
-        )
-        series(
-            "vllm:num_preemptions_total",
-            "counter",
-            "Cumulative number of preemption from the engine.",
-            [f"vllm:num_preemptions_total{{{lab}}} {_fmt(self.preemptions)}"],
-        )
-        series(
-            "vllm:prompt_tokens_total",
-            "counter",
-            "Number of prefill tokens processed.",
-            [f"vllm:prompt_tokens_total{{{lab}}} {_fmt(self.prompt_tokens)}"],
-        )
-        series(
-            "vllm:generation_tokens_total",
-            "counter",
-            "Number of generation tokens processed.",
-            [f"vllm:generation_tokens_total{{{lab}}} {_fmt(self.generation_tokens)}"],
+            "Information of the LLMEngine CacheConfig",
+            [
+                f'vllm:cache_config_info{{block_size="{block_size}",enable_prefix_caching="True",'
+                f'engine="0",num_gpu_blocks="{num_gpu_blocks}"}} 1.0'
+            ],
         )
         series(
             "vllm:request_success_total",

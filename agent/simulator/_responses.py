@@ -1,35 +1,52 @@
-"""Response bodies shaped like vLLM's OpenAI server (pure: bytes in, bytes out).
+"""Response bodies of chat and completions, shaped like vLLM's (pure: bytes out).
 
-Streaming chunks are built from per-request byte templates: the JSON around the
-token is encoded once per request, each chunk only encodes its token.
+An :class:`OutputFormat` turns a :class:`GenerationPlan` into a whole JSON body or
+into SSE events step by step; the server frames them. Streaming chunks are built
+from per-request byte templates: the JSON around the token is encoded once per
+request, each chunk only encodes its token.
+
+``usage.prompt_tokens_details`` is ``{"cached_tokens": N}`` only when the engine runs
+with ``--enable-prompt-tokens-details`` and N > 0, as in vLLM; otherwise ``null``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
 from sage.unified.agent.simulator._errors import RequestError
-from sage.unified.agent.simulator._requests import GenerationRequest, ParsedEmbedding
-from sage.unified.agent.simulator._text import embed, embedding_base64, generate_tokens, prompt_key
+from sage.unified.agent.simulator._planning import GenerationPlan, Usage
 
 __all__ = [
     "DONE_EVENT",
-    "GenerationPlan",
-    "StreamTemplates",
-    "chat_body",
-    "completion_body",
-    "embedding_body",
+    "CompletionsFormat",
+    "OutputFormat",
     "error_body",
     "error_event",
     "error_of",
     "models_body",
-    "plan_generation",
+    "usage_object",
 ]
 
 _enc = msgspec.json.encode
 DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class OutputFormat(Protocol):
+    """How one generation request's answer is written."""
+
+    def body(self, usage: Usage) -> bytes:
+        """The non-streaming JSON body."""
+
+    def head(self) -> bytes:
+        """SSE events before the first token (may be empty)."""
+
+    def step(self, step: int) -> bytes:
+        """SSE events of decoding step ``step`` (one token per choice)."""
+
+    def tail(self, usage: Usage) -> bytes:
+        """SSE events after the last token, through the end of the stream."""
 
 
 def error_body(message: str, err_type: str, code: int, param: str | None = None) -> bytes:
@@ -83,64 +100,84 @@ def models_body(served_name: str, root: str, created: int, max_model_len: int) -
     )
 
 
-@dataclass(frozen=True, slots=True)
-class GenerationPlan:
-    """What a generation request will produce.
-
-    Attributes:
-        choices: tokens per choice, in choice-index order (prompt-major, then ``n``).
-        finish_reason: ``"length"`` when ``max_tokens`` cut the output, else ``"stop"``.
-        completion_tokens: tokens over all choices (vLLM's usage sums them).
-    """
-
-    choices: tuple[tuple[str, ...], ...]
-    finish_reason: str
-    completion_tokens: int
-
-    @property
-    def steps(self) -> int:
-        """Tokens per choice (all choices have the same length)."""
-        return len(self.choices[0]) if self.choices else 0
-
-
-def plan_generation(req: GenerationRequest, output_tokens: int, seed: int) -> GenerationPlan:
-    """Decide the tokens of every choice: ``output_tokens`` lowered by ``max_tokens``.
-
-    The output is a pure function of (prompt, choice index within the prompt, seed).
-    """
-    count = output_tokens
-    reason = "stop"
-    if req.max_tokens is not None and req.max_tokens < output_tokens:
-        count = req.max_tokens
-        reason = "length"
-    choices = tuple(
-        generate_tokens(prompt_key(prompt, seed + i), count)
-        for prompt in req.prompts
-        for i in range(req.n)
+def usage_object(usage: Usage, prompt_details: bool) -> dict[str, object]:
+    """The ``usage`` object of chat, completions and pooling answers."""
+    details = (
+        {"cached_tokens": usage.cached_tokens} if prompt_details and usage.cached_tokens else None
     )
-    return GenerationPlan(choices, reason, count * len(choices))
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, object]:
     return {
-        "prompt_tokens": prompt_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
+        "prompt_tokens": usage.prompt_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "prompt_tokens_details": details,
     }
 
 
-def chat_body(
-    rid: str, created: int, model: str, plan: GenerationPlan, prompt_tokens: int
-) -> bytes:
-    """A non-streaming ``chat.completion`` object."""
-    return _enc(
-        {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [
+class CompletionsFormat:
+    """Chat (``chat.completion``) or completions (``text_completion``) answers.
+
+    Args:
+        chat: chat rather than completions.
+        rid: the response id.
+        created: the ``created`` timestamp.
+        model: the served model name.
+        plan: the planned tokens.
+        include_usage: ``stream_options.include_usage``.
+        prompt_details: ``--enable-prompt-tokens-details``.
+    """
+
+    __slots__ = (
+        "_chat",
+        "_created",
+        "_details",
+        "_head",
+        "_include_usage",
+        "_model",
+        "_plan",
+        "_rid",
+    )
+
+    def __init__(
+        self,
+        *,
+        chat: bool,
+        rid: str,
+        created: int,
+        model: str,
+        plan: GenerationPlan,
+        include_usage: bool,
+        prompt_details: bool,
+    ) -> None:
+        self._chat = chat
+        self._rid = rid
+        self._created = created
+        self._model = model
+        self._plan = plan
+        self._include_usage = include_usage
+        self._details = prompt_details
+        self._head = b""  # built on the first streamed chunk
+
+    def _prefix(self) -> bytes:
+        head = self._head
+        if not head:
+            obj = b"chat.completion.chunk" if self._chat else b"text_completion"
+            head = self._head = (
+                b'data: {"id":'
+                + _enc(self._rid)
+                + b',"object":"'
+                + obj
+                + b'","created":%d,"model":' % self._created
+                + _enc(self._model)
+                + b',"choices":[{"index":'
+            )
+        return head
+
+    def body(self, usage: Usage) -> bytes:
+        """A non-streaming ``chat.completion`` or ``text_completion`` object."""
+        plan = self._plan
+        choices: list[dict[str, object]]
+        if self._chat:
+            choices = [
                 {
                     "index": i,
                     "message": {
@@ -155,27 +192,9 @@ def chat_body(
                     "stop_reason": None,
                 }
                 for i, tokens in enumerate(plan.choices)
-            ],
-            "service_tier": None,
-            "system_fingerprint": None,
-            "usage": _usage(prompt_tokens, plan.completion_tokens),
-            "prompt_logprobs": None,
-            "kv_transfer_params": None,
-        }
-    )
-
-
-def completion_body(
-    rid: str, created: int, model: str, plan: GenerationPlan, prompt_tokens: int
-) -> bytes:
-    """A non-streaming ``text_completion`` object."""
-    return _enc(
-        {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [
+            ]
+        else:
+            choices = [
                 {
                     "index": i,
                     "text": "".join(tokens),
@@ -185,40 +204,47 @@ def completion_body(
                     "prompt_logprobs": None,
                 }
                 for i, tokens in enumerate(plan.choices)
-            ],
+            ]
+        body: dict[str, object] = {
+            "id": self._rid,
+            "object": "chat.completion" if self._chat else "text_completion",
+            "created": self._created,
+            "model": self._model,
+            "choices": choices,
             "service_tier": None,
             "system_fingerprint": None,
-            "usage": _usage(prompt_tokens, plan.completion_tokens),
-            "kv_transfer_params": None,
+            "usage": usage_object(usage, self._details),
         }
-    )
+        if self._chat:
+            body["prompt_logprobs"] = None
+        body["kv_transfer_params"] = None
+        return _enc(body)
 
+    def head(self) -> bytes:
+        """Nothing: the chat role chunk goes with the first token."""
+        return b""
 
-class StreamTemplates:
-    """Per-request byte templates for SSE chunks of a chat or completion stream."""
+    def step(self, step: int) -> bytes:
+        """One token per choice; step 0 of a chat adds the role chunk first."""
+        plan = self._plan
+        fr = plan.finish_reason if step == plan.steps - 1 else None
+        parts: list[bytes] = []
+        for i, tokens in enumerate(plan.choices):
+            if step == 0 and self._chat:
+                parts.append(self.role(i))
+            parts.append(self.token(i, tokens[step], fr))
+        return b"".join(parts)
 
-    __slots__ = ("_chat", "_created", "_head", "_model", "_rid")
-
-    def __init__(self, *, chat: bool, rid: str, created: int, model: str) -> None:
-        self._chat = chat
-        self._rid = rid
-        self._created = created
-        self._model = model
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        self._head = (
-            b'data: {"id":'
-            + _enc(rid)
-            + b',"object":"'
-            + obj.encode()
-            + b'","created":%d,"model":' % created
-            + _enc(model)
-            + b',"choices":[{"index":'
-        )
+    def tail(self, usage: Usage) -> bytes:
+        """The optional usage chunk, then ``[DONE]``."""
+        if self._include_usage:
+            return self.usage(usage) + DONE_EVENT
+        return DONE_EVENT
 
     def role(self, index: int) -> bytes:
         """The chat stream's first chunk of a choice: ``delta`` with the role only."""
         return (
-            self._head
+            self._prefix()
             + b'%d,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
             % index
         )
@@ -228,17 +254,17 @@ class StreamTemplates:
         fr = b"null" if finish_reason is None else b'"' + finish_reason.encode() + b'"'
         if self._chat:
             return (
-                self._head
+                self._prefix()
                 + b'%d,"delta":{"content":%b},"logprobs":null,"finish_reason":%b,"stop_reason":null}]}\n\n'
                 % (index, _enc(token), fr)
             )
         return (
-            self._head
+            self._prefix()
             + b'%d,"text":%b,"logprobs":null,"finish_reason":%b,"stop_reason":null}]}\n\n'
             % (index, _enc(token), fr)
         )
 
-    def usage(self, prompt_tokens: int, completion_tokens: int) -> bytes:
+    def usage(self, usage: Usage) -> bytes:
         """The final usage chunk (``stream_options.include_usage``): no choices."""
         return (
             b"data: "
@@ -249,37 +275,8 @@ class StreamTemplates:
                     "created": self._created,
                     "model": self._model,
                     "choices": [],
-                    "usage": _usage(prompt_tokens, completion_tokens),
+                    "usage": usage_object(usage, self._details),
                 }
             )
             + b"\n\n"
         )
-
-
-def embedding_body(rid: str, created: int, model: str, req: ParsedEmbedding, dim: int) -> bytes:
-    """An embeddings ``list`` response with one unit vector per input."""
-    data: list[dict[str, object]] = []
-    for i, text in enumerate(req.inputs):
-        vector = embed(text, dim)
-        data.append(
-            {
-                "index": i,
-                "object": "embedding",
-                "embedding": embedding_base64(vector) if req.base64 else vector,
-            }
-        )
-    return _enc(
-        {
-            "id": rid,
-            "object": "list",
-            "created": created,
-            "model": model,
-            "data": data,
-            "usage": {
-                "prompt_tokens": req.prompt_tokens,
-                "total_tokens": req.prompt_tokens,
-                "completion_tokens": 0,
-                "prompt_tokens_details": None,
-            },
-        }
-    )

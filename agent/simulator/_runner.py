@@ -18,8 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
+import zmq
+
 from sage.unified.agent.simulator._config import SimulatorConfig, parse_args
-from sage.unified.agent.simulator._server import Connection, Simulator
+from sage.unified.agent.simulator._connection import Connection
+from sage.unified.agent.simulator._kv_publisher import KVEventPublisher
+from sage.unified.agent.simulator._server import Simulator
 
 __all__ = ["main", "run"]
 
@@ -111,7 +115,30 @@ async def _serve(config: SimulatorConfig, child: _Child) -> int:
         child.kill_now()
         os._exit(1)
 
-    sim = Simulator(config, on_crash=crash)
+    publisher: KVEventPublisher | None = None
+    events = config.kv_events
+    if events is not None and events.publishes:
+        try:
+            publisher = KVEventPublisher(events)
+        except zmq.ZMQError as exc:
+            _log(f"kv events: cannot open {events.endpoint!r}: {exc}")
+            return 1
+        _log(f"kv events: publishing on {events.endpoint!r} topic {events.topic!r}")
+    try:
+        return await _serve_http(config, crash, publisher, stop)
+    finally:
+        if publisher is not None:
+            publisher.close()
+
+
+async def _serve_http(
+    config: SimulatorConfig,
+    crash: Callable[[], None],
+    publisher: KVEventPublisher | None,
+    stop: asyncio.Event,
+) -> int:
+    loop = asyncio.get_running_loop()
+    sim = Simulator(config, on_crash=crash, publisher=publisher)
     server = await loop.create_server(
         lambda: Connection(sim), config.host, config.port, backlog=4096, reuse_address=True
     )
@@ -152,8 +179,9 @@ def run(config: SimulatorConfig) -> int:
     it from the main thread of a process of its own.
 
     Returns:
-        The exit code: 0 after a clean shutdown. ``--crash-after`` and
-        ``POST /sim/crash`` end the process with ``os._exit(1)`` instead.
+        The exit code: 0 after a clean shutdown, 1 when the KV events endpoint cannot
+        be opened. ``--crash-after`` and ``POST /sim/crash`` end the process with
+        ``os._exit(1)`` instead.
 
     Raises:
         OSError: the port cannot be bound.

@@ -1,6 +1,21 @@
-"""Deterministic "model output": generated words, token counts and embeddings (pure).
+"""Deterministic "model output": generated words and embeddings (pure).
 
-Same prompt + same seed gives the same words; same text gives the same unit vector.
+Generated text is a walk on one fixed cycle through :data:`VOCABULARY`: the next
+word is a function of the previous word only (:func:`successor`). Where a walk
+starts depends on the prompt:
+
+* the prompt ends with a vocabulary word (no whitespace after it): the model
+  continues it, so the first new word is that word's successor. Continuing from
+  "prompt + the first k generated words" therefore yields exactly the words the
+  uninterrupted answer had after them;
+* otherwise the first word is picked by a hash of (prompt, seed, choice index), so
+  different prompts and different choices (``n``) give different answers.
+
+A word after a non-whitespace character carries a leading space (``" word"``), so
+every streamed delta is one token of :mod:`._tokenizer` and the answer's text
+re-tokenizes to the very tokens generated.
+
+Same text gives the same unit vector (:func:`embed`).
 """
 
 from __future__ import annotations
@@ -14,11 +29,11 @@ from functools import lru_cache
 
 __all__ = [
     "VOCABULARY",
-    "count_tokens",
     "embed",
     "embedding_base64",
-    "generate_tokens",
-    "prompt_key",
+    "generate_words",
+    "output_pieces",
+    "successor",
 ]
 
 _WORDS = (
@@ -30,33 +45,59 @@ _WORDS = (
 )
 VOCABULARY: tuple[str, ...] = tuple(_WORDS.split(" "))
 _V = len(VOCABULARY)
+_SPACED: tuple[str, ...] = tuple(" " + w for w in VOCABULARY)
+_INDEX = {word: i for i, word in enumerate(VOCABULARY)}
+# One cycle through every word, in an order fixed by a hash of the word (stable across
+# Python versions and processes, unlike hash() or random.shuffle).
+_CYCLE = sorted(range(_V), key=lambda i: hashlib.sha256(VOCABULARY[i].encode()).digest())
+_NEXT = [0] * _V
+for _pos, _word_index in enumerate(_CYCLE):
+    _NEXT[_word_index] = _CYCLE[(_pos + 1) % _V]
 
 
-def prompt_key(text: str, seed: int) -> int:
-    """A 32-bit key for ``text`` under ``seed``; the input of :func:`generate_tokens`."""
-    return zlib.crc32(text.encode("utf-8", "surrogatepass"), seed & 0xFFFFFFFF)
+def successor(word: str) -> str:
+    """The word generated after ``word`` (a vocabulary word)."""
+    return VOCABULARY[_NEXT[_INDEX[word]]]
 
 
-@lru_cache(maxsize=4096)
-def generate_tokens(key: int, count: int) -> tuple[str, ...]:
-    """``count`` deterministic tokens for ``key``; joined they read "w1 w2 w3".
+def output_pieces() -> list[str]:
+    """Every piece generation can emit: each word with and without its leading space."""
+    return [*VOCABULARY, *_SPACED]
 
-    Each token after the first starts with a space, so ``"".join(tokens)`` is the text
-    and every streamed delta is one token, as with a real tokenizer.
-    """
+
+def _start(prompt: str, seed: int, choice: int) -> tuple[int, bool]:
+    """(index of the first word, whether it carries a leading space)."""
+    ends_with_word = bool(prompt) and not prompt[-1].isspace()
+    if ends_with_word:
+        last = prompt.rsplit(None, 1)[-1]
+        index = _INDEX.get(last)
+        if index is not None:
+            return _NEXT[index], True
+    key = zlib.crc32(prompt.encode("utf-8", "surrogatepass"), (seed + choice) & 0xFFFFFFFF)
+    return key % _V, ends_with_word
+
+
+@lru_cache(maxsize=1024)
+def _walk(first: int, leading_space: bool, count: int) -> tuple[str, ...]:
     out: list[str] = []
-    state = key or 1
+    index = first
     for i in range(count):
-        # 64-bit LCG (Knuth's MMIX constants): cheap and well spread over the vocabulary.
-        state = (state * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
-        word = VOCABULARY[(state >> 33) % _V]
-        out.append(word if i == 0 else " " + word)
+        out.append(_SPACED[index] if i or leading_space else VOCABULARY[index])
+        index = _NEXT[index]
     return tuple(out)
 
 
-def count_tokens(text: str) -> int:
-    """Approximate token count of ``text`` (about 4 characters per token, at least 1)."""
-    return max(1, (len(text) + 3) // 4)
+def generate_words(prompt: str, seed: int, choice: int, count: int) -> tuple[str, ...]:
+    """``count`` generated tokens (words) answering ``prompt``; joined they are the text.
+
+    Args:
+        prompt: the full prompt text (a chat's rendered template).
+        seed: the simulator's ``--seed``.
+        choice: the choice index within the prompt (``n``).
+        count: how many tokens to generate.
+    """
+    first, leading_space = _start(prompt, seed, choice)
+    return _walk(first, leading_space, count)
 
 
 @lru_cache(maxsize=1024)

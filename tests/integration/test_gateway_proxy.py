@@ -257,7 +257,10 @@ def test_a_client_that_stops_reading_a_stream_holds_back_the_engine_not_gateway_
     # response head: the gateway must stop reading from the engine rather than buffer it
     # (the simulator itself buffers what it cannot send, so its state proves nothing).
     tokens = 200_000
-    sim = start_simulator("tiny", itl_ms=0, output_tokens=tokens)
+    # A context (and a KV cache) long enough for the whole answer, as vLLM would need.
+    sim = start_simulator(
+        "tiny", itl_ms=0, output_tokens=tokens, max_model_len=tokens + 64, kv_blocks=12_600
+    )
     gw = start_gateway("--backend", sim.url)
     models_ready(gw.url, {"tiny"})
     gateway = psutil.Process(gw.proc.pid)
