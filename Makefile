@@ -8,12 +8,14 @@ STAMP := $(VENV)/.installed-deps
 SAGE_DEMO_HOME ?= $(CURDIR)/.sage-demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv install test lint typecheck unit demo demo-stop bench fuzz test-vllm clean
+CHROMIUM := /usr/bin/chromium
+
+.PHONY: help venv install test lint typecheck unit chromium demo demo-stop bench fuzz test-vllm clean
 
 help:
 	@echo "make demo      start gateway + agent + simulated engines on loopback and send real requests"
 	@echo "make demo-stop stop what make demo started"
-	@echo "make test      ruff + mypy --strict + the whole pytest suite (asyncio and trio)"
+	@echo "make test      ruff + mypy --strict + the whole pytest suite (asyncio and trio, and Studio in headless chromium)"
 	@echo "make bench     run the benchmarks in bench/ (prints numbers)"
 	@echo "make fuzz      long schemathesis run against the gateway, coordinator and agent APIs"
 	@echo "make test-vllm real vLLM (CPU build) end to end; creates .venv-vllm (~3.5 GB)"
@@ -47,7 +49,21 @@ typecheck: install
 unit: install
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test: lint typecheck
+# tests/browser drive Debian's chromium through Playwright (never `playwright install`,
+# which downloads a browser of its own).
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "tests/browser need Debian's chromium at $(CHROMIUM): run 'sudo apt-get install chromium' once, or make test as root"; \
+			exit 1; \
+		fi; \
+		echo "installing Debian's chromium for tests/browser (apt-get, log: /tmp/sage-chromium-install.log)"; \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium fonts-dejavu-core) > /tmp/sage-chromium-install.log 2>&1 \
+			|| (tail -20 /tmp/sage-chromium-install.log; exit 1); \
+	fi
+
+test: lint typecheck chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install

@@ -128,6 +128,7 @@ def start() -> int:
     )
     print(f"     SAGE_HOME={home} SAGE_GATEWAY_URL={url} .venv/bin/sage gateway status")
     print(f"     SAGE_HOME={home} SAGE_GATEWAY_URL={url} .venv/bin/sage llm engine list")
+    print(f"Open the web console: SAGE_HOME={home} .venv/bin/sage studio start")
     print("Stop everything with: make demo-stop")
     return 0
 

@@ -43,15 +43,14 @@ from sage.unified.gateway._errors import (
     UnauthorizedError,
     UpstreamFailedError,
     error_bytes,
-    sse_error_event,
 )
 from sage.unified.gateway._headers import (
-    downstream_headers,
     new_request_id,
     scan_request_headers,
     upstream_headers,
 )
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._relay import ProxyRequest, Relay
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
 from sage.unified.gateway.routing import (
     BackendState,
@@ -63,7 +62,7 @@ from sage.unified.gateway.routing import (
     RoutingState,
     peek_request,
 )
-from sage.unified.gateway.upstream import UpstreamError
+from sage.unified.gateway.sessions import SessionChat
 from sage.unified.sdk.auth import TokenSet, bearer_token
 from sage.unified.sdk.models import EngineKind
 
@@ -71,6 +70,7 @@ __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin
 
 log = logging.getLogger("sage.unified.gateway")
 
+_CHAT_PATH = b"/v1/chat/completions"
 _METHOD_NOT_ALLOWED = error_bytes("method not allowed; use POST", "invalid_request_error", 405)
 
 
@@ -114,41 +114,6 @@ class _ClientGone(Exception):
     """The client disconnected; stop work on its request (nothing more can be sent)."""
 
 
-class _Request:
-    """What one proxied request carries from parsing to relaying."""
-
-    __slots__ = (
-        "body",
-        "forwarded",
-        "kind",
-        "model",
-        "path",
-        "request_id",
-        "session_key",
-        "started",
-    )
-
-    def __init__(
-        self,
-        model: str,
-        kind: EngineKind,
-        path: bytes,
-        body: bytes,
-        forwarded: list[tuple[bytes, bytes]],
-        session_key: str | None,
-        request_id: bytes,
-        started: float,
-    ) -> None:
-        self.model = model
-        self.kind = kind
-        self.path = path
-        self.body = body
-        self.forwarded = forwarded
-        self.session_key = session_key
-        self.request_id = request_id
-        self.started = started
-
-
 class DataPlane:
     """Routes and relays inference requests. One instance per gateway process.
 
@@ -164,6 +129,7 @@ class DataPlane:
         unavailable_models: models with engines, none READY (503, not 404).
         settling: the control plane just restarted (503, not 404, for unknown models).
         rng: the source of retry jitter.
+        sessions: the conversation-session hook of chat requests (``None``: off).
     """
 
     def __init__(
@@ -180,6 +146,7 @@ class DataPlane:
         unavailable_models: Callable[[], frozenset[str]] = frozenset,
         settling: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
+        sessions: SessionChat | None = None,
     ) -> None:
         self.state = state
         self.policy = policy
@@ -192,6 +159,13 @@ class DataPlane:
         self._unavailable_models = unavailable_models
         self._settling = settling
         self._rng = rng or random.Random()
+        self.sessions = sessions
+        self._relayer = Relay(
+            metrics,
+            on_failure=self._failed,
+            on_success=self._succeeded,
+            expose_backend=config.expose_backend_header,
+        )
         self._origins: dict[str, Origin] = {}
         self.active = 0
         metrics.active_requests = lambda: self.active
@@ -217,7 +191,7 @@ class DataPlane:
         try:
             request = await self._parse(scope, receive, kind, path, started)
             if request is not None:
-                await self._proxy(send, receive, request)
+                await self._serve(send, receive, request)
         except _ClientGone:
             pass  # recorded as 499 where it was noticed
         except GatewayError as exc:
@@ -237,7 +211,7 @@ class DataPlane:
 
     async def _parse(
         self, scope: Scope, receive: Receive, kind: EngineKind, path: bytes, started: float
-    ) -> _Request | None:
+    ) -> ProxyRequest | None:
         """Check and read the request; ``None`` when the client left while sending it."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         info = scan_request_headers(headers)
@@ -277,7 +251,39 @@ class DataPlane:
             engine_authorization=config.engine_authorization,
         )
         session_key = info.session_id.decode("latin-1") if info.session_id else peek.user
-        return _Request(model, kind, path, body, forwarded, session_key, request_id, started)
+        return ProxyRequest(
+            model,
+            kind,
+            path,
+            body,
+            forwarded,
+            session_key,
+            request_id,
+            started,
+            info.authorization,
+        )
+
+    async def _serve(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
+        """Proxy ``request``; a chat with a ``session_id`` goes through the session hook
+        (stored history prepended, the relayed answer stored)."""
+        sessions = self.sessions
+        if (
+            sessions is None
+            or request.path != _CHAT_PATH
+            or not sessions.wants(request.body)  # a byte search: no coroutine per chat
+        ):
+            await self._proxy(send, receive, request)
+            return
+        prepared = await sessions.prepare(request.body, request.authorization)
+        if prepared is None:
+            await self._proxy(send, receive, request)
+            return
+        request.body = prepared.body
+        request.session_key = prepared.session_id
+        try:
+            await self._proxy(prepared.wrap(send), receive, request)
+        finally:
+            await prepared.finish()
 
     def _raise_unroutable(self, model: str, kind: EngineKind) -> None:
         # While the control plane settles after a restart, an unknown model may simply
@@ -298,7 +304,7 @@ class DataPlane:
             param="model",
         )
 
-    async def _proxy(self, send: Send, receive: Receive, request: _Request) -> None:
+    async def _proxy(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
         candidates = self.state.candidates(request.model, request.kind, now=request.started)
         if not candidates:
             self._raise_unroutable(request.model, request.kind)
@@ -330,7 +336,7 @@ class DataPlane:
                     if attempt.client_left or watch.gone:
                         self._client_left(attempt, request, backend)
                     if attempt.failure is None:
-                        await self._relay(send, watch, backend, attempt, request)
+                        await self._relayer.relay(send, watch, backend, attempt, request)
                         return
                     failure = attempt.failure
                     self._failed(backend)
@@ -362,7 +368,7 @@ class DataPlane:
                 self.retry_budget.release()
         self._give_up(request, tried, last_error, unreachable_only)
 
-    def _client_left(self, attempt: Attempt, request: _Request, backend: BackendState) -> None:
+    def _client_left(self, attempt: Attempt, request: ProxyRequest, backend: BackendState) -> None:
         if attempt.response is not None:
             attempt.response.close()
         self.metrics.request_done(
@@ -371,7 +377,7 @@ class DataPlane:
         raise _ClientGone
 
     def _give_up(
-        self, request: _Request, tried: list[str], last_error: str, unreachable_only: bool
+        self, request: ProxyRequest, tried: list[str], last_error: str, unreachable_only: bool
     ) -> None:
         # Nothing reachable at all is "unavailable" (503); a backend that answered badly
         # or broke mid-answer is a bad gateway hop (502).
@@ -406,93 +412,9 @@ class DataPlane:
             log.warning("backend %s ejected after consecutive failures", backend.key)
             self.metrics.ejected(backend.backend.model, backend.key)
 
-    async def _relay(
-        self,
-        send: Send,
-        watch: ClientWatch,
-        backend: BackendState,
-        attempt: Attempt,
-        request: _Request,
-    ) -> None:
-        response = attempt.response
-        assert response is not None
-        status = response.status
-        out_headers = downstream_headers(
-            response.headers,
-            request_id=request.request_id,
-            backend_id=backend.key if self.config.expose_backend_header else None,
-        )
-        payload = attempt.payload
-        try:
-            if payload is None:
-                await self._relay_stream(send, watch, backend, attempt, out_headers, request)
-                return
-            out_headers.append((b"content-length", str(len(payload)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": out_headers})
-            await send({"type": "http.response.body", "body": payload, "more_body": False})
-            self._finished(backend, status)
-            self._done(request, backend, status)
-        finally:
-            response.close()
-
-    async def _relay_stream(
-        self,
-        send: Send,
-        watch: ClientWatch,
-        backend: BackendState,
-        attempt: Attempt,
-        out_headers: list[tuple[bytes, bytes]],
-        request: _Request,
-    ) -> None:
-        response = attempt.response
-        assert response is not None
-        status = response.status
-        out_headers.append((b"x-accel-buffering", b"no"))
-        await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        first = True
-        try:
-            async for chunk in response:
-                if first:
-                    first = False
-                    self.metrics.first_token(request.model, time.monotonic() - request.started)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except UpstreamError as exc:
-            if watch.gone:
-                # The client left; closing the upstream connection was our own doing.
-                self._done(request, backend, 499)
-                return
-            self._failed(backend)
-            self.metrics.stream_interrupted(request.model)
-            log.warning("stream from %s broke after the response started: %s", backend.key, exc)
-            await send(
-                {
-                    "type": "http.response.body",
-                    "body": sse_error_event(
-                        f"the engine stopped answering mid-stream ({type(exc).__name__}); the response is incomplete"
-                    ),
-                    "more_body": False,
-                }
-            )
-            self._done(request, backend, 502)
-            return
-        if watch.gone:
-            self._done(request, backend, 499)
-            return
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self._finished(backend, status)
-        self._done(request, backend, status)
-
-    def _done(self, request: _Request, backend: BackendState, status: int) -> None:
-        self.metrics.request_done(
-            request.model, backend.key, status, time.monotonic() - request.started
-        )
-
-    def _finished(self, backend: BackendState, status: int) -> None:
-        if status >= 500:
-            self._failed(backend)
-        else:
-            self.throttle.record_success()
-            self.detector.record_success(backend, time.monotonic())
+    def _succeeded(self, backend: BackendState) -> None:
+        self.throttle.record_success()
+        self.detector.record_success(backend, time.monotonic())
 
 
 def parse_origin(url: str) -> Origin:

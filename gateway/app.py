@@ -31,7 +31,9 @@ from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, 
 from sage.unified.gateway._remote_plane import RemoteControlPlane
 from sage.unified.gateway._sources import EmbeddedSource, RemoteSource, StaticSource, TableSource
 from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
+from sage.unified.gateway.sessions import SessionChat, SqliteSessionStore, create_sessions_router
 from sage.unified.gateway.settings import GatewaySettings
+from sage.unified.gateway.studio import create_studio_router
 from sage.unified.gateway.upstream import UpstreamPool
 from sage.unified.sdk.auth import bearer_token
 from sage.unified.sdk.client import AsyncGatewayManagementClient, async_http_pool
@@ -113,6 +115,9 @@ class GatewayRuntime:
             )
         self.source = source
         self.metrics = GatewayMetrics(self.state, source.status)
+        self.sessions: SqliteSessionStore | None = None
+        if settings.sessions:
+            self.sessions = SqliteSessionStore(settings.sessions_path(), settings.session_limits())
         self._data_plane: DataPlane | None = None
         self.started_at = time.time()
         self.local_agent_pending = False
@@ -132,6 +137,9 @@ class GatewayRuntime:
         async with AsyncExitStack() as stack:
             if self.coordinator is not None:
                 await stack.enter_async_context(self.coordinator)
+            if self.sessions is not None:
+                await self.sessions.open()
+                stack.push_async_callback(self.sessions.close)
             pool = UpstreamPool(
                 max_connections_per_origin=settings.max_connections_per_backend,
                 keepalive_expiry_s=settings.keepalive_expiry_s,
@@ -161,6 +169,9 @@ class GatewayRuntime:
                 ),
                 unavailable_models=self.source.unavailable_models,
                 settling=self.source.settling,
+                sessions=SessionChat(self.sessions, keys_enabled=bool(settings.api_keys))
+                if self.sessions is not None
+                else None,
             )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self.source.run, self.state)
@@ -247,6 +258,9 @@ def create_gateway_app(
 
     handlers: list[Any] = [proxy_handler(endpoint, kind) for endpoint, kind in _PROXIED]
     handlers += [list_models, health, readyz, metrics]
+    if runtime.sessions is not None:
+        handlers.append(create_sessions_router(runtime.sessions, api_keys=api_keys))
+    handlers.append(create_studio_router(refusal=settings.studio_refusal()))
     if runtime.coordinator is not None:
         handlers += [
             create_management_router(runtime.coordinator),

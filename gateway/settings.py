@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -21,6 +21,9 @@ from pydantic_settings import (
 
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
+
+if TYPE_CHECKING:
+    from sage.unified.gateway.sessions import SessionLimits
 
 __all__ = ["GatewaySettings", "InsecureBindError"]
 
@@ -86,6 +89,23 @@ class GatewaySettings(SageSettings):
     expose_backend_header: bool = False
     """Add ``X-Sage-Backend`` (the engine id) to responses; for debugging and tests."""
     access_log: bool = False
+    studio: bool = True
+    """Serve the Studio console under ``/studio/``. Never served on a non-loopback
+    address without an admin token (see :meth:`studio_refusal`)."""
+    sessions: bool = True
+    """Serve ``/sessions`` and the ``session_id`` extension of chat completions."""
+    sessions_db_path: Path | None = None
+    """SQLite file of the sessions (default ``<sage_home>/gateway/sessions.db``)."""
+    sessions_max: int = Field(10_000, ge=1)
+    """Sessions kept in all; the least recently active go first."""
+    session_max_messages: int = Field(1_000, ge=2)
+    """Messages kept per session; the oldest go first."""
+    session_max_message_bytes: int = Field(256 * 1024, ge=1024)
+    """Largest message of a session (a larger user message is refused with 413)."""
+    session_max_bytes: int = Field(4 * 2**20, ge=1024)
+    """Most a session keeps; its oldest messages go first."""
+    sessions_max_total_bytes: int = Field(512 * 2**20, ge=2**20)
+    """Most all sessions keep together; the least recently active go first."""
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     @field_validator("backends", mode="before")
@@ -127,6 +147,35 @@ class GatewaySettings(SageSettings):
 
     def agent_token_set(self) -> TokenSet:
         return TokenSet(k.get_secret_value() for k in self.agent_tokens)
+
+    def session_limits(self) -> SessionLimits:
+        from sage.unified.gateway.sessions import SessionLimits
+
+        return SessionLimits(
+            max_sessions=self.sessions_max,
+            max_messages=self.session_max_messages,
+            max_message_bytes=self.session_max_message_bytes,
+            max_session_bytes=self.session_max_bytes,
+            max_total_bytes=self.sessions_max_total_bytes,
+        )
+
+    def sessions_path(self) -> Path:
+        return self.sessions_db_path or self.sage_home / "gateway" / "sessions.db"
+
+    def studio_refusal(self) -> str | None:
+        """Why the console must not be served here, or ``None`` when it may be.
+
+        On a non-loopback address the console requires an admin token, even with
+        ``insecure``: no one controls engines anonymously from a browser.
+        """
+        if not self.studio:
+            return "Studio is turned off on this gateway (SAGE_GATEWAY_STUDIO=false)"
+        if is_loopback_host(self.host) or self.admin_tokens:
+            return None
+        return (
+            f"Studio is not served on {self.host} without an admin token: set "
+            "SAGE_ADMIN_TOKEN and restart the gateway, or bind 127.0.0.1"
+        )
 
     def check_bind_safety(self) -> None:
         """Refuse to expose an unauthenticated gateway beyond this machine.

@@ -30,6 +30,8 @@ from sage.unified.sdk.protocol._catalog import (
     ControlPlaneApi,
     EngineApi,
     GatewayApi,
+    SessionsApi,
+    StudioApi,
     endpoints_of,
 )
 from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope
@@ -57,5 +59,7 @@ __all__ = [
     "OpenAIBody",
     "Retry",
     "Scope",
+    "SessionsApi",
+    "StudioApi",
     "endpoints_of",
 ]

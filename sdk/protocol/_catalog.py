@@ -34,7 +34,16 @@ from sage.unified.sdk.protocol._bodies import (
 )
 from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope
 
-__all__ = ["ENDPOINTS", "AgentApi", "ControlPlaneApi", "EngineApi", "GatewayApi", "endpoints_of"]
+__all__ = [
+    "ENDPOINTS",
+    "AgentApi",
+    "ControlPlaneApi",
+    "EngineApi",
+    "GatewayApi",
+    "SessionsApi",
+    "StudioApi",
+    "endpoints_of",
+]
 
 _MGMT = "/v1/management"
 _ANY = dict[str, Any]
@@ -310,13 +319,100 @@ class EngineApi:
     )
 
 
+class SessionsApi:
+    """Conversation sessions (SAGE's API, served by the gateway; an API key when keys are on)."""
+
+    LIST: Endpoint[None, OpenAIBody] = _gw(
+        "sessions.list",
+        "GET",
+        "/sessions",
+        None,
+        _ANY,
+        query=("limit",),
+        summary="The caller's sessions, newest first, and totals.",
+    )
+    CREATE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "sessions.create",
+        "POST",
+        "/sessions",
+        _ANY,
+        _ANY,
+        retry=Retry.UNSENT_ONLY,
+        summary="A new session (optional title).",
+    )
+    GET: Endpoint[None, OpenAIBody] = _gw(
+        "sessions.get",
+        "GET",
+        "/sessions/{session_id}",
+        None,
+        _ANY,
+        summary="One session with its messages.",
+    )
+    DELETE: Endpoint[None, OpenAIBody] = _gw(
+        "sessions.delete",
+        "DELETE",
+        "/sessions/{session_id}",
+        None,
+        _ANY,
+        summary="Delete a session.",
+    )
+    CLEAR: Endpoint[None, OpenAIBody] = _gw(
+        "sessions.clear",
+        "POST",
+        "/sessions/{session_id}/clear",
+        None,
+        _ANY,
+        summary="Forget a session's messages, keep the session.",
+    )
+    TITLE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "sessions.title",
+        "PATCH",
+        "/sessions/{session_id}/title",
+        _ANY,
+        _ANY,
+        summary="Rename a session (60 characters at most).",
+    )
+    CLEANUP: Endpoint[None, OpenAIBody] = _gw(
+        "sessions.cleanup",
+        "POST",
+        "/sessions/cleanup",
+        None,
+        _ANY,
+        query=("max_age_minutes",),
+        summary="Delete the caller's sessions idle for longer than max_age_minutes.",
+    )
+
+
+class StudioApi:
+    """The Studio web console's files (the page; its data comes from the APIs above)."""
+
+    PAGE: Endpoint[None, None] = _gw(
+        "studio.page",
+        "GET",
+        "/studio",
+        None,
+        None,
+        scope=Scope.PUBLIC,
+        summary="The console (needs the admin token for actions when one is set).",
+    )
+    ASSET: Endpoint[None, None] = _gw(
+        "studio.asset",
+        "GET",
+        "/studio/{file_path:path}",
+        None,
+        None,
+        scope=Scope.PUBLIC,
+        summary="The console's scripts, styles and images.",
+    )
+
+
 def _declared(namespace: type) -> list[Endpoint[Any, Any]]:
     return [value for value in vars(namespace).values() if isinstance(value, Endpoint)]
 
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = tuple(
     endpoint
-    for namespace in (GatewayApi, ControlPlaneApi, AgentApi, EngineApi)
+    for namespace in (GatewayApi, SessionsApi, StudioApi, ControlPlaneApi, AgentApi, EngineApi)
     for endpoint in _declared(namespace)
 )
 """Every declared endpoint."""

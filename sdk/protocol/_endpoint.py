@@ -19,7 +19,8 @@ __all__ = ["Component", "Endpoint", "Retry", "Scope"]
 BodyT = TypeVar("BodyT")
 ReplyT = TypeVar("ReplyT")
 
-_PARAM = re.compile(r"\{([a-z_]+)\}")
+_PARAM = re.compile(r"\{([a-z_]+)(:path)?\}")
+"""``{name}`` is one path segment; ``{name:path}`` the rest of the path, slashes included."""
 
 
 class Component(enum.StrEnum):
@@ -91,7 +92,7 @@ class Endpoint(Generic[BodyT, ReplyT]):
 
     @property
     def path_params(self) -> tuple[str, ...]:
-        return tuple(_PARAM.findall(self.path))
+        return tuple(m.group(1) for m in _PARAM.finditer(self.path))
 
     def format_path(self, params: Mapping[str, Any] | None = None) -> str:
         """The path with its parameters filled in, each quoted as one segment.
@@ -104,7 +105,9 @@ class Endpoint(Generic[BodyT, ReplyT]):
             raise ValueError(
                 f"{self.name}: path parameters {sorted(given)} do not match {self.path!r}"
             )
-        return _PARAM.sub(lambda m: quote(str(given[m.group(1)]), safe=""), self.path)
+        return _PARAM.sub(
+            lambda m: quote(str(given[m.group(1)]), safe="/" if m.group(2) else ""), self.path
+        )
 
     def check_query(self, query: Mapping[str, Any]) -> None:
         """Raises ValueError for a query parameter the endpoint does not declare."""
@@ -114,5 +117,5 @@ class Endpoint(Generic[BodyT, ReplyT]):
 
     @property
     def litestar_path(self) -> str:
-        """The path in Litestar's syntax (``{engine_id:str}``)."""
-        return _PARAM.sub(lambda m: "{" + m.group(1) + ":str}", self.path)
+        """The path in Litestar's syntax (``{engine_id:str}``, ``{file_path:path}``)."""
+        return _PARAM.sub(lambda m: "{" + m.group(1) + (m.group(2) or ":str") + "}", self.path)

@@ -45,9 +45,20 @@ def test_cli_md_documents_every_command_and_flag() -> None:
         "sage llm gpu",
         "sage llm simulate",
         "sage config show",
+        "sage studio start",
+        "sage studio stop",
+        "sage studio status",
     ]
     headings = {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")}
     assert set(commands) <= headings, set(commands) - headings
     # A flag a user types must appear in the reference.
-    for flag in ("--drain", "--wait", "--runtime", "--no-local-agent", "--coordinator", "--json"):
+    for flag in (
+        "--drain",
+        "--wait",
+        "--runtime",
+        "--no-local-agent",
+        "--coordinator",
+        "--json",
+        "--no-browser",
+    ):
         assert f"`{flag}" in text, flag

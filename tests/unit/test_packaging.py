@@ -90,6 +90,23 @@ def test_wheel_holds_only_the_namespace_and_no_init_of_it(tmp_path: Path) -> Non
     for component in COMPONENTS:
         assert f"sage/unified/{component}/__init__.py" in names
         assert f"sage/unified/{component}/py.typed" in names
+    shipped = {n for n in names if n.startswith("sage/unified/gateway/studio/static/")}
+    source = {
+        f"sage/unified/gateway/studio/{p.relative_to(REPO / 'gateway' / 'studio').as_posix()}"
+        for p in (REPO / "gateway" / "studio" / "static").rglob("*")
+        if p.is_file()
+    }
+    assert shipped == source, "Studio's static files must all be package data"
+
+
+def test_studio_files_are_installed_with_the_package() -> None:
+    from sage.unified.gateway.studio import STATIC_FILES
+
+    installed = {p.name for p in (STATIC_FILES / "js").iterdir()}
+    source = {p.name for p in (REPO / "gateway" / "studio" / "static" / "js").glob("*.js")}
+    assert installed == source
+    for name in ("index.html", "studio.css", "favicon.svg"):
+        assert (STATIC_FILES / name).is_file(), name
 
 
 def test_public_names_of_the_gateway_server() -> None:
@@ -97,3 +114,21 @@ def test_public_names_of_the_gateway_server() -> None:
 
     assert set(server.__all__) == {"HttpServer", "LifespanFailed", "ServerConfig"}
     assert all(hasattr(server, name) for name in server.__all__)
+
+
+def test_public_names_of_sessions_and_studio() -> None:
+    import sage.unified.gateway.sessions as sessions
+    import sage.unified.gateway.studio as studio
+
+    assert {
+        "SessionStore",
+        "SqliteSessionStore",
+        "SessionLimits",
+        "SessionChat",
+        "PreparedChat",
+        "create_sessions_router",
+        "request_owner",
+    } <= set(sessions.__all__)
+    assert set(studio.__all__) == {"STATIC_FILES", "create_studio_router"}
+    for module in (sessions, studio):
+        assert all(hasattr(module, name) for name in module.__all__)

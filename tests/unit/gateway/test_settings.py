@@ -59,3 +59,31 @@ def test_public_bind_with_all_secrets_or_insecure_is_allowed() -> None:
 def test_keepalive_must_stay_below_the_engines_5_s() -> None:
     with pytest.raises(ValueError, match="keepalive_expiry_s"):
         GatewaySettings(keepalive_expiry_s=5.0)
+
+
+def test_studio_is_never_served_off_loopback_without_an_admin_token() -> None:
+    assert GatewaySettings().studio_refusal() is None
+    open_bind = GatewaySettings(host="0.0.0.0", insecure=True)
+    refusal = open_bind.studio_refusal()
+    assert refusal is not None
+    assert "admin token" in refusal
+    assert GatewaySettings(host="0.0.0.0", admin_tokens=["adm"]).studio_refusal() is None
+    assert "turned off" in (GatewaySettings(studio=False).studio_refusal() or "")
+
+
+@pytest.mark.anyio
+async def test_a_gateway_on_an_open_address_answers_403_for_studio(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from sage.unified.gateway.app import create_gateway_app
+
+    settings = GatewaySettings(
+        host="0.0.0.0", insecure=True, backends=["http://127.0.0.1:9"], sage_home=tmp_path
+    )
+    app = create_gateway_app(settings)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+    ) as client:
+        response = await client.get("/studio/")
+    assert response.status_code == 403
+    assert "without an admin token" in response.text

@@ -34,20 +34,25 @@ from sage.unified.sdk.protocol import (
 Route = tuple[str, str]
 
 
+def _plain(path: str) -> str:
+    """``{name:type}`` → ``{name}``: routes compare by shape, not by parameter type."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", path)
+
+
 def served(app: Litestar) -> set[Route]:
     """``(method, path)`` of every route but Litestar's own (OPTIONS, HEAD, /schema)."""
     routes: set[Route] = set()
     for route in app.routes:
         if route.path.startswith("/schema"):
             continue
-        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
+        path = _plain(route.path)
         methods = getattr(route, "methods", None) or {"*"}
         routes.update((m, path) for m in methods if m not in {"OPTIONS", "HEAD"})
     return routes
 
 
 def declared(endpoints: tuple[Endpoint[Any, Any], ...]) -> set[Route]:
-    return {(e.method, e.path) for e in endpoints}
+    return {(e.method, _plain(e.path)) for e in endpoints}
 
 
 def asgi_routes(routes: set[Route]) -> set[Route]:
