@@ -45,6 +45,7 @@ from sage.unified.coordinator._etcd._codec import (
 )
 from sage.unified.coordinator._etcd._endpoints import EtcdEndpoint, EtcdTarget, parse_etcd_url
 from sage.unified.coordinator._etcd._errors import (
+    EtcdAuthError,
     EtcdConfigError,
     EtcdError,
     EtcdLeaseExpiredError,
@@ -121,9 +122,14 @@ class MemberStatus:
 
 @dataclass(slots=True)
 class _Attempts:
+    """What a call's attempts left behind, for the error raised at its deadline."""
+
     read_timeout: float | None = None
     last_error: EtcdError | None = None
-    sent: bool = False
+    in_flight: bool = False
+    """An attempt was sent and has not answered (the deadline cut it short)."""
+    ambiguous: bool = False
+    """An attempt failed in a way that may have applied it."""
 
 
 class EtcdClient:
@@ -342,6 +348,14 @@ class EtcdClient:
 
     # -- cluster ----------------------------------------------------------------------
 
+    async def compact(
+        self, revision: int, *, physical: bool = False, timeout_s: float | None = None
+    ) -> None:
+        """Drop the history before ``revision`` (reads and watches of it then raise
+        :class:`EtcdCompactedError`); ``physical`` waits until the space is freed."""
+        body: JsonObject = {"revision": str(revision), "physical": physical}
+        await self._call("/v3/kv/compaction", body, idempotent=True, timeout_s=timeout_s)
+
     async def member_status(
         self, endpoint: EtcdEndpoint, *, timeout_s: float | None = None
     ) -> MemberStatus:
@@ -449,7 +463,7 @@ class EtcdClient:
             f"etcd call {path} got no answer within {seconds} s"
             + (f" (last: {last.message})" if last else ""),
             endpoint=last.endpoint if last else None,
-            maybe_applied=attempts.sent,
+            maybe_applied=attempts.in_flight or attempts.ambiguous,
         )
 
     async def _call(
@@ -473,6 +487,8 @@ class EtcdClient:
             try:
                 return await self._post(endpoint, path, body, attempts)
             except EtcdError as error:
+                attempts.in_flight = False
+                attempts.ambiguous |= error.maybe_applied
                 if is_token_rejected(error) and self._username and not token_refreshed:
                     token_refreshed = True  # expired, or issued before a restart
                     self._forget_token()
@@ -498,7 +514,7 @@ class EtcdClient:
         headers = await self._auth_headers(endpoint)
         if attempts is None:
             return await self._send(endpoint, path, body, headers)
-        attempts.sent = True
+        attempts.in_flight = True
         return await self._send(endpoint, path, body, headers, attempts.read_timeout)
 
     async def _send(
@@ -533,6 +549,12 @@ class EtcdClient:
 
 
 def _transport_error(exc: httpx.TransportError, endpoint: EtcdEndpoint) -> EtcdError:
+    refusal = _tls_refusal(exc)
+    if refusal is not None:
+        # Another endpoint would refuse the same certificate: fail now, not at the deadline.
+        return EtcdAuthError(
+            f"TLS with etcd at {endpoint.netloc} failed: {refusal}", endpoint=endpoint.netloc
+        )
     # A connect failure means etcd never saw the request; anything later is ambiguous.
     before_send = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
     return EtcdUnavailableError(
@@ -540,6 +562,19 @@ def _transport_error(exc: httpx.TransportError, endpoint: EtcdEndpoint) -> EtcdE
         endpoint=endpoint.netloc,
         maybe_applied=not before_send,
     )
+
+
+def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
+    """The certificate error behind ``exc`` (ours refused, or theirs not trusted), if any;
+    a connection reset during the handshake is not one."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        if isinstance(seen, ssl.SSLError) and "CERTIFICATE" in str(seen.reason or ""):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _json_or_text(response: httpx.Response) -> Any:

@@ -134,12 +134,7 @@ async def test_compacted_revisions(etcd) -> None:  # type: ignore[no-untyped-def
         first = await client.put("/c/k", "1")
         for value in "234":
             last = await client.put("/c/k", value)
-        await client._call(
-            "/v3/kv/compaction",
-            {"revision": str(last.header.revision), "physical": True},
-            idempotent=True,
-            timeout_s=None,
-        )
+        await client.compact(last.header.revision, physical=True)
         with pytest.raises(EtcdCompactedError):
             await client.get("/c/k", revision=first.header.revision)
         with pytest.raises(EtcdCompactedError) as compacted:
