@@ -240,13 +240,23 @@ class EtcdClient:
         *,
         lease: int = 0,
         prev_kv: bool = False,
+        idempotent: bool = False,
         timeout_s: float | None = None,
     ) -> PutResult:
-        """Set ``key`` to ``value`` (attached to ``lease`` when non-zero)."""
+        """Set ``key`` to ``value`` (attached to ``lease`` when non-zero).
+
+        Args:
+            idempotent: Writing the value twice is harmless (a full snapshot, not a
+                counter): after an ambiguous failure the put is sent again, to another
+                member, within the deadline, instead of raising.
+
+        Raises:
+            EtcdUnavailableError: No member took it; ``maybe_applied`` says whether it may
+                still have been applied.
+        """
         body = encode_put(PutOp(key, value, lease, prev_kv))
-        return decode_put(
-            await self._call("/v3/kv/put", body, idempotent=False, timeout_s=timeout_s)
-        )
+        answer = await self._call("/v3/kv/put", body, idempotent=idempotent, timeout_s=timeout_s)
+        return decode_put(answer)
 
     async def delete(
         self,
@@ -254,11 +264,15 @@ class EtcdClient:
         *,
         prefix: bool = False,
         prev_kv: bool = False,
+        idempotent: bool = False,
         timeout_s: float | None = None,
     ) -> DeleteResult:
-        """Delete ``key`` (or every key under it with ``prefix=True``)."""
+        """Delete ``key`` (or every key under it with ``prefix=True``); ``idempotent`` as
+        for :meth:`put` (a repeated delete finds nothing: ``deleted`` may then be 0)."""
         body = encode_delete(DeleteOp(key, prefix=prefix, prev_kv=prev_kv))
-        answer = await self._call("/v3/kv/deleterange", body, idempotent=False, timeout_s=timeout_s)
+        answer = await self._call(
+            "/v3/kv/deleterange", body, idempotent=idempotent, timeout_s=timeout_s
+        )
         return decode_delete(answer)
 
     async def txn(
@@ -268,16 +282,21 @@ class EtcdClient:
         failure: Sequence[TxnOp] = (),
         *,
         required: bool = False,
+        idempotent: bool = False,
         timeout_s: float | None = None,
     ) -> TxnResult:
         """Run ``success`` if every compare holds, else ``failure``, atomically.
+
+        ``idempotent`` as for :meth:`put`: only for a transaction whose second run is
+        harmless. A compare-and-swap is not (its repeat fails the compare although the
+        first run succeeded): after ``maybe_applied``, read the key again instead.
 
         Raises:
             EtcdTxnFailedError: ``required`` is set and a compare failed (``.result`` has
                 the failure branch's responses).
         """
         body = encode_txn(tuple(compares), tuple(success), tuple(failure))
-        answer = await self._call("/v3/kv/txn", body, idempotent=False, timeout_s=timeout_s)
+        answer = await self._call("/v3/kv/txn", body, idempotent=idempotent, timeout_s=timeout_s)
         result = decode_txn(answer)
         if required and not result.succeeded:
             raise EtcdTxnFailedError("etcd transaction compares failed", result=result)

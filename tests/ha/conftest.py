@@ -114,7 +114,8 @@ class EtcdMember:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir.parent / f"{self.name}.log"
+        """Kept after teardown (under the test's temporary directory) for post-mortems."""
+        return self.data_dir.parent.parent / "logs" / f"{self.name}.log"
 
     def argv(self) -> list[str]:
         return [
@@ -137,7 +138,7 @@ class EtcdMember:
     def start(self) -> EtcdMember:
         """Start the process (again, after :meth:`kill`: same name, ports and data)."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = self.spawn(self.argv(), self.log_path)
         return self
 
@@ -199,12 +200,13 @@ class EtcdCluster:
         size: int = 1,
         *,
         hosts: Sequence[str] | None = None,
-        spawn: Spawn = _popen,
+        spawn: Spawn | Sequence[Spawn] = _popen,
         extra_args: Sequence[str] | None = None,
         scheme: str = "http",
         wait: bool = True,
     ) -> list[EtcdMember]:
-        """Start a new cluster of ``size`` members, one per host (default all on loopback).
+        """Start a new cluster of ``size`` members, one per host (default all on loopback),
+        each started with ``spawn`` (or the spawn of its host, given one per host).
 
         A single member gets short raft timers: it elects itself sooner and grants leases
         as short as 1 s (etcd's minimum TTL is 1.5 election timeouts). A cluster keeps
@@ -224,7 +226,7 @@ class EtcdCluster:
                 peer_port=free_port(host) if host.startswith("127.") else 2380,
                 data_dir=self._root / f"etcd{base + i}" / "data",
                 binary=self._binary,
-                spawn=spawn,
+                spawn=spawn[i] if isinstance(spawn, Sequence) else spawn,
                 extra_args=tuple(extra_args),
                 scheme=scheme,
             )
@@ -243,7 +245,7 @@ class EtcdCluster:
         for member in self.members:
             member.kill()
         for member in self.members:
-            shutil.rmtree(member.data_dir.parent, ignore_errors=True)
+            shutil.rmtree(member.data_dir, ignore_errors=True)
 
 
 @pytest.fixture
