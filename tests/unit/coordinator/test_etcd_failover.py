@@ -88,6 +88,14 @@ async def test_an_ambiguous_write_is_not_repeated_but_a_read_is(ambiguous: Handl
     assert cluster.calls[1:] == [("a", "/v3/kv/range"), ("b", "/v3/kv/range")]
 
 
+async def test_a_write_declared_idempotent_is_sent_again_after_an_ambiguous_failure() -> None:
+    cluster = FakeCluster({"a": broken_after_send, "b": answer(200, OK_PUT)})
+    async with cluster.client("a,b") as etcd:
+        await etcd.put("/k", "v", idempotent=True)
+        await etcd.delete("/k", idempotent=True)
+    assert [host for host, _ in cluster.calls] == ["a", "b", "b"]
+
+
 async def test_deadline_names_the_last_failure() -> None:
     cluster = FakeCluster({"a": refused, "b": etcd_error("etcdserver: no leader")})
     async with cluster.client("a,b", timeout_s=0.3) as etcd:
