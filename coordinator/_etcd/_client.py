@@ -478,7 +478,8 @@ class EtcdClient:
         )
         try:
             response = await self._stream_http.send(request, stream=True)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            # anyio lets a TLS alert received while reading through unwrapped.
             raise _transport_error(exc, endpoint) from None
         if response.status_code != 200:
             await response.aread()
@@ -563,7 +564,8 @@ class EtcdClient:
                 headers=headers,
                 timeout=httpx.Timeout(read_timeout, connect=self.connect_timeout_s),
             )
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            # anyio lets a TLS alert received while reading through unwrapped.
             raise _transport_error(exc, endpoint) from None
         if response.status_code != 200:
             raise decode_error(
@@ -579,7 +581,7 @@ class EtcdClient:
         return answer
 
 
-def _transport_error(exc: httpx.TransportError, endpoint: EtcdEndpoint) -> EtcdError:
+def _transport_error(exc: Exception, endpoint: EtcdEndpoint) -> EtcdError:
     refusal = _tls_refusal(exc)
     if refusal is not None:
         # Another endpoint would refuse the same certificate: fail now, not at the deadline.

@@ -12,6 +12,7 @@ list of :class:`EtcdMember`), ``etcd`` (one fresh member for this test) and
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -60,6 +61,14 @@ def find_etcd_binary() -> Path:
 @pytest.fixture(scope="session")
 def etcd_binary() -> Path:
     return find_etcd_binary()
+
+
+@functools.cache
+def _no_fsync(binary: Path) -> tuple[str, ...]:
+    """Tests kill processes, not machines: the page cache keeps what fsync would, so skip
+    fsync where this etcd can (3.5 and later; 3.4, e.g. Debian's, cannot)."""
+    help_text = subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
+    return ("--unsafe-no-fsync",) if "--unsafe-no-fsync" in help_text else ()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -129,8 +138,7 @@ class EtcdMember:
             f"--initial-cluster={self.initial_cluster or f'{self.name}={self.peer_url}'}",
             "--initial-cluster-state=new",
             "--initial-cluster-token=sage-test",
-            # Tests kill processes, not machines: the page cache keeps what fsync would.
-            "--unsafe-no-fsync",
+            *_no_fsync(self.binary),
             "--log-level=warn",
             *self.extra_args,
         ]

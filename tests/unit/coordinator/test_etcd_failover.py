@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 
 import anyio
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from sage.unified.coordinator._etcd import (
+    EtcdAuthError,
     EtcdClient,
     EtcdConfigError,
     EtcdTimeoutError,
@@ -136,6 +138,19 @@ async def test_a_refused_token_is_refreshed_once() -> None:
         await etcd.put("/k", "v")
         await etcd.put("/k", "v")
     assert puts == ["t1", "t2", "t2"]
+
+
+async def test_a_tls_alert_that_escapes_httpx_is_an_auth_error() -> None:
+    def bad_certificate(request: httpx.Request) -> httpx.Response:
+        error = ssl.SSLError(1, "[SSL: SSLV3_ALERT_BAD_CERTIFICATE] sslv3 alert bad certificate")
+        error.reason = "SSLV3_ALERT_BAD_CERTIFICATE"
+        raise error  # as anyio's TLS stream lets it through a read
+
+    cluster = FakeCluster({"a": bad_certificate, "b": answer(200, OK_PUT)})
+    async with cluster.client("a,b") as etcd:
+        with pytest.raises(EtcdAuthError, match="TLS"):
+            await etcd.put("/k", "v")
+    assert [host for host, _ in cluster.calls] == ["a"]  # the next would refuse us too
 
 
 def test_settings_errors() -> None:
