@@ -9,7 +9,7 @@ Pure parts (URL parsing, types, wire encoding) import neither httpx nor anyio.
 
 from __future__ import annotations
 
-from sage.unified.coordinator._etcd._client import EtcdClient, EtcdTls, MemberStatus
+from sage.unified.coordinator._etcd._client import EtcdClient, MemberStatus
 from sage.unified.coordinator._etcd._election import Election, LeaderObserver, Leadership
 from sage.unified.coordinator._etcd._endpoints import EtcdEndpoint, EtcdTarget, parse_etcd_url
 from sage.unified.coordinator._etcd._errors import (
@@ -24,6 +24,7 @@ from sage.unified.coordinator._etcd._errors import (
     EtcdTxnFailedError,
     EtcdUnavailableError,
 )
+from sage.unified.coordinator._etcd._transport import EtcdTls
 from sage.unified.coordinator._etcd._types import (
     Compare,
     DeleteOp,

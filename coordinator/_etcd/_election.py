@@ -179,7 +179,7 @@ class Election:
             )
 
     async def _wait_deleted(self, key: bytes, from_revision: int) -> None:
-        async with Watch(self._client, key, start_revision=from_revision) as watch:
+        async with self._client.watch(key, start_revision=from_revision) as watch:
             try:
                 async for event in watch:
                     if event.type == "delete":
@@ -222,8 +222,7 @@ class LeaderObserver:
         while True:
             result = await self._election._leader_range()
             if self._watch is None:
-                self._watch = Watch(
-                    self._election._client,
+                self._watch = self._election._client.watch(
                     self._election.prefix,
                     prefix=True,
                     start_revision=result.header.revision + 1,

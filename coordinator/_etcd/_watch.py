@@ -36,7 +36,7 @@ from sage.unified.coordinator._etcd._errors import (
 from sage.unified.coordinator._etcd._types import Bytes, WatchEvent
 
 if TYPE_CHECKING:
-    from sage.unified.coordinator._etcd._client import EtcdClient
+    from sage.unified.coordinator._etcd._transport import EtcdTransport
 
 __all__ = ["Watch"]
 
@@ -64,7 +64,7 @@ class Watch:
 
     def __init__(
         self,
-        client: EtcdClient,
+        transport: EtcdTransport,
         key: Bytes,
         *,
         prefix: bool = False,
@@ -74,7 +74,7 @@ class Watch:
         idle_timeout_s: float = 10.0,
         unavailable_timeout_s: float | None = None,
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._key = key
         self._prefix = prefix
         self._range_end = range_end
@@ -126,7 +126,7 @@ class Watch:
         failures = 0
         started = anyio.current_time()
         while True:
-            for index, endpoint in self._client._endpoint_order():
+            for index, endpoint in self._transport.endpoint_order():
                 body = encode_watch_create(
                     self._key,
                     range_end=self._range_end,
@@ -136,14 +136,14 @@ class Watch:
                 )
                 try:
                     with anyio.fail_after(self._idle_timeout_s):
-                        response = await self._client._open_stream(endpoint, "/v3/watch", body)
+                        response = await self._transport.open_stream(endpoint, "/v3/watch", body)
                 except (EtcdUnavailableError, TimeoutError):
-                    self._client._demote(index)
+                    self._transport.demote(index)
                     continue
                 except EtcdError as exc:
                     if not is_token_rejected(exc):
                         raise
-                    self._client._forget_token()
+                    self._transport.forget_token()
                     continue
                 self._response = response
                 self._lines = response.aiter_lines()
@@ -155,7 +155,7 @@ class Watch:
             waited = anyio.current_time() - started
             if self._unavailable_timeout_s is not None and waited >= self._unavailable_timeout_s:
                 raise EtcdUnavailableError(
-                    f"no etcd endpoint of {self._client.target} answered a watch for {waited:.1f} s"
+                    f"no etcd endpoint of {self._transport.target} answered a watch for {waited:.1f} s"
                 )
             await anyio.sleep(min(0.05 * 2**failures, _MAX_BACKOFF))
 
@@ -172,11 +172,11 @@ class Watch:
         if not line.strip():
             await self._disconnect()
             return None
-        endpoint = self._client.target.endpoints[self._endpoint_index].netloc
+        endpoint = self._transport.target.endpoints[self._endpoint_index].netloc
         try:
             return decode_watch_message(json.loads(line), endpoint=endpoint)
         except EtcdUnavailableError:  # e.g. the member lost its leader
-            self._client._demote(self._endpoint_index)
+            self._transport.demote(self._endpoint_index)
             await self._disconnect()
             return None
         except ValueError:
@@ -193,7 +193,7 @@ class Watch:
                     compact_revision=message.compact_revision,
                 )
             if "no leader" in message.cancel_reason:
-                self._client._demote(self._endpoint_index)
+                self._transport.demote(self._endpoint_index)
                 return
             raise EtcdRequestError(f"etcd cancelled the watch: {message.cancel_reason}")
         if message.created:

@@ -165,7 +165,7 @@ async def test_failover_skips_a_dead_endpoint(shared_etcd, dead_port: int, key_p
     async with EtcdClient(url, timeout_s=10) as etcd:
         await etcd.put(key_prefix + "k", "v")  # refused before sending: safe to move on
         assert (await etcd.get(key_prefix + "k")).value == b"v"  # type: ignore[union-attr]
-        assert etcd._endpoint_order()[0][1].netloc == shared_etcd.endpoint
+        assert etcd._transport.endpoint_order()[0][1].netloc == shared_etcd.endpoint
 
 
 async def test_a_silent_endpoint_times_out(silent_port: int) -> None:

@@ -110,7 +110,7 @@ async def test_user_and_password(etcd_cluster) -> None:  # type: ignore[no-untyp
     url = f"etcd://root:s3cret@{etcd.endpoint}"
     async with EtcdClient(url, timeout_s=20) as etcd_client:
         await etcd_client.put("/auth/k", "v")
-        token = etcd_client._token
+        token = etcd_client._transport.token
         await anyio.sleep(2.5)  # etcd drops a token unused for --auth-token-ttl (checked each 1 s)
         assert (await etcd_client.get("/auth/k")).value == b"v"  # type: ignore[union-attr]
-        assert etcd_client._token not in (None, token)  # refreshed, not failed
+        assert etcd_client._transport.token not in (None, token)  # refreshed, not failed

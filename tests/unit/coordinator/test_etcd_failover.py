@@ -85,7 +85,7 @@ async def test_an_ambiguous_write_is_not_repeated_but_a_read_is(ambiguous: Handl
         assert failed.value.maybe_applied
         assert failed.value.endpoint == "a:2379"
         assert cluster.calls == [("a", "/v3/kv/put")]
-        etcd._preferred = 0
+        etcd._transport.preferred = 0
         assert await etcd.get("/k") is None
     assert cluster.calls[1:] == [("a", "/v3/kv/range"), ("b", "/v3/kv/range")]
 
