@@ -46,7 +46,7 @@ class Adapter(Protocol):
     async def cas(self, key: bytes, mod_revision: int, value: bytes) -> int | None: ...
     async def grant(self, ttl: int) -> int: ...
     async def keepalive(self, lease_id: int) -> None: ...
-    def watch(self, prefix: bytes) -> Any: ...  # async context -> iterator of values
+    def watch(self, prefix: bytes, start_revision: int) -> Any: ...  # async cm -> values
     async def aclose(self) -> None: ...
 
 
@@ -79,8 +79,10 @@ class JsonGateway:
         await self._client.lease_keepalive(lease_id)
 
     @asynccontextmanager
-    async def watch(self, prefix: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
-        async with self._client.watch(prefix, prefix=True) as watch:
+    async def watch(
+        self, prefix: bytes, start_revision: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with self._client.watch(prefix, prefix=True, start_revision=start_revision) as watch:
 
             async def values() -> AsyncIterator[bytes]:
                 async for event in watch:
@@ -122,8 +124,10 @@ class Aetcd:
         await self._client.refresh_lease(lease_id)
 
     @asynccontextmanager
-    async def watch(self, prefix: bytes) -> AsyncIterator[AsyncIterator[bytes]]:
-        watch = await self._client.watch_prefix(prefix)
+    async def watch(
+        self, prefix: bytes, start_revision: int
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        watch = await self._client.watch_prefix(prefix, start_revision=start_revision)
 
         async def values() -> AsyncIterator[bytes]:
             async for event in watch:
@@ -211,8 +215,9 @@ async def measure(adapter: Adapter, ops: int) -> list[str]:
 
 async def _watch_latency(adapter: Adapter, run: str, count: int = 300) -> list[float]:
     delays: list[float] = []
-    async with adapter.watch(f"{run}w/".encode()) as values:
-        await anyio.sleep(0.3)  # the watch is established
+    # Watch from the revision after a write: nothing written later can be missed.
+    start = await adapter.put(f"{run}w-start".encode(), b"")
+    async with adapter.watch(f"{run}w/".encode(), start + 1) as values:
 
         async def write() -> None:
             for i in range(count):

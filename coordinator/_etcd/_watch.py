@@ -50,6 +50,9 @@ class Watch:
     """Changes under a key or prefix, in revision order, across reconnects.
 
     Use ``async with client.watch(...) as watch: async for event in watch: ...``.
+    The stream is opened by the first iteration. With ``start_revision=0`` the watch
+    starts when etcd creates it, so changes made before the first iteration are not
+    seen; to see every change after a read, pass the read's ``header.revision + 1``.
     Iteration ends only when the watch is closed (:meth:`aclose`, or leaving the
     ``async with``). Cancelling the task that iterates closes nothing by itself: leave
     the ``async with`` to release the stream.
