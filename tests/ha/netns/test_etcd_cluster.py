@@ -89,3 +89,29 @@ async def test_a_watch_moves_off_a_cut_host_without_losing_changes(members, netw
         assert [e.kv.value for e in seen] == [str(i).encode() for i in range(6)]
         host_of[cut.host].rejoin()
         assert (await watcher.get("/ha/w/5")).value == b"5"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": False})], ids=["asyncio"])
+async def test_a_member_cut_from_its_quorum_serves_no_stale_data(members, network) -> None:  # type: ignore[no-untyped-def]
+    """The member stays reachable from the client but loses its leader: it must refuse
+    (etcd's "require leader"), so the watch and the reads move to the majority."""
+    host_of = {host.address: host for host in network.hosts}
+    leader, cut, other = await _leader_first(members)
+    url = f"etcd://{cut.endpoint},{other.endpoint},{leader.endpoint}"
+    writer_url = f"etcd://{leader.endpoint},{other.endpoint}"
+    async with EtcdClient(url) as reader, EtcdClient(writer_url) as writer:
+        start = await writer.put("/ha/q/k", "0")
+        # A long idle timeout: only the lost leader may end this watch's stream.
+        async with reader.watch(
+            "/ha/q/", prefix=True, start_revision=start.header.revision + 1, idle_timeout_s=60
+        ) as watch:
+            network.partition([host_of[cut.host]], [host_of[leader.host], host_of[other.host]])
+            latest = await writer.put("/ha/q/k", "1")
+            with anyio.fail_after(15):
+                event = await watch.__anext__()
+            assert (event.kv.value, event.kv.mod_revision) == (b"1", latest.header.revision)
+            assert watch.reconnects >= 1
+        got = await reader.get("/ha/q/k")  # linearizable: never the cut member's stale "0"
+        assert got is not None
+        assert got.value == b"1"
+    network.heal()
