@@ -7,7 +7,9 @@ its quiet moments rather than its noise):
   ``candidates()`` plus ``select()``, and the full per-request sequence with
   ``acquire``/``record_success``/``release`` (the session policy cycles through 1,024
   returning session keys);
-- ``peek_request`` on 1 KB, 2 KB and 100 KB chat bodies, next to ``json.loads``;
+- ``peek_request`` on 1 KB, 2 KB and 100 KB chat bodies and on 12 KB and 32 KB
+  tool-calling bodies (many brackets: the nesting check formats them), next to
+  ``json.loads``;
 - ``RoutingState.update`` with a 1,000-backend table (steady state: same backends).
 
 Run: ``.venv/bin/python bench/routing_overhead.py``
@@ -76,6 +78,37 @@ def chat_body(size: int) -> bytes:
     return json.dumps(base).encode()
 
 
+def tool_body(turns: int) -> bytes:
+    """A tool-calling conversation: 20 tool schemas, ``turns`` calls and results."""
+    prose = "The quick brown fox jumps over the lazy dog.\n" * 3
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "array", "items": {"type": "object"}},
+                },
+                "required": ["city"],
+            },
+        },
+    }
+    messages: list[dict[str, object]] = [{"role": "system", "content": prose * 10}]
+    for turn in range(turns):
+        arguments = json.dumps({"city": "Paris", "days": [{"d": 1}]})
+        call = {"id": f"c{turn}", "type": "function", "function": {"arguments": arguments}}
+        messages += [
+            {"role": "user", "content": prose * 3},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": f"c{turn}", "content": '{"t": [1, 2], "s": "sun"}'},
+        ]
+    body = {"model": "model-0", "messages": messages, "tools": [tool] * 20}
+    return json.dumps(body).encode()
+
+
 def measure_policy(
     state: RoutingState, name: str, number: int, *, cold: bool = False
 ) -> tuple[float, float, float]:
@@ -132,9 +165,11 @@ def bench_picks() -> None:
 
 def bench_peek() -> None:
     print("peek (us)              peek_request   json.loads   speed-up")
-    for label, size in (("1 KB", 1024), ("2 KB", 2048), ("100 KB", 100 * 1024)):
-        body = chat_body(size)
-        number = 20_000 if size < 10_000 else 1_000
+    bodies = [(label, chat_body(size)) for label, size in (("1 KB", 1024), ("2 KB", 2048))]
+    bodies += [("100 KB", chat_body(100 * 1024)), ("tools 4", tool_body(4))]
+    bodies += [("tools 30", tool_body(30))]
+    for label, body in bodies:
+        number = 20_000 if len(body) < 10_000 else 1_000
         ours = best_us(functools.partial(peek_request, body), number)
         std = best_us(functools.partial(json.loads, body), number)
         print(f"  {label:<8} ({len(body):>6} B)  {ours:10.2f}  {std:11.2f}  {std / ours:8.1f}x")

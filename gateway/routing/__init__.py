@@ -19,8 +19,8 @@ Per request the data plane does::
 Errors (both ``ValueError``, so a caller that only checks input can catch that)::
 
     ValueError
-    ├── PeekError             the body is not a JSON object or a routed field has the
-    │                         wrong type (answer 400)
+    ├── PeekError             the body is not a JSON object, nests deeper than
+    │                         MAX_JSON_DEPTH, or a routed field has the wrong type (400)
     └── UnknownPolicyError    get_policy() with a name nobody registered (config error)
 
 Nothing here does I/O or imports a web framework, HTTP client or async library; time
@@ -30,7 +30,12 @@ is passed in as ``now`` (monotonic seconds).
 from __future__ import annotations
 
 from sage.unified.gateway.routing._ejection import OutlierDetector
-from sage.unified.gateway.routing._peek import PeekError, RequestPeek, peek_request
+from sage.unified.gateway.routing._peek import (
+    MAX_JSON_DEPTH,
+    PeekError,
+    RequestPeek,
+    peek_request,
+)
 from sage.unified.gateway.routing._policies import (
     DEFAULT_POLICY,
     LeastLoadPolicy,
@@ -46,6 +51,7 @@ from sage.unified.gateway.routing._table import BackendState, RoutingState
 
 __all__ = [
     "DEFAULT_POLICY",
+    "MAX_JSON_DEPTH",
     "BackendState",
     "LeastLoadPolicy",
     "OutlierDetector",

@@ -4,14 +4,26 @@ The proxy forwards the request body untouched; it only needs these fields to rou
 msgspec decodes into a small :class:`msgspec.Struct` and *skips* every other field
 (``messages`` included) without building Python objects for it, which is several
 times faster than :func:`json.loads` on chat bodies (see ``bench/routing_overhead.py``).
-The whole body is still checked to be valid JSON.
+The whole body is still checked to be valid JSON, and to nest no deeper than
+:data:`MAX_JSON_DEPTH`.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-__all__ = ["PeekError", "RequestPeek", "peek_request"]
+__all__ = ["MAX_JSON_DEPTH", "PeekError", "RequestPeek", "peek_request"]
+
+MAX_JSON_DEPTH = 64
+"""No value of a request body may sit inside more than this many arrays and objects (the
+body's own object counts). OpenAI bodies nest fewer than 10 levels, tool schemas rarely
+20. Without a bound, about 1,000 levels (a 2 KB body) exhaust the recursion of the JSON
+decoder here, and of the engines' (whose 500s would count against a healthy backend)."""
+
+_DEEPER = b"\n" + b" " * (MAX_JSON_DEPTH + 1)
+"""In :func:`msgspec.json.format` output with ``indent=1``, the start of a line that is
+inside more than ``MAX_JSON_DEPTH`` containers (a JSON string holds no raw newline, so
+every newline there is msgspec's own)."""
 
 
 class PeekError(ValueError):
@@ -58,8 +70,11 @@ def peek_request(body: bytes) -> RequestPeek:
         PeekError: Invalid JSON, not an object, or ``model``/``user`` not a string,
             ``stream``/``stream_options.include_usage`` not a boolean,
             ``stream_options`` not an object. The message names the field
-            (e.g. ``Expected `str`, got `int` - at `$.model```).
+            (e.g. ``Expected `str`, got `int` - at `$.model```); or nested deeper
+            than :data:`MAX_JSON_DEPTH`.
     """
+    if not _few_brackets(body):
+        _check_depth(body)
     try:
         parsed = _decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -73,3 +88,42 @@ def peek_request(body: bytes) -> RequestPeek:
         user=parsed.user,
         include_usage=bool(options is not None and options.include_usage),
     )
+
+
+def _few_brackets(body: bytes) -> bool:
+    """Whether ``body`` has at most ``MAX_JSON_DEPTH`` opening brackets, inside strings or
+    not: then it cannot nest deeper. Short bodies are counted (two C passes); longer ones
+    are searched with ``find``, which runs at memchr speed, so a long body of prose (most of
+    a chat request's bytes) costs a few calls whatever its size."""
+    if len(body) <= 1024:
+        return body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH
+    find = body.find
+    seen = 0
+    for bracket in (b"{", b"["):
+        at = find(bracket)
+        while at >= 0:
+            seen += 1
+            if seen > MAX_JSON_DEPTH:
+                return False
+            at = find(bracket, at + 1)
+    return True
+
+
+def _check_depth(body: bytes) -> None:
+    """Raise :class:`PeekError` if ``body`` nests deeper than ``MAX_JSON_DEPTH``.
+
+    Which brackets are structure depends on strings and their escapes; scanning for them
+    in Python costs ten times the decode on a tool-heavy body, while msgspec's formatter
+    does it in one C pass (measured in ``bench/routing_overhead.py``) and writes each
+    nested value on a line indented by its depth.
+    """
+    try:
+        too_deep = _DEEPER in msgspec.json.format(body, indent=1)
+    except msgspec.DecodeError as exc:
+        raise PeekError(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of levels: deeper than msgspec follows
+        too_deep = True
+    if too_deep:
+        raise PeekError(
+            f"request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
+        )

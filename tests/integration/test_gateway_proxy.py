@@ -107,6 +107,9 @@ def test_bad_input_gets_openai_shaped_errors(start_simulator, start_gateway, mod
         (json.dumps({"messages": []}).encode(), 400, "invalid_request"),
         (json.dumps({"model": 7}).encode(), 400, "invalid_request"),
         (json.dumps({**CHAT, "padding": "x" * 5000}).encode(), 413, "request_too_large"),
+        # ~1,000 levels used to exhaust the body peek's recursion: a 500 and a traceback.
+        (b'{"model": "tiny", "x": ' + b"[" * 1500 + b"]" * 1500 + b"}", 400, "invalid_request"),
+        (b"[" * 2000 + b"]" * 2000, 400, "invalid_request"),
     ]
     for body, status, code in cases:
         response = httpx.post(url, content=body, headers={"content-type": "application/json"})

@@ -12,6 +12,7 @@ def test_public_names() -> None:
             "DEFAULT_POLICY",
             "BackendState",
             "LeastLoadPolicy",
+            "MAX_JSON_DEPTH",
             "OutlierDetector",
             "PeekError",
             "RequestPeek",
