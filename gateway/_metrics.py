@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sage.unified.gateway.routing import RoutingState
@@ -32,11 +32,13 @@ class _BackendCollector(Collector):
         source_status: dict[str, object],
         active: Callable[[], int],
         connections: Callable[[], int],
+        refused: Callable[[], int],
     ) -> None:
         self._state = state
         self._source = source_status
         self._active = active
         self._connections = connections
+        self._refused = refused
 
     def collect(self):  # type: ignore[no-untyped-def]
         in_flight = GaugeMetricFamily(
@@ -62,6 +64,11 @@ class _BackendCollector(Collector):
             "sage_gateway_client_connections",
             "Open client connections (idle keep-alive ones included)",
             value=self._connections(),
+        )
+        yield CounterMetricFamily(
+            "sage_gateway_connections_refused",
+            "Client connections refused at max_connections (answered 503)",
+            value=self._refused(),
         )
         yield GaugeMetricFamily(
             "sage_gateway_backends",
@@ -111,6 +118,8 @@ class GatewayMetrics:
         self.active_requests: Callable[[], int] = lambda: 0
         self.client_connections: Callable[[], int] = lambda: 0
         """Set by the server (read at scrape time, like ``active_requests``)."""
+        self.connections_refused: Callable[[], int] = lambda: 0
+        """Set by the server: its count of connections refused at ``max_connections``."""
         self._retries = Counter(
             "sage_gateway_retries",
             "Requests retried on another backend",
@@ -141,6 +150,7 @@ class GatewayMetrics:
                 source_status,
                 lambda: self.active_requests(),
                 lambda: self.client_connections(),
+                lambda: self.connections_refused(),
             )
         )
         self._request_children: dict[tuple[str, str, str], Counter] = {}

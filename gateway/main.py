@@ -25,7 +25,13 @@ from typing import Any
 import anyio
 
 from sage.unified.gateway.app import GatewayRuntime, create_gateway_app, fast_path
-from sage.unified.gateway.server import HttpServer, LifespanFailed, ServerConfig
+from sage.unified.gateway.server import (
+    HttpServer,
+    LifespanFailed,
+    ServerConfig,
+    connection_cap,
+    raise_open_file_limit,
+)
 from sage.unified.gateway.settings import GatewaySettings
 
 __all__ = ["GatewayStartError", "PortInUseError", "check_port_free", "run"]
@@ -55,13 +61,29 @@ def check_port_free(host: str, port: int) -> None:
             ) from None
 
 
-def _server_config(settings: GatewaySettings) -> ServerConfig:
+def _server_config(settings: GatewaySettings, open_files: int | None) -> ServerConfig:
+    """The HTTP server's config; ``open_files`` (the soft open-file limit) caps the
+    connections."""
+    max_connections = connection_cap(settings.max_connections, open_files)
+    if max_connections < settings.max_connections:
+        # Said louder when the operator asked for the higher number.
+        level = logging.WARNING if "max_connections" in settings.model_fields_set else logging.INFO
+        log.log(
+            level,
+            "max_connections lowered from %d to %d: the open-file limit is %s",
+            settings.max_connections,
+            max_connections,
+            open_files,
+        )
     return ServerConfig(
         host=settings.host,
         port=settings.port,
         backlog=2048,
         keep_alive_s=settings.keep_alive_s,
         request_timeout_s=settings.request_timeout_s,
+        head_timeout_s=settings.head_timeout_s,
+        min_body_rate_bytes_s=settings.min_body_rate_bytes_s,
+        max_connections=max_connections,
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         graceful_shutdown_s=settings.graceful_shutdown_s,
@@ -84,8 +106,9 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
     # of a loaded gateway) and cost about 1 µs per request.
     gc.collect()
     gc.freeze()
-    gateway_server = HttpServer(app, _server_config(settings))
+    gateway_server = HttpServer(app, _server_config(settings, raise_open_file_limit()))
     runtime.metrics.client_connections = lambda: gateway_server.connection_count
+    runtime.metrics.connections_refused = lambda: gateway_server.refused_connections
     agent_shutdown = anyio.Event()
 
     loop = asyncio.get_running_loop()

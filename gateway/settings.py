@@ -86,6 +86,16 @@ class GatewaySettings(SageSettings):
     gateway never closes a connection the balancer is about to reuse."""
     request_timeout_s: float = Field(30.0, gt=0)
     """Longest silence from a client whose request head or body is incomplete."""
+    head_timeout_s: float = Field(10.0, gt=0)
+    """A request head must be complete this long after its first byte, however steadily it
+    trickles in (408, then close)."""
+    min_body_rate_bytes_s: float = Field(1024.0, ge=0)
+    """Least average rate of a request body, judged after its first 5 s and never over
+    time the gateway itself did not read (408, then close); 0 turns the rule off."""
+    max_connections: int = Field(4096, ge=1)
+    """Most client connections open at once; one more is answered 503 with ``Retry-After``
+    and closed. Lowered at start-up to what the open-file limit allows (two descriptors per
+    client connection, one for its upstream connection, and 256 kept back)."""
     expose_backend_header: bool = False
     """Add ``X-Sage-Backend`` (the engine id) to responses; for debugging and tests."""
     access_log: bool = False

@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from ._config import ServerConfig
 from ._lifespan import LifespanFailed
+from ._limits import connection_cap, raise_open_file_limit
 from ._server import HttpServer
 
-__all__ = ["HttpServer", "LifespanFailed", "ServerConfig"]
+__all__ = [
+    "HttpServer",
+    "LifespanFailed",
+    "ServerConfig",
+    "connection_cap",
+    "raise_open_file_limit",
+]

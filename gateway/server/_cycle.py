@@ -6,6 +6,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from sage.unified.sdk.logsafe import safe_log_value
+
 from ._types import ASGIApp, Message
 from ._wire import CHUNKED_END, CONTINUE, DATE, NO_BODY_STATUS, error_response, status_line
 
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
 __all__ = ["RequestCycle"]
 
 log = logging.getLogger("sage.unified.gateway")
+access_log = logging.getLogger("sage.unified.gateway.access")
 
 DISCONNECT: Message = {"type": "http.disconnect"}
 
@@ -68,6 +71,20 @@ class RequestCycle:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def log_access(self) -> None:
+        """One access-log line: client, method, target, status, duration (escaped)."""
+        scope = self.scope
+        client = scope["client"]
+        access_log.info(
+            '%s - "%s %s HTTP/%s" %d %.1fms',
+            client[0] if client else "-",
+            safe_log_value(scope["method"]),
+            safe_log_value(scope["path"]),
+            scope["http_version"],
+            self.status,
+            (self.conn.loop.time() - self.started_at) * 1000,
+        )
+
     # -- ASGI ---------------------------------------------------------------------
 
     async def receive(self) -> Message:
@@ -76,6 +93,7 @@ class RequestCycle:
             self.expect_continue = False
             if not self.response_started and not self.disconnected:
                 conn.write(CONTINUE)
+                conn.restart_body_clock()  # the client sends the body from now on
         while True:
             if self.disconnected or self.response_complete:
                 return DISCONNECT
@@ -206,16 +224,16 @@ class RequestCycle:
         except Exception:
             log.exception(
                 "unhandled error in the application for %s %s",
-                self.scope["method"],
-                self.scope["path"],
+                safe_log_value(self.scope["method"]),
+                safe_log_value(self.scope["path"]),
             )
             self._fail()
         else:
             if not self.response_complete and not self.disconnected:
                 log.error(
                     "the application returned without completing the response for %s %s",
-                    self.scope["method"],
-                    self.scope["path"],
+                    safe_log_value(self.scope["method"]),
+                    safe_log_value(self.scope["path"]),
                 )
                 self._fail()
         finally:

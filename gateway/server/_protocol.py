@@ -14,8 +14,12 @@ Behaviour a client can rely on:
   ``HEAD``, 204 and 304 carry no body;
 - a connection whose request body was not read to the end is closed after the response
   (the unread bytes cannot be mistaken for a next request);
-- limits: header count/bytes (431), target length (414), malformed HTTP (400), each an
-  OpenAI-shaped JSON error, then the connection is closed;
+- limits: header count/bytes (431), target length (414), malformed HTTP (400), no or
+  several ``Host`` in HTTP/1.1 (400), a transfer coding but ``chunked`` (501), slow
+  heads and bodies (408, see ``_limits.py``), each an OpenAI-shaped JSON error, then
+  the connection is closed; past ``max_connections``, 503 and a close, request unread;
+- trailer fields of a chunked body are dropped, never request headers (an
+  ``Authorization`` sent as a trailer must not authenticate);
 - back-pressure: ``send()`` waits while the client's socket buffer is full, and reading
   pauses while a request body is buffered beyond 64 KiB and not consumed;
 - the client leaving makes ``receive()`` return ``http.disconnect``; later ``send()``
@@ -28,19 +32,18 @@ import asyncio
 import collections
 import logging
 from typing import TYPE_CHECKING, Any, cast
-from urllib.parse import unquote
 
 import httptools
 
 from ._cycle import RequestCycle
-from ._wire import error_response
+from ._limits import body_too_slow
+from ._wire import address, error_response, head_problem, split_target
 
 if TYPE_CHECKING:
     from ._server import ServerState
 
 __all__ = ["HttpConnection"]
 
-access_log = logging.getLogger("sage.unified.gateway.access")
 log = logging.getLogger("sage.unified.gateway")
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -63,19 +66,25 @@ class HttpConnection(asyncio.Protocol):
 
     __slots__ = (
         "_active",
+        "_body_bytes",
+        "_body_since",
         "_cycle_body_paused",
         "_drain",
         "_expect_continue",
         "_head_bytes",
         "_head_limit",
+        "_head_started",
         "_header_bytes",
         "_headers",
+        "_hosts",
         "_in_head",
         "_linger_until",
         "_parser",
         "_parsing",
         "_queue",
         "_read_paused",
+        "_since_body_data",
+        "_transfer_coding",
         "_url",
         "client",
         "closing",
@@ -99,6 +108,12 @@ class HttpConnection(asyncio.Protocol):
         self._expect_continue = False
         self._in_head = False
         self._head_bytes = 0
+        self._head_started = 0.0
+        self._hosts = 0
+        self._transfer_coding: bytes | None = None
+        self._body_since = 0.0  # when the body's rate clock started
+        self._body_bytes = 0  # body bytes since then
+        self._since_body_data = 0  # bytes read inside a body since its last data
         config = shared.config
         # Request line + headers + their separators; a generous bound, checked per read.
         self._head_limit = config.max_url_bytes + 2 * config.max_header_bytes + 4096
@@ -121,11 +136,17 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: cast, do not check.
         self.transport = transport = cast(asyncio.Transport, transport)
-        self.client = _address(transport.get_extra_info("peername"))
-        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = address(transport.get_extra_info("peername"))
+        self.server = address(transport.get_extra_info("sockname"))
         self.idle_since = self.last_rx = self.loop.time()
-        self.shared.connections.add(self)
-        if self.shared.closing:
+        shared = self.shared
+        if len(shared.connections) >= shared.config.max_connections:
+            self.closing = True  # refused: answered without reading, closed at once
+            transport.write(shared.refusal())
+            transport.close()
+            return
+        shared.connections.add(self)
+        if shared.closing:
             self.closing = True
             transport.close()
 
@@ -164,6 +185,10 @@ class HttpConnection(asyncio.Protocol):
                     "headers_too_large",
                 )
                 return
+        elif self._parsing is not None:
+            # Inside a body, httptools buffers trailer lines (and skips chunk extensions)
+            # without bound: bytes that bring no body data count against the head limit.
+            self._since_body_data += len(data)
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -179,6 +204,9 @@ class HttpConnection(asyncio.Protocol):
                 self._reject(400, "malformed HTTP request", "bad_request")
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed HTTP request: {exc}", "bad_request")
+        else:
+            if self._since_body_data > self._head_limit:
+                self._reject(431, "request trailers exceed the limit", "headers_too_large")
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -198,6 +226,9 @@ class HttpConnection(asyncio.Protocol):
         self._expect_continue = False
         self._in_head = True
         self._head_bytes = 0
+        self._head_started = self.last_rx
+        self._hosts = 0
+        self._transfer_coding = None
         self.idle_since = None
 
     def on_url(self, url: bytes) -> None:
@@ -206,6 +237,8 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject(414, "the request target is too long", "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer field: read and dropped, never one of the request's headers
         headers = self._headers
         self._header_bytes += len(name) + len(value)
         config = self.shared.config
@@ -218,26 +251,26 @@ class HttpConnection(asyncio.Protocol):
             )
         name = name.lower()
         headers.append((name, value))
-        if name == b"expect" and value.lower() == b"100-continue":
+        if name == b"host":
+            self._hosts += 1
+        elif name == b"transfer-encoding":
+            # httptools frames "gzip, chunked" as chunked and hands the app gzip bytes it
+            # takes for the body: only "chunked" alone, once, is served.
+            self._transfer_coding = b"" if self._transfer_coding is not None else value
+        elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        url = self._url
-        if url[:1] == b"/":
-            raw_path, _, query = url.partition(b"?")
-        elif url == b"*":
-            raw_path, query = url, b""
-        else:  # absolute-form target (a client talking to a proxy)
-            parsed = httptools.parse_url(url)
-            raw_path, query = parsed.path or b"/", parsed.query or b""
-        path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
+        version = parser.get_http_version()
+        problem = head_problem(version, self._hosts, self._transfer_coding)
+        if problem is not None:
+            raise _Reject(*problem)
+        path, raw_path, query = split_target(self._url)
         scope: dict[str, Any] = {
             "type": "http",
             "asgi": _ASGI,
-            "http_version": parser.get_http_version(),
+            "http_version": version,
             "server": self.server,
             "client": self.client,
             "scheme": "http",
@@ -253,6 +286,8 @@ class HttpConnection(asyncio.Protocol):
         cycle.expect_continue = self._expect_continue
         self._in_head = False
         self._parsing = cycle
+        self._body_since = self.last_rx
+        self._body_bytes = self._since_body_data = 0
         if self._active is None:
             self._start(cycle)
         else:
@@ -260,6 +295,8 @@ class HttpConnection(asyncio.Protocol):
             self._pause_reading()
 
     def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        self._since_body_data = 0
         cycle = self._parsing
         if cycle is None or cycle.response_complete:
             return  # the app answered without reading the body; it is discarded
@@ -301,17 +338,8 @@ class HttpConnection(asyncio.Protocol):
     def response_done(self, cycle: RequestCycle) -> None:
         cycle.response_complete = True
         cycle.wake()
-        shared = self.shared
-        if shared.config.access_log:
-            access_log.info(
-                '%s - "%s %s HTTP/%s" %d %.1fms',
-                self.client[0] if self.client else "-",
-                cycle.scope["method"],
-                cycle.scope["path"],
-                cycle.scope["http_version"],
-                cycle.status,
-                (self.loop.time() - cycle.started_at) * 1000,
-            )
+        if self.shared.config.access_log:
+            cycle.log_access()
         if not cycle.keep_alive or not cycle.body_complete:
             # An unread request body would be parsed as the next request.
             self._no_more_requests()
@@ -385,27 +413,39 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def check_timeouts(self, now: float) -> None:
-        """Close an idle keep-alive connection, or cut off a client that stalls its
-        request (called by the server's periodic sweep)."""
+        """Close an idle keep-alive connection, or cut off a client that stalls or
+        trickles its request (called by the server's periodic sweep)."""
         if self.transport is None or (self._read_paused and self._linger_until is None):
             return  # silence while we do not read is ours, not the client's
         config = self.shared.config
         if self._linger_until is not None:
             if now >= self._linger_until:
                 self.close()
-            return
-        if self.idle_since is not None:
+        elif self.idle_since is not None:
             if now - self.idle_since >= config.keep_alive_s:
                 self.close()
-        elif now - self.last_rx >= config.request_timeout_s:
-            if self._in_head and self._active is None:
-                self.write(error_response(408, "request head not received in time", "timeout"))
-                self.close_after_response()
-            elif self._parsing is not None:
+        elif self._in_head:
+            if (
+                now - self._head_started >= config.head_timeout_s
+                or now - self.last_rx >= config.request_timeout_s
+            ):
+                self._reject(408, "request head not received in time", "timeout")
+        elif (parsing := self._parsing) is not None:
+            rate = config.min_body_rate_bytes_s
+            if now - self.last_rx >= config.request_timeout_s:
                 # A stalled body: the app waiting for it sees the client leave.
-                self._parsing.disconnected = True
-                self._parsing.wake()
+                parsing.disconnected = True
+                parsing.wake()
                 self.close_after_response()
+            elif not parsing.expect_continue and body_too_slow(
+                self._body_bytes, now - self._body_since, rate, config.body_rate_grace_s
+            ):
+                self._reject(408, f"request body slower than {rate:.0f} bytes/s", "timeout")
+
+    def restart_body_clock(self) -> None:
+        """Judge the body's rate from now on (the server was not reading it until now)."""
+        self._body_since = self.loop.time()
+        self._body_bytes = 0
 
     # -- internals ----------------------------------------------------------------------
 
@@ -452,9 +492,5 @@ class HttpConnection(asyncio.Protocol):
         if self._read_paused and self.transport is not None and not self.closing:
             self._read_paused = False
             self.transport.resume_reading()
-
-
-def _address(info: Any) -> tuple[str, int] | None:
-    if isinstance(info, tuple) and len(info) >= 2:
-        return (str(info[0]), int(info[1]))
-    return None
+            if self._parsing is not None:
+                self.restart_body_clock()

@@ -11,6 +11,7 @@ from ._config import ServerConfig
 from ._lifespan import Lifespan
 from ._protocol import HttpConnection
 from ._types import ASGIApp
+from ._wire import error_response
 
 __all__ = ["HttpServer", "ServerState"]
 
@@ -21,11 +22,25 @@ _SWEEP_S = 0.5
 sweep rather than a timer per request: arming and cancelling a timer on every request
 measurably costs CPU on the hot path."""
 
+_REFUSAL_LOG_EVERY_S = 60.0
+"""Refused connections come in floods: one warning a minute, with the count."""
+
 
 class ServerState:
     """What every connection of one server shares."""
 
-    __slots__ = ("_idle", "app", "closing", "config", "connections", "loop", "state", "tasks")
+    __slots__ = (
+        "_idle",
+        "_next_refusal_log",
+        "app",
+        "closing",
+        "config",
+        "connections",
+        "loop",
+        "refused_connections",
+        "state",
+        "tasks",
+    )
 
     def __init__(self, app: ASGIApp, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> None:
         self.app = app
@@ -37,6 +52,30 @@ class ServerState:
         self.state: dict[str, Any] = {}
         """Lifespan state: the app fills it at startup, each request gets a shallow copy."""
         self._idle = asyncio.Event()
+        self.refused_connections = 0
+        """Connections answered 503 at ``max_connections`` since the server started."""
+        self._next_refusal_log = 0.0
+
+    def refusal(self) -> bytes:
+        """Count one connection refused at ``max_connections``; the bytes to answer it."""
+        self.refused_connections += 1
+        limit = self.config.max_connections
+        now = self.loop.time()
+        if now >= self._next_refusal_log:
+            self._next_refusal_log = now + _REFUSAL_LOG_EVERY_S
+            log.warning(
+                "%d client connections open (max_connections): refusing new ones "
+                "(%d refused so far)",
+                limit,
+                self.refused_connections,
+            )
+        return error_response(
+            503,
+            f"the gateway has too many open connections ({limit}); retry shortly",
+            "too_many_connections",
+            error_type="service_unavailable",
+            retry_after_s=1,
+        )
 
     def idle_changed(self) -> None:
         if self.closing:
@@ -85,6 +124,11 @@ class HttpServer:
     def connection_count(self) -> int:
         """Open client connections (idle keep-alive ones included)."""
         return len(self._state.connections) if self._state is not None else 0
+
+    @property
+    def refused_connections(self) -> int:
+        """Connections refused at ``max_connections`` (answered 503) since ``start()``."""
+        return self._state.refused_connections if self._state is not None else 0
 
     @property
     def should_exit(self) -> bool:

@@ -1,10 +1,14 @@
-"""HTTP/1.1 response bytes the server writes itself (pure)."""
+"""HTTP/1.1 bytes the server reads and writes itself (pure)."""
 
 from __future__ import annotations
 
 import time
 from email.utils import formatdate
 from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+import httptools
 
 from sage.unified.sdk.models import encode, error_body
 
@@ -14,7 +18,10 @@ __all__ = [
     "DATE",
     "NO_BODY_STATUS",
     "DateHeader",
+    "address",
     "error_response",
+    "head_problem",
+    "split_target",
     "status_line",
 ]
 
@@ -55,9 +62,17 @@ class DateHeader:
 DATE = DateHeader()
 
 
-def error_response(status: int, message: str, code: str, *, close: bool = True) -> bytes:
+def error_response(
+    status: int,
+    message: str,
+    code: str,
+    *,
+    close: bool = True,
+    error_type: str = "invalid_request_error",
+    retry_after_s: int | None = None,
+) -> bytes:
     """A complete OpenAI-shaped JSON error response."""
-    body = encode(error_body(message, "invalid_request_error", code))
+    body = encode(error_body(message, error_type, code))
     head = [
         status_line(status),
         DATE.get(),
@@ -65,7 +80,48 @@ def error_response(status: int, message: str, code: str, *, close: bool = True) 
         str(len(body)).encode(),
         b"\r\n",
     ]
+    if retry_after_s is not None:
+        head.append(b"retry-after: %d\r\n" % retry_after_s)
     if close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")
     return b"".join(head) + body
+
+
+def split_target(target: bytes) -> tuple[str, bytes, bytes]:
+    """A request target as ASGI wants it: ``(path, raw_path, query_string)``, the path
+    percent-decoded (origin-form ``/a?b``, ``*``, or absolute-form ``http://h/a?b``)."""
+    if target[:1] == b"/":
+        raw_path, _, query = target.partition(b"?")
+    elif target == b"*":
+        raw_path, query = target, b""
+    else:  # absolute-form target (a client talking to a proxy)
+        parsed = httptools.parse_url(target)
+        raw_path, query = parsed.path or b"/", parsed.query or b""
+    path = raw_path.decode("latin-1")
+    if "%" in path:
+        path = unquote(path)
+    return path, raw_path, query
+
+
+def head_problem(version: str, hosts: int, coding: bytes | None) -> tuple[int, str, str] | None:
+    """What RFC 9112 forbids in a parsed request head, as ``(status, message, code)``.
+
+    Args:
+        version: ``"1.1"`` or ``"1.0"``.
+        hosts: How many ``Host`` header lines the head has (HTTP/1.0 may have none).
+        coding: The ``Transfer-Encoding`` value, ``b""`` for several such headers,
+            ``None`` for none; only ``chunked`` is served.
+    """
+    if hosts != 1 and (hosts or version != "1.0"):
+        return 400, "a request needs exactly one Host header", "bad_request"
+    if coding is not None and coding.lower() != b"chunked":
+        return 501, "the only transfer coding served is chunked", "unsupported_transfer_coding"
+    return None
+
+
+def address(info: Any) -> tuple[str, int] | None:
+    """A socket address as ASGI's ``client``/``server`` (host, port), if it is one."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None

@@ -112,7 +112,13 @@ def test_studio_files_are_installed_with_the_package() -> None:
 def test_public_names_of_the_gateway_server() -> None:
     import sage.unified.gateway.server as server
 
-    assert set(server.__all__) == {"HttpServer", "LifespanFailed", "ServerConfig"}
+    assert set(server.__all__) == {
+        "HttpServer",
+        "LifespanFailed",
+        "ServerConfig",
+        "connection_cap",
+        "raise_open_file_limit",
+    }
     assert all(hasattr(server, name) for name in server.__all__)
 
 

@@ -1389,6 +1389,269 @@ async def test_query_string_alone_and_empty_path() -> None:
     assert scopes[1]["query_string"] == b""
 
 
+# -- 15. hardening (security review) ----------------------------------------------------
+# Each test here failed before its fix; docs/reliability.md names them under the promise.
+
+
+async def test_access_log_escapes_and_bounds_a_hostile_target(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # %0D%0A decodes to CR LF in the path: logged raw, it forges a second log line.
+    target = "/v1/x%0D%0A127.0.0.1%20-%20%22GET%20/admin%22%20200%1B[2J" + "a" * 7000
+    with caplog.at_level("INFO", logger="sage.unified.gateway.access"):
+        async with serving(path_app, access_log=True) as server, connect(server) as client:
+            response = await client.request(get(target))
+    assert response.status == 200
+    [line] = [r.getMessage() for r in caplog.records if r.name.endswith(".access")]
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "\x1b" not in line
+    assert "\\x0d\\x0a127.0.0.1" in line
+    assert "…(+" in line
+    assert len(line) < 600
+
+
+async def test_app_error_log_escapes_the_target(caplog: pytest.LogCaptureFixture) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level("ERROR", logger="sage.unified.gateway"):
+        async with serving(app) as server, connect(server) as client:
+            response = await client.request(get("/a%0Aforged%1B[31m" + "b" * 7000))
+    assert response.status == 500
+    [line] = [r.getMessage() for r in caplog.records if "unhandled error" in r.getMessage()]
+    assert "\n" not in line
+    assert "\x1b" not in line
+    assert "\\x0aforged\\x1b[31m" in line
+    assert len(line) < 600
+
+
+async def test_trailer_fields_never_become_request_headers() -> None:
+    seen: list[list[tuple[bytes, bytes]]] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        body = await read_body(receive)  # the trailers have been parsed by now
+        seen.append(list(scope["headers"]))
+        await respond(send, body or b"")
+
+    async with serving(app) as server, connect(server) as client:
+        await client.send(
+            b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nauthorization: Bearer stolen\r\nx-trailer: 1\r\n\r\n"
+        )
+        response = await client.read_response()
+        assert response.body == b"hello"
+        # The connection is still in sync: a second request is answered.
+        assert (await client.request(get("/next"))).status == 200
+    names = [name for name, _ in seen[0]]
+    assert names == [b"host", b"transfer-encoding"]
+    assert all(b"authorization" not in [name for name, _ in headers] for headers in seen)
+
+
+async def test_one_endless_trailer_is_cut_off_at_the_limit() -> None:
+    # Like an endless header line, but after the body, where the head's count had ended.
+    answer = b""
+    closed = False
+    sent = 0
+    async with (
+        serving(echo_app, max_header_bytes=1024, request_timeout_s=10) as server,
+        connect(server) as client,
+    ):
+        await client.send(
+            b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"1\r\nx\r\n0\r\nx-endless: "
+        )
+        while sent < 4 * 1024 * 1024 and not answer and not closed:
+            try:
+                await client.send(b"a" * 16384)
+                sent += 16384
+                async with asyncio.timeout(0.01):
+                    answer = await client.reader.read(65536)
+                    closed = not answer
+            except TimeoutError:
+                pass
+            except OSError:  # reset: the server refused (the 431 may be lost with it)
+                closed = True
+    assert answer or closed, f"the server buffered {sent} bytes of one trailer, no answer"
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 431 "), answer[:80]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", id="no-host"),
+        pytest.param(b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", id="two-hosts"),
+        pytest.param(b"GET / HTTP/1.0\r\nhost: a\r\nhost: b\r\n\r\n", id="two-hosts-1.0"),
+    ],
+)
+async def test_a_request_without_exactly_one_host_gets_400(head: bytes) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["path"])
+        await path_app(scope, receive, send)
+
+    async with serving(app) as server, connect(server) as client:
+        response = await client.request(head)
+        assert_error(response, 400, "bad_request")
+        assert "Host" in response.json()["error"]["message"]
+        assert await client.read_until_closed() == b""
+    assert seen == []
+
+
+async def test_http_1_0_without_host_is_served() -> None:
+    async with serving(path_app) as server, connect(server) as client:
+        await client.send(b"GET /old HTTP/1.0\r\n\r\n")
+        head = await client.read_head()
+        body = await client.read_until_closed(within=WAIT_S)
+    assert head.status == 200
+    assert body == b"/old"
+
+
+@pytest.mark.parametrize(
+    ("coding", "status", "code"),
+    [
+        # httptools would frame this as chunked and hand the app gzip bytes as the body.
+        pytest.param(b"gzip, chunked", 501, "unsupported_transfer_coding", id="gzip-chunked"),
+        pytest.param(b"gzip", 501, "unsupported_transfer_coding", id="gzip"),
+        # Two transfer-encoding lines: httptools refuses them itself.
+        pytest.param(b"chunked\r\ntransfer-encoding: chunked", 400, "bad_request", id="twice"),
+    ],
+)
+async def test_a_transfer_coding_other_than_chunked_is_refused(
+    coding: bytes, status: int, code: str
+) -> None:
+    seen: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        seen.append(scope["path"])
+        await echo_app(scope, receive, send)
+
+    async with serving(app) as server, connect(server) as client:
+        response = await client.request(
+            b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: %b\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n" % coding
+        )
+        assert_error(response, status, code)
+        assert await client.read_until_closed() == b""
+    assert seen == []
+
+
+async def test_chunked_in_any_case_is_served() -> None:
+    async with serving(echo_app) as server, connect(server) as client:
+        response = await client.request(
+            b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: Chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+    assert response.body == b"hello"
+
+
+async def _trickle(client: Client, data: bytes, every_s: float) -> None:
+    """Send ``data`` one byte at a time until done or the server hangs up."""
+    for byte in data:
+        try:
+            await client.send(bytes([byte]))
+        except OSError:
+            return
+        await asyncio.sleep(every_s)
+
+
+async def test_a_trickled_request_head_gets_408_at_the_head_deadline() -> None:
+    # One byte every 0.1 s is never silent for request_timeout_s: only a deadline on the
+    # whole head stops it (a 7 KB head would hold the connection for 12 minutes).
+    async with (
+        serving(path_app, head_timeout_s=0.5, request_timeout_s=5) as server,
+        connect(server) as client,
+    ):
+        began = time.monotonic()
+        trickle = asyncio.create_task(
+            _trickle(client, b"GET / HTTP/1.1\r\nhost: t\r\nx-slow: " + b"a" * 100, 0.05)
+        )
+        try:
+            response = await client.read_response(within=4)
+        finally:
+            trickle.cancel()
+        assert 0.4 <= time.monotonic() - began < 4
+        assert_error(response, 408, "timeout")
+        assert await client.read_until_closed() == b""
+
+
+async def test_a_trickled_request_body_gets_408_under_the_minimum_rate() -> None:
+    outcome: list[bytes | None] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        outcome.append(await read_body(receive))
+        if outcome[-1] is not None:
+            await respond(send, b"unexpected")
+
+    async with (
+        serving(
+            app, min_body_rate_bytes_s=1000, body_rate_grace_s=0.5, request_timeout_s=5
+        ) as server,
+        connect(server) as client,
+    ):
+        await client.send(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 100000\r\n\r\n")
+        began = time.monotonic()
+        trickle = asyncio.create_task(_trickle(client, b"b" * 200, 0.02))  # ~50 B/s
+        try:
+            response = await client.read_response(within=4)
+        finally:
+            trickle.cancel()
+        assert 0.4 <= time.monotonic() - began < 4
+        assert_error(response, 408, "timeout")
+        assert "bytes/s" in response.json()["error"]["message"]
+        assert await client.read_until_closed() == b""
+    assert outcome == [None], "the app must see the client gone"
+
+
+async def test_a_body_waiting_for_100_continue_is_not_judged_by_its_rate() -> None:
+    # The client sends nothing until the app asks for the body: that silence is ours.
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await asyncio.sleep(1.0)  # beyond the grace and two sweeps
+        await echo_app(scope, receive, send)
+
+    async with (
+        serving(
+            app, min_body_rate_bytes_s=1000, body_rate_grace_s=0.3, request_timeout_s=5
+        ) as server,
+        connect(server) as client,
+    ):
+        await client.send(
+            b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n"
+        )
+        interim = await client.read_response()
+        assert interim.status == 100
+        await client.send(b"hello")
+        response = await client.read_response()
+    assert response.status == 200
+    assert response.body == b"hello"
+
+
+async def test_connections_past_the_cap_get_503_and_are_closed_at_once() -> None:
+    async with serving(path_app, max_connections=2, keep_alive_s=30) as server:
+        async with connect(server) as first, connect(server) as second:
+            assert (await first.request(get("/1"))).status == 200
+            assert (await second.request(get("/2"))).status == 200
+            async with connect(server) as third:
+                response = await third.read_response()  # nothing sent: nothing read
+                assert_error(response, 503, "too_many_connections")
+                assert response.header(b"retry-after") == b"1"
+                assert response.json()["error"]["type"] == "service_unavailable"
+                assert await third.read_until_closed(within=WAIT_S) == b""
+            assert server.refused_connections == 1
+            assert server.connection_count == 2
+            # The refusal did not disturb the connections already open.
+            assert (await first.request(get("/again"))).status == 200
+        for _ in range(int(WAIT_S / 0.01)):  # the server notices the two closes
+            if not server.connection_count:
+                break
+            await asyncio.sleep(0.01)
+        assert server.connection_count == 0
+        async with connect(server) as later:
+            assert (await later.request(get("/later"))).status == 200
+
+
 # -- config -----------------------------------------------------------------------------
 
 
@@ -1400,6 +1663,10 @@ async def test_query_string_alone_and_empty_path() -> None:
         {"request_timeout_s": -1},
         {"graceful_shutdown_s": -0.1},
         {"max_headers": 0},
+        {"head_timeout_s": 0},
+        {"min_body_rate_bytes_s": -1},
+        {"body_rate_grace_s": -1},
+        {"max_connections": 0},
     ],
 )
 def test_config_rejects_nonsense(bad: dict[str, Any]) -> None:
