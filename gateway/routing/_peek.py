@@ -20,6 +20,10 @@ body's own object counts). OpenAI bodies nest fewer than 10 levels, tool schemas
 20. Without a bound, about 1,000 levels (a 2 KB body) exhaust the recursion of the JSON
 decoder here, and of the engines' (whose 500s would count against a healthy backend)."""
 
+_FEW_BRACKETS = 16
+"""A body over 1 KiB with at most this many opening brackets (fewer than
+``MAX_JSON_DEPTH``) is spared the depth check; measured in ``bench/routing_overhead.py``."""
+
 _DEEPER = b"\n" + b" " * (MAX_JSON_DEPTH + 1)
 """In :func:`msgspec.json.format` output with ``indent=1``, the start of a line that is
 inside more than ``MAX_JSON_DEPTH`` containers (a JSON string holds no raw newline, so
@@ -91,10 +95,11 @@ def peek_request(body: bytes) -> RequestPeek:
 
 
 def _few_brackets(body: bytes) -> bool:
-    """Whether ``body`` has at most ``MAX_JSON_DEPTH`` opening brackets, inside strings or
-    not: then it cannot nest deeper. Short bodies are counted (two C passes); longer ones
-    are searched with ``find``, which runs at memchr speed, so a long body of prose (most of
-    a chat request's bytes) costs a few calls whatever its size."""
+    """Whether ``body`` has too few opening brackets (inside strings or not) to nest
+    deeper than ``MAX_JSON_DEPTH``. A short body is counted; a longer one is searched with
+    ``find``, which runs at memchr speed, so a body of prose (most of a chat request's
+    bytes) costs a few calls whatever its size. Past ``_FEW_BRACKETS`` brackets,
+    formatting the body costs less than finding more."""
     if len(body) <= 1024:
         return body.count(b"{") + body.count(b"[") <= MAX_JSON_DEPTH
     find = body.find
@@ -103,7 +108,7 @@ def _few_brackets(body: bytes) -> bool:
         at = find(bracket)
         while at >= 0:
             seen += 1
-            if seen > MAX_JSON_DEPTH:
+            if seen > _FEW_BRACKETS:
                 return False
             at = find(bracket, at + 1)
     return True
