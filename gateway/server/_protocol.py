@@ -37,7 +37,7 @@ import httptools
 
 from ._cycle import RequestCycle
 from ._limits import body_too_slow
-from ._wire import address, error_response, head_problem, split_target
+from ._wire import address, error_response, split_target, unsupported_coding
 
 if TYPE_CHECKING:
     from ._server import ServerState
@@ -84,7 +84,6 @@ class HttpConnection(asyncio.Protocol):
         "_queue",
         "_read_paused",
         "_since_body_data",
-        "_transfer_coding",
         "_url",
         "client",
         "closing",
@@ -110,7 +109,6 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_started = 0.0
         self._hosts = 0
-        self._transfer_coding: bytes | None = None
         self._body_since = 0.0  # when the body's rate clock started
         self._body_bytes = 0  # body bytes since then
         self._since_body_data = 0  # bytes read inside a body since its last data
@@ -228,7 +226,6 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._head_started = self.last_rx
         self._hosts = 0
-        self._transfer_coding = None
         self.idle_since = None
 
     def on_url(self, url: bytes) -> None:
@@ -237,8 +234,6 @@ class HttpConnection(asyncio.Protocol):
             raise _Reject(414, "the request target is too long", "uri_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a trailer field: read and dropped, never one of the request's headers
         headers = self._headers
         self._header_bytes += len(name) + len(value)
         config = self.shared.config
@@ -253,19 +248,14 @@ class HttpConnection(asyncio.Protocol):
         headers.append((name, value))
         if name == b"host":
             self._hosts += 1
-        elif name == b"transfer-encoding":
-            # httptools frames "gzip, chunked" as chunked and hands the app gzip bytes it
-            # takes for the body: only "chunked" alone, once, is served.
-            self._transfer_coding = b"" if self._transfer_coding is not None else value
         elif name == b"expect" and value.lower() == b"100-continue":
             self._expect_continue = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
-        problem = head_problem(version, self._hosts, self._transfer_coding)
-        if problem is not None:
-            raise _Reject(*problem)
+        if self._hosts != 1 and (self._hosts or version != "1.0"):
+            raise _Reject(400, "a request needs exactly one Host header", "bad_request")
         path, raw_path, query = split_target(self._url)
         scope: dict[str, Any] = {
             "type": "http",
@@ -284,6 +274,9 @@ class HttpConnection(asyncio.Protocol):
         }
         cycle = RequestCycle(self, scope, parser.should_keep_alive())
         cycle.expect_continue = self._expect_continue
+        # Trailer fields of a chunked body go to a list nobody reads: dropped, never one of
+        # the request's headers (an Authorization sent as a trailer must not authenticate).
+        self._headers = []
         self._in_head = False
         self._parsing = cycle
         self._body_since = self.last_rx
@@ -293,6 +286,15 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._queue.append(cycle)
             self._pause_reading()
+
+    def on_chunk_header(self) -> None:
+        cycle = self._parsing
+        if self._body_bytes == 0 and cycle is not None and unsupported_coding(cycle.scope):
+            # httptools frames "gzip, chunked" as chunked and would hand the app gzip
+            # bytes as the body. Checked here, where only chunked requests pay for it.
+            raise _Reject(
+                501, "the only transfer coding served is chunked", "unsupported_transfer_coding"
+            )
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)

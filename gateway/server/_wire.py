@@ -12,6 +12,8 @@ import httptools
 
 from sage.unified.sdk.models import encode, error_body
 
+from ._types import Scope
+
 __all__ = [
     "CHUNKED_END",
     "CONTINUE",
@@ -20,9 +22,9 @@ __all__ = [
     "DateHeader",
     "address",
     "error_response",
-    "head_problem",
     "split_target",
     "status_line",
+    "unsupported_coding",
 ]
 
 STATUS_LINES = {
@@ -104,20 +106,11 @@ def split_target(target: bytes) -> tuple[str, bytes, bytes]:
     return path, raw_path, query
 
 
-def head_problem(version: str, hosts: int, coding: bytes | None) -> tuple[int, str, str] | None:
-    """What RFC 9112 forbids in a parsed request head, as ``(status, message, code)``.
-
-    Args:
-        version: ``"1.1"`` or ``"1.0"``.
-        hosts: How many ``Host`` header lines the head has (HTTP/1.0 may have none).
-        coding: The ``Transfer-Encoding`` value, ``b""`` for several such headers,
-            ``None`` for none; only ``chunked`` is served.
-    """
-    if hosts != 1 and (hosts or version != "1.0"):
-        return 400, "a request needs exactly one Host header", "bad_request"
-    if coding is not None and coding.lower() != b"chunked":
-        return 501, "the only transfer coding served is chunked", "unsupported_transfer_coding"
-    return None
+def unsupported_coding(scope: Scope) -> bool:
+    """Whether a chunked request's ``Transfer-Encoding`` is more than ``chunked`` alone
+    (``gzip, chunked``, or several such headers): only plain chunked is served."""
+    codings = [value for name, value in scope["headers"] if name == b"transfer-encoding"]
+    return len(codings) != 1 or codings[0].strip().lower() != b"chunked"
 
 
 def address(info: Any) -> tuple[str, int] | None:
