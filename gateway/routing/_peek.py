@@ -31,7 +31,8 @@ every newline there is msgspec's own)."""
 
 
 class PeekError(ValueError):
-    """The body is not a JSON object, or a routed field has the wrong type (answer 400)."""
+    """The body is not a JSON object, nests deeper than ``MAX_JSON_DEPTH``, or a routed field
+    has the wrong type (answer 400)."""
 
 
 class RequestPeek(msgspec.Struct, frozen=True):
