@@ -8,11 +8,12 @@ upstream the way httpx's ``MockTransport`` tests a client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from sage.unified.gateway._asgi import Message, Receive, is_event_stream
 from sage.unified.gateway._retry_rules import FailureKind
+from sage.unified.gateway._stalls import EngineHung, StallTicket
+from sage.unified.gateway._upstream_api import Origin, Upstream, UpstreamReply
 from sage.unified.gateway.upstream import (
     PoolTimeout,
     UpstreamConnectError,
@@ -33,38 +34,9 @@ __all__ = [
     "send_attempt",
 ]
 
-Origin = tuple[str, str, int]
-"""``(scheme, host, port)``."""
-
 RETRYABLE_STATUS = frozenset({502, 503})
 WATCH_AFTER_S = 0.05
 """A request older than this gets a task that watches for its client leaving."""
-
-
-class UpstreamReply(Protocol):
-    """A response whose head has arrived; the body is read or iterated, then closed."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-    async def read(self) -> bytes: ...
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    def close(self) -> None: ...
-
-
-class Upstream(Protocol):
-    """Sends one request to an engine (``gateway.upstream.UpstreamPool`` is one)."""
-
-    async def request(
-        self,
-        method: bytes,
-        origin: Origin,
-        target: bytes,
-        headers: Iterable[tuple[bytes, bytes]],
-        body: bytes = b"",
-    ) -> UpstreamReply: ...
 
 
 def classify(error: UpstreamError) -> FailureKind:
@@ -162,6 +134,12 @@ class ClientWatch:
             self._task.cancel()
 
 
+def _ours(task: asyncio.Task[Any] | None, flag: bool) -> bool:
+    """Whether a cancellation came from us (``flag`` set where we cancelled) and is
+    taken back: the task's only pending cancellation."""
+    return flag and task is not None and task.uncancel() == 0
+
+
 async def send_attempt(
     upstream: Upstream,
     origin: Origin,
@@ -169,18 +147,22 @@ async def send_attempt(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     watch: ClientWatch,
+    ticket: StallTicket | None = None,
 ) -> Attempt:
     """Send the request to one backend and read a non-streamed answer in full.
 
     Nothing reaches the client here, so any failure is still safe to retry elsewhere
-    (generation has no side effects). A client that leaves meanwhile ends the attempt.
+    (generation has no side effects). A client that leaves meanwhile ends the attempt;
+    an engine found hung (``ticket.stalled``) fails it as ``STALLED``.
     """
     task = watch.waiting = asyncio.current_task()
     try:
         response = await upstream.request(b"POST", origin, path, headers, body)
     except asyncio.CancelledError:
-        if watch.gone and task is not None and task.uncancel() == 0:
+        if _ours(task, watch.gone):
             return Attempt(client_left=True)  # cancelled by us: the client left
+        if _ours(task, ticket is not None and ticket.stalled):
+            return _stalled()
         raise
     except UpstreamError as exc:
         if watch.gone:
@@ -191,6 +173,8 @@ async def send_attempt(
         return Attempt(failure=FailureKind.BROKEN, error=error)
     finally:
         watch.waiting = None
+    if ticket is not None:
+        ticket.progress()
     watch.attach(response)
     if response.status in RETRYABLE_STATUS:
         return Attempt(response, failure=FailureKind.REFUSED)
@@ -205,4 +189,15 @@ async def send_attempt(
         if watch.gone:  # our own close: the client left, the engine did nothing wrong
             return Attempt(error=exc, client_left=True)
         return Attempt(failure=FailureKind.BROKEN, error=exc)
+    except asyncio.CancelledError:
+        response.close()
+        if _ours(task, ticket is not None and ticket.stalled):
+            return _stalled()
+        raise
     return Attempt(response, payload=payload)
+
+
+def _stalled() -> Attempt:
+    return Attempt(
+        failure=FailureKind.STALLED, error=EngineHung("no answer, and /health timed out")
+    )

@@ -52,6 +52,7 @@ from sage.unified.gateway._headers import (
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._relay import ProxyRequest, Relay
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
+from sage.unified.gateway._stalls import StallMonitor
 from sage.unified.gateway.routing import (
     BackendState,
     OutlierDetector,
@@ -85,6 +86,8 @@ class ProxyConfig:
         "max_header_bytes",
         "max_headers",
         "retries",
+        "stall_probe_timeout_s",
+        "stall_timeout_s",
         "unavailable_retry_after_s",
     )
 
@@ -99,6 +102,8 @@ class ProxyConfig:
         retries: int = 1,
         expose_backend_header: bool = False,
         unavailable_retry_after_s: int = 5,
+        stall_timeout_s: float = 10.0,
+        stall_probe_timeout_s: float = 2.0,
     ) -> None:
         self.api_keys = api_keys
         self.engine_authorization = f"Bearer {engine_api_key}".encode() if engine_api_key else None
@@ -108,6 +113,9 @@ class ProxyConfig:
         self.retries = retries
         self.expose_backend_header = expose_backend_header
         self.unavailable_retry_after_s = unavailable_retry_after_s
+        self.stall_timeout_s = stall_timeout_s
+        """0 turns stall detection off."""
+        self.stall_probe_timeout_s = stall_probe_timeout_s
 
 
 class _ClientGone(Exception):
@@ -167,6 +175,17 @@ class DataPlane:
             expose_backend=config.expose_backend_header,
         )
         self._origins: dict[str, Origin] = {}
+        self.stalls: StallMonitor | None = None
+        """Finds hung engines (run its ``run()`` in a task); ``None`` when turned off."""
+        if config.stall_timeout_s > 0:
+            self.stalls = StallMonitor(
+                state,
+                upstream,
+                self._origin,
+                stall_s=config.stall_timeout_s,
+                probe_timeout_s=config.stall_probe_timeout_s,
+                on_stalled=self._stalled,
+            )
         self.active = 0
         metrics.active_requests = lambda: self.active
 
@@ -309,10 +328,10 @@ class DataPlane:
         if not candidates:
             self._raise_unroutable(request.model, request.kind)
         tried: list[str] = []
+        failures: list[FailureKind] = []
         last_error = "no backend tried"
         attempts_left = 1 + self.config.retries
         holding_slot = False  # one retry-budget slot, held until this request is done
-        unreachable_only = True  # every attempt failed to connect
         watch = ClientWatch(receive)
         try:
             while attempts_left > 0:
@@ -323,32 +342,14 @@ class DataPlane:
                 if backend is None:
                     break
                 tried.append(backend.key)
-                probe = self.state.acquire(backend)
-                try:
-                    attempt = await send_attempt(
-                        self.upstream,
-                        self._origin(backend),
-                        request.path,
-                        request.forwarded,
-                        request.body,
-                        watch,
-                    )
-                    if attempt.client_left or watch.gone:
-                        self._client_left(attempt, request, backend)
-                    if attempt.failure is None:
-                        await self._relayer.relay(send, watch, backend, attempt, request)
-                        return
-                    failure = attempt.failure
-                    self._failed(backend)
-                    last_error = attempt.describe(backend.key)
-                    if failure is not FailureKind.UNREACHED:
-                        unreachable_only = False
-                    if attempt.response is not None:
-                        attempt.response.close()
-                finally:
-                    self.state.release(backend, probe)
+                attempt = await self._attempt(send, watch, backend, request)
+                if attempt is None:
+                    return  # relayed
+                assert attempt.failure is not None
+                failures.append(attempt.failure)
+                last_error = attempt.describe(backend.key)
                 plan = plan_retry(
-                    failure,
+                    attempt.failure,
                     attempts_left=attempts_left,
                     holding_slot=holding_slot,
                     throttle_allows=self.throttle.allows_retry(),
@@ -361,12 +362,43 @@ class DataPlane:
                     holding_slot = True
                 self.metrics.retried(request.model)
                 await asyncio.sleep(self.retry_budget.backoff_s(self._rng))
-                candidates = self.state.candidates(request.model, request.kind) or candidates
+                # Re-read: a backend found hung or removed meanwhile is no candidate.
+                candidates = self.state.candidates(request.model, request.kind)
         finally:
             watch.stop()
             if holding_slot:
                 self.retry_budget.release()
-        self._give_up(request, tried, last_error, unreachable_only)
+        self._give_up(request, tried, last_error, failures)
+
+    async def _attempt(
+        self, send: Send, watch: ClientWatch, backend: BackendState, request: ProxyRequest
+    ) -> Attempt | None:
+        """Send to ``backend`` and relay its answer (``None``), or the failed attempt."""
+        probe = self.state.acquire(backend)
+        ticket = self.stalls.begin(backend) if self.stalls is not None else None
+        try:
+            attempt = await send_attempt(
+                self.upstream,
+                self._origin(backend),
+                request.path,
+                request.forwarded,
+                request.body,
+                watch,
+                ticket,
+            )
+            if attempt.client_left or watch.gone:
+                self._client_left(attempt, request, backend)
+            if attempt.failure is None:
+                await self._relayer.relay(send, watch, backend, attempt, request, ticket)
+                return None
+            self._failed(backend)
+            if attempt.response is not None:
+                attempt.response.close()
+            return attempt
+        finally:
+            if ticket is not None and self.stalls is not None:
+                self.stalls.end(ticket)
+            self.state.release(backend, probe)
 
     def _client_left(self, attempt: Attempt, request: ProxyRequest, backend: BackendState) -> None:
         if attempt.response is not None:
@@ -377,11 +409,16 @@ class DataPlane:
         raise _ClientGone
 
     def _give_up(
-        self, request: ProxyRequest, tried: list[str], last_error: str, unreachable_only: bool
+        self,
+        request: ProxyRequest,
+        tried: list[str],
+        last_error: str,
+        failures: list[FailureKind],
     ) -> None:
-        # Nothing reachable at all is "unavailable" (503); a backend that answered badly
-        # or broke mid-answer is a bad gateway hop (502).
-        status = 503 if unreachable_only else 502
+        # No engine answered at all (unreachable, gone, hung, or none left to try) is
+        # "unavailable" (503, retry later); an engine that answered badly or broke
+        # mid-answer is a bad gateway hop (502).
+        status = 503 if all(f.nothing_answered for f in failures) else 502
         self.metrics.request_done(
             request.model,
             tried[-1] if tried else "none",
@@ -405,6 +442,10 @@ class DataPlane:
         if origin is None:
             origin = self._origins[url] = parse_origin(url)
         return origin
+
+    def _stalled(self, backend: BackendState) -> None:
+        self.throttle.record_failure()
+        self.metrics.ejected(backend.backend.model, backend.key)
 
     def _failed(self, backend: BackendState) -> None:
         self.throttle.record_failure()

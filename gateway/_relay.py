@@ -7,6 +7,7 @@ event and no ``[DONE]``; a client that left is recorded as 499.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from sage.unified.gateway._attempts import Attempt, ClientWatch
 from sage.unified.gateway._errors import sse_error_event
 from sage.unified.gateway._headers import downstream_headers
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._stalls import EngineHung, StallTicket
+from sage.unified.gateway._upstream_api import UpstreamReply
 from sage.unified.gateway.routing import BackendState
 from sage.unified.gateway.upstream import UpstreamError
 from sage.unified.sdk.models import EngineKind
@@ -94,7 +97,9 @@ class Relay:
         backend: BackendState,
         attempt: Attempt,
         request: ProxyRequest,
+        ticket: StallTicket | None = None,
     ) -> None:
+        """Send the answer of ``attempt`` (``ticket`` watches a stream for a hung engine)."""
         response = attempt.response
         assert response is not None
         status = response.status
@@ -106,7 +111,9 @@ class Relay:
         payload = attempt.payload
         try:
             if payload is None:
-                await self._relay_stream(send, watch, backend, attempt, out_headers, request)
+                await self._relay_stream(
+                    send, watch, backend, attempt, out_headers, request, ticket
+                )
                 return
             out_headers.append((b"content-length", str(len(payload)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
@@ -124,19 +131,15 @@ class Relay:
         attempt: Attempt,
         out_headers: list[tuple[bytes, bytes]],
         request: ProxyRequest,
+        ticket: StallTicket | None,
     ) -> None:
         response = attempt.response
         assert response is not None
         status = response.status
         out_headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        first = True
         try:
-            async for chunk in response:
-                if first:
-                    first = False
-                    self.metrics.first_token(request.model, time.monotonic() - request.started)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self._pump(send, response, request, ticket)
         except UpstreamError as exc:
             if watch.gone:
                 # The client left; closing the upstream connection was our own doing.
@@ -162,6 +165,30 @@ class Relay:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._finished(backend, status)
         self._done(request, backend, status)
+
+    async def _pump(
+        self,
+        send: Send,
+        response: UpstreamReply,
+        request: ProxyRequest,
+        ticket: StallTicket | None,
+    ) -> None:
+        """Relay the stream's chunks; a hung engine (the stall monitor cancelled us)
+        raises :class:`EngineHung` like any broken stream."""
+        first = True
+        try:
+            async for chunk in response:
+                if ticket is not None:
+                    ticket.progress()
+                if first:
+                    first = False
+                    self.metrics.first_token(request.model, time.monotonic() - request.started)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if ticket is not None and ticket.stalled and task is not None and task.uncancel() == 0:
+                raise EngineHung("the engine stopped sending and /health timed out") from None
+            raise
 
     def _done(self, request: ProxyRequest, backend: BackendState, status: int) -> None:
         self.metrics.request_done(

@@ -123,6 +123,9 @@ class GatewayRuntime:
         self.local_agent_pending = False
         """Set by the server while the embedded local agent has not registered yet, so
         ``/readyz`` only turns 200 once an engine can be started."""
+        self.ready_revision = 0
+        """The coordinator's revision when the local agent registered: the routing state
+        must have caught up with it before the gateway is ready."""
 
     @property
     def data_plane(self) -> DataPlane:
@@ -166,21 +169,39 @@ class GatewayRuntime:
                     max_headers=settings.max_headers,
                     retries=settings.retries,
                     expose_backend_header=settings.expose_backend_header,
+                    stall_timeout_s=settings.stall_timeout_s,
+                    stall_probe_timeout_s=settings.stall_probe_timeout_s,
                 ),
                 unavailable_models=self.source.unavailable_models,
-                settling=self.source.settling,
+                settling=lambda: self.source.settling() or not self.is_ready(),
                 sessions=SessionChat(self.sessions, keys_enabled=bool(settings.api_keys))
                 if self.sessions is not None
                 else None,
             )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self.source.run, self.state)
+            if self._data_plane.stalls is not None:
+                task_group.start_soon(self._data_plane.stalls.run)
             stack.callback(task_group.cancel_scope.cancel)
             yield
 
+    def is_ready(self) -> bool:
+        """A routing table arrived (embedded: one at least as new as the moment the local
+        agent registered, so its engines are in it). Until then unknown models are 503,
+        never 404: they may simply not have been seen yet."""
+        if self.source.status.get("last_update") is None:
+            return False
+        if self.coordinator is None:
+            return True
+        return (
+            self.coordinator.ready
+            and not self.local_agent_pending
+            and self.state.revision >= self.ready_revision
+        )
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         status = self.source.status
-        has_table = status.get("last_update") is not None
+        has_table = self.is_ready()
         body: dict[str, Any] = {
             "mode": self.settings.mode,
             "control_plane_reachable": bool(status.get("reachable")),
@@ -190,8 +211,6 @@ class GatewayRuntime:
         }
         if status.get("error"):
             body["control_plane_error"] = status["error"]
-        if self.coordinator is not None:
-            has_table = has_table and self.coordinator.ready and not self.local_agent_pending
         if self.local_agent_pending:
             body["local_agent"] = "starting"
         body["status"] = (

@@ -74,6 +74,11 @@ class GatewaySettings(SageSettings):
     connect_timeout_s: float = Field(2.0, gt=0)
     first_byte_timeout_s: float = Field(300.0, gt=0)
     read_idle_timeout_s: float = Field(300.0, gt=0)
+    stall_timeout_s: float = Field(10.0, ge=0)
+    """No byte from an engine for this long makes the gateway ask it ``/health``; an engine
+    that does not answer within ``stall_probe_timeout_s`` hangs: it leaves routing and its
+    requests are retried elsewhere (if nothing was sent yet). 0 turns this off."""
+    stall_probe_timeout_s: float = Field(2.0, gt=0)
     keepalive_expiry_s: float = Field(4.0, gt=0, lt=5.0)
     """Below vLLM's (uvicorn's) 5 s keep-alive, so a pooled connection is never reused as
     the engine closes it."""

@@ -298,3 +298,155 @@ def test_plan_retry(
     )
     assert (plan.retry, plan.take_budget_slot) == (retry, slot)
     assert plan.reason
+
+
+# -- hung engines (stall detection) ----------------------------------------------------
+
+
+class Hang:
+    """An engine that accepts the request and never answers (SIGSTOPped)."""
+
+    def __init__(self) -> None:
+        self.forever = asyncio.Event()
+
+    async def wait(self) -> FakeReply:
+        await self.forever.wait()
+        raise AssertionError("unreachable")
+
+
+class HangingUpstream(FakeUpstream):
+    """Like FakeUpstream, but ports in ``hung`` never answer (requests nor /health), and
+    ``health`` says what /health answers on the others."""
+
+    def __init__(self, script: dict[int, Any], hung: set[int], slow_s: float = 0.0) -> None:
+        super().__init__(script)
+        self.hung = hung
+        self.slow_s = slow_s
+        self.health_calls: list[int] = []
+
+    async def request(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes = b"",
+    ) -> FakeReply:
+        port = origin[2]
+        if target == b"/health":
+            self.health_calls.append(port)
+            if port in self.hung:
+                return await Hang().wait()
+            return FakeReply(200, b"")
+        if port in self.hung:
+            self.calls.append(port)
+            return await Hang().wait()
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
+        return await super().request(method, origin, target, headers, body)
+
+
+def stalling_plane(upstream: FakeUpstream, *ports: int, stall_s: float = 0.3) -> DataPlane:
+    dp = plane(upstream, *ports)
+    dp.config.stall_timeout_s = stall_s
+    dp.config.stall_probe_timeout_s = 0.2
+    from sage.unified.gateway._stalls import StallMonitor
+
+    dp.stalls = StallMonitor(dp.state, upstream, dp._origin, stall_s=stall_s, probe_timeout_s=0.2)
+    return dp
+
+
+async def test_a_hung_engine_is_found_and_its_request_moves_on() -> None:
+    up = HangingUpstream({2: FakeReply(200, OK)}, hung={1})
+    dp = stalling_plane(up, 1, 2)
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        started = asyncio.get_running_loop().time()
+        result = await asyncio.wait_for(Exchange().run(dp), 5)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        monitor.cancel()
+    assert (result.status, result.body) == (200, OK)
+    assert up.calls == [1, 2]
+    assert 1 in up.health_calls
+    assert took < 2.0  # the stall deadline and the probe, not a read timeout of minutes
+    hung = dp.state.get("e1")
+    assert hung is not None
+    assert hung.stalled
+    assert [b.key for b in dp.state.candidates("m")] == ["e2"]
+
+
+async def test_every_engine_hung_is_a_503_within_the_stall_deadline() -> None:
+    up = HangingUpstream({}, hung={1, 2})
+    dp = stalling_plane(up, 1, 2)
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        first = await asyncio.wait_for(Exchange().run(dp), 5)
+        second = await asyncio.wait_for(Exchange().run(dp), 5)
+    finally:
+        monitor.cancel()
+    assert first.status == 503
+    assert first.json()["error"]["code"] == "no_backend_available"
+    assert first.header(b"retry-after") is not None
+    # Both are known to hang now: the next request is refused at once, not sent.
+    assert second.status == 503
+    assert up.calls.count(1) + up.calls.count(2) <= 2
+
+
+async def test_a_slow_but_live_engine_is_waited_for() -> None:
+    up = HangingUpstream({1: FakeReply(200, OK)}, hung=set(), slow_s=0.8)
+    dp = stalling_plane(up, 1)
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        result = await asyncio.wait_for(Exchange().run(dp), 5)
+    finally:
+        monitor.cancel()
+    assert (result.status, result.body) == (200, OK)
+    assert up.health_calls  # it was asked, answered, and the request went on
+    live = dp.state.get("e1")
+    assert live is not None
+    assert not live.stalled
+
+
+async def test_a_stream_whose_engine_hangs_ends_with_an_error_event() -> None:
+    reply = FakeReply(200, SSE, stream=True)
+    hang = asyncio.Event()
+
+    async def then_hang() -> AsyncIterator[bytes]:
+        yield SSE[0]
+        await hang.wait()
+
+    reply._iterate = then_hang  # type: ignore[method-assign]
+    up = HangingUpstream({1: reply}, hung=set())
+    dp = stalling_plane(up, 1)
+    up.hung = {1}  # requests already sent; /health now hangs too
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        # The request itself must reach the engine: let the first call through.
+        up.hung = set()
+        task = asyncio.create_task(Exchange().run(dp))
+        await asyncio.sleep(0.05)
+        up.hung = {1}
+        result = await asyncio.wait_for(task, 5)
+    finally:
+        monitor.cancel()
+    assert result.status == 200
+    assert b"[DONE]" not in result.body
+    last = json.loads(result.messages[-1]["body"].removeprefix(b"data: "))
+    assert last["error"]["code"] == "stream_interrupted"
+
+
+async def test_an_engine_killed_under_load_fails_over_outside_the_retry_budget() -> None:
+    # A budget that allows no retry at all: only requests that never reached an engine,
+    # or whose engine died, may still move on.
+    budget = RetryBudget(budget_percent=0, min_retry_concurrency=0, backoff_base_s=0.0)
+    up = FakeUpstream({1: UpstreamDisconnected("reset"), 2: FakeReply(200, OK)})
+    result = await Exchange().run(plane(up, 1, 2, budget=budget))
+    assert (result.status, up.calls) == (200, [1, 2])
+    up = FakeUpstream({1: FirstByteTimeout("slow"), 2: FakeReply(200, OK)})
+    result = await Exchange().run(plane(up, 1, 2, budget=budget))
+    assert (result.status, up.calls) == (503, [1])  # a timeout may be overload: budgeted
