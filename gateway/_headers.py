@@ -65,6 +65,7 @@ class RequestHeaderInfo:
         "authorization",
         "connection_tokens",
         "content_length",
+        "continue_stream",
         "count",
         "host",
         "request_id",
@@ -79,6 +80,8 @@ class RequestHeaderInfo:
         self.session_id: bytes | None = None
         self.host: bytes | None = None
         self.connection_tokens: frozenset[bytes] = frozenset()
+        self.continue_stream = False
+        """``X-Sage-Continue: 1``: continue this stream elsewhere if its engine fails."""
         self.count = 0
         self.size = 0
 
@@ -107,6 +110,8 @@ def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
             info.connection_tokens = frozenset(
                 t.strip().lower() for t in value.split(b",") if t.strip()
             )
+        elif name == b"x-sage-continue":
+            info.continue_stream = value.strip().lower() in (b"1", b"true", b"yes")
     return info
 
 

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from sage.unified.gateway._asgi import Receive, Scope, Send, read_body, send_json
 from sage.unified.gateway._attempts import Attempt, ClientWatch, Origin, Upstream, send_attempt
+from sage.unified.gateway._continuation import continuable
 from sage.unified.gateway._errors import (
     BadRequestError,
     GatewayError,
@@ -50,9 +51,11 @@ from sage.unified.gateway._headers import (
     upstream_headers,
 )
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._proxy_config import ProxyConfig
 from sage.unified.gateway._relay import ProxyRequest, Relay
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
-from sage.unified.gateway._stalls import StallMonitor
+from sage.unified.gateway._stalls import StallMonitor, StallTicket
+from sage.unified.gateway._upstream_api import UpstreamReply
 from sage.unified.gateway.routing import (
     BackendState,
     OutlierDetector,
@@ -64,7 +67,8 @@ from sage.unified.gateway.routing import (
     peek_request,
 )
 from sage.unified.gateway.sessions import SessionChat
-from sage.unified.sdk.auth import TokenSet, bearer_token
+from sage.unified.gateway.upstream import UpstreamError
+from sage.unified.sdk.auth import bearer_token
 from sage.unified.sdk.models import EngineKind
 
 __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin"]
@@ -73,49 +77,6 @@ log = logging.getLogger("sage.unified.gateway")
 
 _CHAT_PATH = b"/v1/chat/completions"
 _METHOD_NOT_ALLOWED = error_bytes("method not allowed; use POST", "invalid_request_error", 405)
-
-
-class ProxyConfig:
-    """The data plane's knobs (copied from :class:`GatewaySettings` once)."""
-
-    __slots__ = (
-        "api_keys",
-        "engine_authorization",
-        "expose_backend_header",
-        "max_body_bytes",
-        "max_header_bytes",
-        "max_headers",
-        "retries",
-        "stall_probe_timeout_s",
-        "stall_timeout_s",
-        "unavailable_retry_after_s",
-    )
-
-    def __init__(
-        self,
-        *,
-        api_keys: TokenSet,
-        engine_api_key: str | None = None,
-        max_body_bytes: int = 16 * 2**20,
-        max_header_bytes: int = 64 * 1024,
-        max_headers: int = 100,
-        retries: int = 1,
-        expose_backend_header: bool = False,
-        unavailable_retry_after_s: int = 5,
-        stall_timeout_s: float = 10.0,
-        stall_probe_timeout_s: float = 2.0,
-    ) -> None:
-        self.api_keys = api_keys
-        self.engine_authorization = f"Bearer {engine_api_key}".encode() if engine_api_key else None
-        self.max_body_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
-        self.max_headers = max_headers
-        self.retries = retries
-        self.expose_backend_header = expose_backend_header
-        self.unavailable_retry_after_s = unavailable_retry_after_s
-        self.stall_timeout_s = stall_timeout_s
-        """0 turns stall detection off."""
-        self.stall_probe_timeout_s = stall_probe_timeout_s
 
 
 class _ClientGone(Exception):
@@ -173,6 +134,7 @@ class DataPlane:
             on_failure=self._failed,
             on_success=self._succeeded,
             expose_backend=config.expose_backend_header,
+            resume=self.resume,
         )
         self._origins: dict[str, Origin] = {}
         self.stalls: StallMonitor | None = None
@@ -185,6 +147,7 @@ class DataPlane:
                 stall_s=config.stall_timeout_s,
                 probe_timeout_s=config.stall_probe_timeout_s,
                 on_stalled=self._stalled,
+                drain_handoff_s=config.drain_handoff_s,
             )
         self.active = 0
         metrics.active_requests = lambda: self.active
@@ -270,7 +233,7 @@ class DataPlane:
             engine_authorization=config.engine_authorization,
         )
         session_key = info.session_id.decode("latin-1") if info.session_id else peek.user
-        return ProxyRequest(
+        request = ProxyRequest(
             model,
             kind,
             path,
@@ -281,6 +244,13 @@ class DataPlane:
             started,
             info.authorization,
         )
+        if peek.stream and (info.continue_stream or self._continues(model)):
+            request.continuation = continuable(body, path)
+        return request
+
+    def _continues(self, model: str) -> bool:
+        models = self.config.continuation_models
+        return bool(models) and (model in models or "*" in models)
 
     async def _serve(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
         """Proxy ``request``; a chat with a ``session_id`` goes through the session hook
@@ -442,6 +412,64 @@ class DataPlane:
         if origin is None:
             origin = self._origins[url] = parse_origin(url)
         return origin
+
+    async def resume(
+        self,
+        request: ProxyRequest,
+        body: bytes,
+        tried: list[str],
+        watch: ClientWatch,
+        relay: Callable[[UpstreamReply, StallTicket | None], Awaitable[None]],
+    ) -> str:
+        """Continue a broken stream on a backend not in ``tried`` (see :data:`Resume`).
+
+        Each continuation holds a retry-budget slot (and passes the retry throttle): a
+        fleet in trouble does not get a storm of continuations.
+        """
+        if not self.throttle.allows_retry() or not self.retry_budget.has_room(self.active):
+            return "no_budget"
+        candidates = self.state.candidates(request.model, request.kind)
+        backend = self.policy.select(candidates, session_key=None, exclude=tried, rng=self._rng)
+        if backend is None:
+            return "no_backend"
+        tried.append(backend.key)
+        self.retry_budget.acquire()
+        probe = self.state.acquire(backend)
+        ticket = self.stalls.begin(backend) if self.stalls is not None else None
+        try:
+            attempt = await send_attempt(
+                self.upstream,
+                self._origin(backend),
+                request.path,
+                request.forwarded,
+                body,
+                watch,
+                ticket,
+            )
+            response = attempt.response
+            if attempt.client_left or watch.gone or response is None:
+                if attempt.failure is not None:
+                    self._failed(backend)
+                return "failed"
+            try:
+                if attempt.failure is not None or attempt.payload is not None:
+                    if attempt.failure is not None:
+                        self._failed(backend)
+                    return "failed"  # refused, or answered in one piece (an error)
+                try:
+                    await relay(response, ticket)
+                except UpstreamError:
+                    self._failed(backend)
+                    return "broken"
+                self._succeeded(backend)
+                return "completed"
+            finally:
+                response.close()
+        finally:
+            if ticket is not None and self.stalls is not None:
+                self.stalls.end(ticket)
+            self.state.release(backend, probe)
+            self.retry_budget.release()
 
     def _stalled(self, backend: BackendState) -> None:
         self.throttle.record_failure()

@@ -30,7 +30,7 @@ from sage.unified.gateway._upstream_api import Origin, Upstream
 from sage.unified.gateway.routing import BackendState, RoutingState
 from sage.unified.gateway.upstream import UpstreamError, UpstreamTimeout
 
-__all__ = ["EngineHung", "StallMonitor", "StallTicket", "silent_backends"]
+__all__ = ["EngineDrained", "EngineHung", "StallMonitor", "StallTicket", "silent_backends"]
 
 log = logging.getLogger("sage.unified.gateway")
 
@@ -41,10 +41,14 @@ class EngineHung(UpstreamTimeout):
     """The engine sent nothing for the stall deadline and did not answer ``/health``."""
 
 
+class EngineDrained(UpstreamError):
+    """The engine left routing (drained) and the stream was handed to another one."""
+
+
 class StallTicket:
     """One request's wait on one backend; ``at`` moves with every byte received."""
 
-    __slots__ = ("at", "backend", "stalled", "task")
+    __slots__ = ("at", "backend", "continuable", "handoff", "stalled", "task")
 
     def __init__(
         self, backend: BackendState, task: asyncio.Task[object] | None, now: float
@@ -54,6 +58,11 @@ class StallTicket:
         self.at = now
         self.stalled = False
         """Set (and the task cancelled) when the backend was found hung."""
+        self.continuable = False
+        """A stream that may be continued on another engine (set by the relay)."""
+        self.handoff = False
+        """Set (and the task cancelled) when the backend left routing (drained) more than
+        the drain hand-off time ago: the stream is continued elsewhere."""
 
     def progress(self) -> None:
         """A byte arrived from the engine."""
@@ -96,6 +105,7 @@ class StallMonitor:
         stall_s: float,
         probe_timeout_s: float,
         on_stalled: Callable[[BackendState], None] = lambda backend: None,
+        drain_handoff_s: float | None = None,
     ) -> None:
         self._state = state
         self._upstream = upstream
@@ -106,6 +116,9 @@ class StallMonitor:
         self._tickets: set[StallTicket] = set()
         self._asked_at: dict[str, float] = {}
         self._stalled: dict[str, BackendState] = {}
+        self.drain_handoff_s = drain_handoff_s
+        self._left_routing: dict[int, float] = {}
+        """``id(BackendState)`` → when the sweep first saw it out of the table."""
 
     def begin(self, backend: BackendState) -> StallTicket:
         """Start watching the current task's wait on ``backend``; pair with :meth:`end`."""
@@ -130,6 +143,7 @@ class StallMonitor:
         """One pass (what :meth:`run` does every interval)."""
         now = time.monotonic()
         self._forget_gone()
+        self._hand_off_drained(now)
         suspects = silent_backends(self._tickets, now, self.stall_s, self._asked_at)
         recheck = [
             backend
@@ -161,6 +175,26 @@ class StallMonitor:
         except (TimeoutError, UpstreamError, ValueError):
             return False
         return reply.status == 200
+
+    def _hand_off_drained(self, now: float) -> None:
+        """Continuable streams of a backend that left routing (drained) move on after
+        ``drain_handoff_s``, so a drain is not held by long streams."""
+        if self.drain_handoff_s is None:
+            return
+        seen: set[int] = set()
+        for ticket in self._tickets:
+            backend = ticket.backend
+            if not ticket.continuable or self._state.get(backend.key) is backend:
+                continue
+            seen.add(id(backend))
+            since = self._left_routing.setdefault(id(backend), now)
+            task = ticket.task
+            due = now - since >= self.drain_handoff_s and not ticket.handoff
+            if due and task is not None and not task.done():
+                ticket.handoff = True
+                task.cancel()
+        for key in [k for k in self._left_routing if k not in seen]:
+            del self._left_routing[key]
 
     def _forget_gone(self) -> None:
         # A backend the routing table dropped (or replaced) is not probed any more.

@@ -171,6 +171,8 @@ class GatewayRuntime:
                     expose_backend_header=settings.expose_backend_header,
                     stall_timeout_s=settings.stall_timeout_s,
                     stall_probe_timeout_s=settings.stall_probe_timeout_s,
+                    continuation_models=frozenset(settings.continuation_models),
+                    drain_handoff_s=settings.drain_handoff_s,
                 ),
                 unavailable_models=self.source.unavailable_models,
                 settling=lambda: self.source.settling() or not self.is_ready(),

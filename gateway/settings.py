@@ -79,6 +79,12 @@ class GatewaySettings(SageSettings):
     that does not answer within ``stall_probe_timeout_s`` hangs: it leaves routing and its
     requests are retried elsewhere (if nothing was sent yet). 0 turns this off."""
     stall_probe_timeout_s: float = Field(2.0, gt=0)
+    drain_handoff_s: float = Field(10.0, ge=0)
+    """How long a continuable stream may stay on an engine that is draining before it is
+    continued on another one, so a drain is not held by long streams (0: at once)."""
+    continuation_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Models whose broken streams are continued on another engine (``*``: all). Off by
+    default; a request can also ask with ``X-Sage-Continue: 1``."""
     keepalive_expiry_s: float = Field(4.0, gt=0, lt=5.0)
     """Below vLLM's (uvicorn's) 5 s keep-alive, so a pooled connection is never reused as
     the engine closes it."""
@@ -122,6 +128,11 @@ class GatewaySettings(SageSettings):
     sessions_max_total_bytes: int = Field(512 * 2**20, ge=2**20)
     """Most all sessions keep together; the least recently active go first."""
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+
+    @field_validator("continuation_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        return split_list(value)
 
     @field_validator("backends", mode="before")
     @classmethod

@@ -450,3 +450,79 @@ async def test_an_engine_killed_under_load_fails_over_outside_the_retry_budget()
     up = FakeUpstream({1: FirstByteTimeout("slow"), 2: FakeReply(200, OK)})
     result = await Exchange().run(plane(up, 1, 2, budget=budget))
     assert (result.status, up.calls) == (503, [1])  # a timeout may be overload: budgeted
+
+
+# -- continuation of interrupted streams ------------------------------------------------
+
+
+def sse(content: str | None = None, *, role: bool = False, finish: bool = False) -> bytes:
+    delta: dict[str, str] = {"role": "assistant"} if role else {}
+    if content is not None:
+        delta["content"] = content
+    body = {
+        "id": "chatcmpl-x",
+        "created": 1,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if finish else None}],
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class Recording(FakeUpstream):
+    def __init__(self, script: dict[int, Any]) -> None:
+        super().__init__(script)
+        self.bodies: list[bytes] = []
+
+    async def request(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes = b"",
+    ) -> FakeReply:
+        self.bodies.append(body)
+        return await super().request(method, origin, target, headers, body)
+
+
+STREAM_CHAT = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+).encode()
+
+
+async def test_a_broken_stream_is_continued_on_another_engine() -> None:
+    first = FakeReply(
+        200, [sse("", role=True), sse("Once"), sse(" upon"), sse(" a")], stream=True, break_after=3
+    )
+    second = FakeReply(
+        200,
+        [sse("", role=True), sse(" time"), sse(finish=True), b"data: [DONE]\n\n"],
+        stream=True,
+    )
+    up = Recording({1: first, 2: second})
+    dp = plane(up, 1, 2)
+    dp.config.continuation_models = frozenset({"m"})
+    result = await Exchange().run(dp, STREAM_CHAT)
+    assert result.status == 200
+    continued = json.loads(up.bodies[1])
+    assert continued["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+    assert continued["continue_final_message"] is True
+    text = ""
+    final: dict[str, Any] = {}
+    for line in result.body.split(b"\n\n"):
+        if line.startswith(b"data: {"):
+            event = json.loads(line.removeprefix(b"data: "))
+            text += event["choices"][0]["delta"].get("content") or ""
+            if event["choices"][0]["finish_reason"]:
+                final = event
+    assert text == "Once upon time"
+    assert final["sage"] == {"continued": 1}
+    assert b'"error"' not in result.body
+    assert result.body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_without_opt_in_a_broken_stream_ends_with_an_error_event() -> None:
+    first = FakeReply(200, [sse("", role=True), sse("Once")], stream=True, break_after=1)
+    up = Recording({1: first, 2: FakeReply(200, [sse(" time")], stream=True)})
+    result = await Exchange().run(plane(up, 1, 2), STREAM_CHAT)
+    assert up.calls == [1]
+    assert b"stream_interrupted" in result.body
