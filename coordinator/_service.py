@@ -32,8 +32,9 @@ from sage.unified.coordinator._addresses import AddressPolicy, Resolver
 from sage.unified.coordinator._api import LocalSession
 from sage.unified.coordinator._audit import Auditor
 from sage.unified.coordinator._commands import EngineCommands, PendingStarts
-from sage.unified.coordinator._errors import AuthenticationError, SettlingError
+from sage.unified.coordinator._errors import AuthenticationError, SettlingError, UrlPolicyError
 from sage.unified.coordinator._metrics import CoordinatorMetrics
+from sage.unified.coordinator._netcheck import parse_engine_url
 from sage.unified.coordinator._persistence import AgentRecordWriter, RevisionMark
 from sage.unified.coordinator._prober import RegisteredEngineProber
 from sage.unified.coordinator._publisher import TablePublisher
@@ -153,14 +154,7 @@ class Coordinator:
                 notify=self._publisher.notify,
             )
             for engine in stored.registered:
-                registry.put_registered(
-                    msgspec.structs.replace(
-                        engine,
-                        state=EngineState.STARTING,
-                        reason="restored; waiting for health probes",
-                    )
-                )
-                prober.track(engine.id)
+                self._restore_registered(registry, prober, engine)
             self._registry = registry
             self._publisher.attach(registry)
             self._publisher.open()
@@ -183,6 +177,29 @@ class Coordinator:
             len(stored.registered),
         )
         return self
+
+    @staticmethod
+    def _restore_registered(
+        registry: Registry, prober: RegisteredEngineProber, engine: EngineInfo
+    ) -> None:
+        """Put a stored registered engine back: probed again, or ERROR (never probed) when
+        its stored URL no longer passes the URL policy."""
+        try:
+            parse_engine_url(engine.url)
+        except UrlPolicyError as exc:
+            registry.put_registered(
+                msgspec.structs.replace(
+                    engine, state=EngineState.ERROR, reason=f"stored URL refused: {exc.message}"
+                )
+            )
+            log.error("registered engine %s: %s", engine.id, exc.message)
+            return
+        registry.put_registered(
+            msgspec.structs.replace(
+                engine, state=EngineState.STARTING, reason="restored; waiting for health probes"
+            )
+        )
+        prober.track(engine.id)
 
     def _build_parts(
         self,

@@ -14,6 +14,7 @@ thread; the caller just stops waiting.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from sage.unified.coordinator._registry import AgentRecord
 from sage.unified.sdk.models import EngineInfo, EngineSpec, decode, encode
@@ -29,6 +31,8 @@ from sage.unified.sdk.models import EngineInfo, EngineSpec, decode, encode
 __all__ = ["AuditEntry", "MemoryStore", "SqliteStore", "StartRequestRecord", "Store", "StoredState"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("sage.unified.coordinator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,13 +276,20 @@ def _load(conn: sqlite3.Connection) -> StoredState:
             "SELECT agent_id, url, host, incarnation FROM agents"
         )
     ]
-    state.registered = [
-        decode(info, EngineInfo) for (info,) in conn.execute("SELECT info FROM registered_engines")
-    ]
-    state.start_requests = [
-        StartRequestRecord(engine_id, agent_id, decode(spec, EngineSpec), float(at))
-        for engine_id, agent_id, spec, at in conn.execute(
-            "SELECT engine_id, agent_id, spec, requested_at FROM start_requests"
-        )
-    ]
+    # One record that no longer decodes (written by a newer version, or damaged) must not
+    # keep the store closed: it is logged and left out; the rest is served.
+    for (info,) in conn.execute("SELECT info FROM registered_engines"):
+        try:
+            state.registered.append(decode(info, EngineInfo))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("skipping a stored registered engine that does not decode: %s", exc)
+    for engine_id, agent_id, spec, at in conn.execute(
+        "SELECT engine_id, agent_id, spec, requested_at FROM start_requests"
+    ):
+        try:
+            state.start_requests.append(
+                StartRequestRecord(engine_id, agent_id, decode(spec, EngineSpec), float(at))
+            )
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("skipping stored start request %r that does not decode: %s", engine_id, exc)
     return state

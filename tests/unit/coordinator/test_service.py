@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,10 +17,18 @@ from sage.unified.coordinator import (
     Coordinator,
     CoordinatorSettings,
     MemoryStore,
+    SqliteStore,
     create_coordinator_app,
 )
 from sage.unified.sdk.clock import FakeClock
-from sage.unified.sdk.models import AgentReport, EngineInfo, RoutingTable, decode, encode
+from sage.unified.sdk.models import (
+    AgentReport,
+    EngineInfo,
+    RegisterEngineRequest,
+    RoutingTable,
+    decode,
+    encode,
+)
 from sage.unified.sdk.states import EngineState
 
 ADMIN = {"authorization": "Bearer admin-t"}
@@ -230,6 +240,12 @@ async def test_lease_expiry_via_sweep(env: Env) -> None:
         "http://metadata.google.internal",
         "http://8.8.8.8:8000",
         "http://does-not-resolve.invalid:8000",
+        # Read as octal by a C resolver (into an allowed network) but refused by the HTTP
+        # client: accepted, they crashed the prober and the coordinator with it.
+        "http://127.0.0.01:9/",
+        "http://10.0.0.05:9/",
+        "http://0177.0.0.1:9/",
+        "http://127.1:9/",
     ],
 )
 async def test_register_rejections_are_422_and_audited(env: Env, url: str) -> None:
@@ -373,3 +389,49 @@ async def test_a_restarted_coordinator_withholds_its_table_until_known_agents_re
         assert again.settling
         clock.advance(settings.lease_ttl_s)
         assert not again.settling  # bounded by one lease TTL even if the agent never returns
+
+
+@pytest.mark.anyio
+async def test_a_probe_that_fails_badly_marks_its_engine_and_the_loop_goes_on() -> None:
+    broken: set[str] = set()
+
+    async def resolver(host: str, port: int) -> list[str]:
+        if host in broken:
+            raise RuntimeError("a resolver bug")
+        return ["10.1.2.3"]
+
+    settings = CoordinatorSettings(db_path=None, probe_interval_s=0.05)
+    store = MemoryStore()
+    async with Coordinator(settings, store=store, resolver=resolver) as coordinator:
+        for engine_id, url in (("bad", "http://broken.local:9"), ("ok", "http://good.local:9")):
+            await coordinator.register_engine(
+                RegisterEngineRequest(model="m", url=url, id=engine_id)
+            )
+        broken.add("broken.local")  # from now on probing this one raises
+        with anyio.fail_after(10):
+            while coordinator.engine("bad").state is not EngineState.ERROR:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        # The loop survived the bad record: it still probes (the good engine's probe
+        # fails to connect and counts up) and the coordinator still answers.
+        assert "RuntimeError" in coordinator.engine("bad").reason
+        assert coordinator.ready
+        assert await coordinator.audit_log(5)
+
+
+@pytest.mark.anyio
+async def test_a_store_holding_a_bad_record_still_opens(tmp_path: Path) -> None:
+    db = tmp_path / "coordinator.db"
+    store = SqliteStore(db)
+    await store.open()
+    bad = EngineInfo(id="octal", model="m", url="http://127.0.0.01:9", host="127.0.0.01", port=9)
+    await store.put_registered(bad)
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO registered_engines(engine_id, info) VALUES('junk', X'7b6e6f74')")
+    settings = CoordinatorSettings(db_path=db, probe_interval_s=0.05)
+    async with Coordinator(settings) as coordinator:
+        assert coordinator.ready
+        engine = coordinator.engine("octal")
+        assert engine.state is EngineState.ERROR
+        assert "stored URL refused" in engine.reason
+        assert [e.id for e in coordinator.engines()] == ["octal"]
