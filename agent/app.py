@@ -54,6 +54,7 @@ from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
 from sage.unified.sdk.models import EngineInfo, GpuInfo
 from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
 from sage.unified.sdk.protocol.server import (
+    browser_guard,
     decode_body,
     error_response,
     exception_handlers,
@@ -235,7 +236,7 @@ def create_agent_app(agent: Agent) -> Litestar:
             clear_gpu,
             metrics,
         ],
-        guards=[auth_guard],
+        guards=[browser_guard(settings.browser_policy()), auth_guard],
         exception_handlers=exception_handlers(log),
         # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
         openapi_config=OpenAPIConfig(

@@ -30,6 +30,7 @@ from sage.unified.agent.quarantine import CRITICAL_XIDS
 from sage.unified.agent.runtimes import RuntimeConfig
 from sage.unified.sdk.auth import is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
+from sage.unified.sdk.protocol import BrowserPolicy
 
 __all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "AgentSettings"]
 
@@ -76,6 +77,12 @@ class AgentSettings(SageSettings):
     """The installed vLLM supports ``--shutdown-timeout`` (vLLM ≥ 0.18)."""
     vllm_device: Literal["gpu", "cpu"] = "gpu"
     """``cpu`` for a CPU build of vLLM: its engines get no GPU (and need none)."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names this server is reached by besides its bind address (checked against ``Host``
+    on the control APIs; on a loopback bind, loopback names are always allowed)."""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (``https://ops.example``) that may change state through the control
+    APIs from a browser; the server's own origin always may."""
     vllm_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Flags appended to every vLLM command line, e.g. ``--enforce-eager``. Operator
     configuration only: the launch API never adds flags. From the environment as a
@@ -134,6 +141,10 @@ class AgentSettings(SageSettings):
             vllm_device=self.vllm_device,
             vllm_extra_args=tuple(self.vllm_extra_args),
         )
+
+    def browser_policy(self) -> BrowserPolicy:
+        """Who may call the agent API from a web browser (see ``BrowserPolicy``)."""
+        return BrowserPolicy.of(self.bind_host, self.allowed_hosts, self.allowed_origins)
 
     def check_bind_safety(self) -> None:
         """Refuse to expose an unauthenticated agent API to the network.

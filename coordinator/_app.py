@@ -29,6 +29,7 @@ from sage.unified.sdk.models import AgentReportReply, EngineInfo
 from sage.unified.sdk.protocol import (
     AgentList,
     AuditLog,
+    BrowserPolicy,
     ControlPlaneApi,
     CoordinatorReadiness,
     Endpoint,
@@ -36,7 +37,12 @@ from sage.unified.sdk.protocol import (
     GpuHostList,
     HealthStatus,
 )
-from sage.unified.sdk.protocol.server import decode_body, exception_handlers, route
+from sage.unified.sdk.protocol.server import (
+    browser_guard,
+    decode_body,
+    exception_handlers,
+    route,
+)
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -54,8 +60,11 @@ EXCEPTION_HANDLERS = exception_handlers(log)
 """Exception handlers mapping every error to an OpenAI-shaped body."""
 
 
-def create_management_router(plane: ControlPlane) -> Router:
-    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit. Admin token."""
+def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Router:
+    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit. Admin token.
+
+    ``browser`` says which ``Host`` names and web origins may reach it from a browser.
+    """
 
     async def session(request: Request[Any, Any, Any], target: str) -> ControlPlaneSession:
         return await plane.authorize(request.headers.get("authorization"), target)
@@ -137,10 +146,11 @@ def create_management_router(plane: ControlPlane) -> Router:
             audit,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        guards=[browser_guard(browser)],
     )
 
 
-def create_agents_router(coordinator: Coordinator) -> Router:
+def create_agents_router(coordinator: Coordinator, browser: BrowserPolicy) -> Router:
     """``PUT /v1/agents/{agent_id}``: agent snapshots (agent token required)."""
 
     @route(API.REPORT)
@@ -153,7 +163,12 @@ def create_agents_router(coordinator: Coordinator) -> Router:
         report = decode_body(API.REPORT, await request.body())
         return await coordinator.report(agent_id, report)
 
-    return Router(path="/", route_handlers=[put_report], exception_handlers=EXCEPTION_HANDLERS)
+    return Router(
+        path="/",
+        route_handlers=[put_report],
+        exception_handlers=EXCEPTION_HANDLERS,
+        guards=[browser_guard(browser)],
+    )
 
 
 def create_coordinator_app(
@@ -204,8 +219,8 @@ def create_coordinator_app(
             health,
             readyz,
             metrics,
-            create_management_router(coord),
-            create_agents_router(coord),
+            create_management_router(coord, coord.settings.browser_policy()),
+            create_agents_router(coord, coord.settings.browser_policy()),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -235,7 +235,8 @@ class Coordinator:
             prober=prober,
             starts=starts,
             http=http,
-            agent_token=self.settings.agent_tokens[0] if self.settings.agent_tokens else None,
+            agent_token=self.settings.agent_command_token
+            or (self.settings.agent_tokens[0] if self.settings.agent_tokens else None),
             agent_timeout_s=self.settings.agent_timeout_s,
             publish=self._publish,
         )

@@ -27,6 +27,7 @@ from sage.unified.coordinator._errors import ConfigError
 from sage.unified.coordinator._netcheck import DEFAULT_ALLOWED_NETWORKS, IPNetwork, parse_networks
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
+from sage.unified.sdk.protocol import BrowserPolicy
 
 __all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "CoordinatorSettings", "default_db_path"]
 
@@ -52,7 +53,11 @@ class CoordinatorSettings(SageSettings):
     admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Tokens for ``/v1/management/*``. None configured (and no agent tokens): auth off."""
     agent_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Tokens agents present on ``PUT /v1/agents/{id}``; also sent to agents' APIs."""
+    """Tokens agents present on ``PUT /v1/agents/{id}``; the first is also sent to agents'
+    APIs (unless ``agent_command_token`` is set)."""
+    agent_command_token: str | None = None
+    """Sent to agents' APIs instead of the first agent token (a gateway gives its embedded
+    coordinator the local agent's token this way)."""
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=1, le=65535)
     insecure: bool = False
@@ -71,6 +76,12 @@ class CoordinatorSettings(SageSettings):
     probe_successes_to_start: int = Field(default=1, ge=1)
     """Good probes that make a newly registered engine READY."""
     agent_timeout_s: float = Field(default=10.0, gt=0)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names this server is reached by besides its bind address (checked against ``Host``
+    on the control APIs; on a loopback bind, loopback names are always allowed)."""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (``https://ops.example``) that may change state through the control
+    APIs from a browser; the server's own origin always may."""
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_NETWORKS)
     )
@@ -82,7 +93,14 @@ class CoordinatorSettings(SageSettings):
     """Watchers are woken at most once per this window (0: on every revision)."""
     log_level: str = "info"
 
-    @field_validator("admin_tokens", "agent_tokens", "allowed_networks", mode="before")
+    @field_validator(
+        "admin_tokens",
+        "agent_tokens",
+        "allowed_networks",
+        "allowed_hosts",
+        "allowed_origins",
+        mode="before",
+    )
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -122,6 +140,12 @@ class CoordinatorSettings(SageSettings):
     def auth_enabled(self) -> bool:
         """Whether any token is configured (otherwise every request is accepted)."""
         return bool(self.admin_tokens or self.agent_tokens)
+
+    def browser_policy(self, bind_host: str | None = None) -> BrowserPolicy:
+        """Who may call the control APIs from a web browser (see ``BrowserPolicy``)."""
+        return BrowserPolicy.of(
+            self.host if bind_host is None else bind_host, self.allowed_hosts, self.allowed_origins
+        )
 
     def admin_token_set(self) -> TokenSet:
         return TokenSet(self.admin_tokens)

@@ -46,7 +46,7 @@ from sage.unified.sdk.protocol import (
     ModelCard,
     ModelList,
 )
-from sage.unified.sdk.protocol.server import route
+from sage.unified.sdk.protocol.server import browser_guard, route
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
@@ -62,6 +62,7 @@ def embedded_coordinator_settings(settings: GatewaySettings) -> CoordinatorSetti
     return CoordinatorSettings(
         admin_tokens=[t.get_secret_value() for t in settings.admin_tokens],
         agent_tokens=[t.get_secret_value() for t in settings.agent_tokens],
+        agent_command_token=settings.local_agent_token(),
         host=settings.host,
         port=settings.port,
         insecure=settings.insecure,
@@ -280,15 +281,20 @@ def create_gateway_app(
     handlers: list[Any] = [proxy_handler(endpoint, kind) for endpoint, kind in _PROXIED]
     handlers += [list_models, health, readyz, metrics]
     if runtime.sessions is not None:
-        handlers.append(create_sessions_router(runtime.sessions, api_keys=api_keys))
+        handlers.append(
+            create_sessions_router(
+                runtime.sessions, api_keys=api_keys, browser=settings.browser_policy()
+            )
+        )
     handlers.append(create_studio_router(refusal=settings.studio_refusal()))
+    browser = settings.browser_policy()
     if runtime.coordinator is not None:
         handlers += [
-            create_management_router(runtime.coordinator),
-            create_agents_router(runtime.coordinator),
+            create_management_router(runtime.coordinator, browser),
+            create_agents_router(runtime.coordinator, browser),
         ]
     elif runtime.remote_plane is not None:
-        handlers.append(create_management_router(runtime.remote_plane))
+        handlers.append(create_management_router(runtime.remote_plane, browser))
     else:
         handlers.append(_static_management(runtime))
 
@@ -346,4 +352,8 @@ def _static_management(runtime: GatewayRuntime) -> Router:
         assert isinstance(source, StaticSource)
         return source.table(runtime.state.revision)
 
-    return Router(path="/", route_handlers=[backends])
+    return Router(
+        path="/",
+        route_handlers=[backends],
+        guards=[browser_guard(runtime.settings.browser_policy())],
+    )

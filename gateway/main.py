@@ -158,7 +158,7 @@ async def _run_local_agent(
     from sage.unified.agent.service import Agent
     from sage.unified.agent.settings import AgentSettings
 
-    agent_token = settings.agent_tokens[0].get_secret_value() if settings.agent_tokens else None
+    agent_token = settings.local_agent_token()
     overrides: dict[str, Any] = {
         "coordinator_url": settings.url,
         "port": settings.agent_port,

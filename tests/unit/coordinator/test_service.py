@@ -94,7 +94,9 @@ async def env() -> AsyncIterator[Env]:
     app = create_coordinator_app(coordinator=coordinator)
     async with app.lifespan():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://coord") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://coord.localhost"
+        ) as client:
             yield Env(coordinator, client, clock, store)
 
 
@@ -103,7 +105,11 @@ async def test_requests_without_or_with_wrong_token_get_401_and_are_audited(env:
     r = await env.client.get("/v1/management/engines")
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
-    r = await env.client.put("/v1/agents/a1", content=snapshot()["content"], headers=ADMIN)
+    r = await env.client.put(
+        "/v1/agents/a1",
+        content=snapshot()["content"],
+        headers={**ADMIN, "content-type": "application/json"},
+    )
     assert r.status_code == 401  # admin token is not an agent token
     log = await env.store.audit_log()
     assert len(log) == 2
@@ -145,7 +151,11 @@ async def test_report_for_other_agent_id_rejected(env: Env) -> None:
 
 @pytest.mark.anyio
 async def test_body_errors(env: Env) -> None:
-    r = await env.client.post("/v1/management/engines/start", content=b"{not json", headers=ADMIN)
+    r = await env.client.post(
+        "/v1/management/engines/start",
+        content=b"{not json",
+        headers={**ADMIN, "content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
     r = await env.client.post(
