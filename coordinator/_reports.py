@@ -23,6 +23,7 @@ from sage.unified.coordinator._persistence import AgentRecordWriter
 from sage.unified.coordinator._registry import AgentRecord, Registry
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.sdk.clock import Clock
+from sage.unified.sdk.logsafe import safe_log_value
 from sage.unified.sdk.models import AgentReport, AgentReportReply
 
 __all__ = ["Publish", "ReportIntake"]
@@ -122,7 +123,7 @@ class ReportIntake:
             )
             raise
         for note in outcome.notes:
-            log.info("agent %s: %s", agent_id, note)
+            log.info("agent %s: %s", safe_log_value(agent_id), safe_log_value(note, 512))
         if outcome.agent_changed:
             self._writer.put(
                 AgentRecord(report.agent_id, report.url, report.host, report.incarnation)

@@ -239,6 +239,7 @@ class Coordinator:
             or (self.settings.agent_tokens[0] if self.settings.agent_tokens else None),
             agent_timeout_s=self.settings.agent_timeout_s,
             publish=self._publish,
+            own_address=(self.settings.host, self.settings.port),
         )
         return _Parts(intake, commands, starts, writer)
 

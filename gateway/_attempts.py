@@ -58,7 +58,7 @@ class Attempt:
     client left (``client_left``).
     """
 
-    __slots__ = ("client_left", "error", "failure", "payload", "response")
+    __slots__ = ("client_left", "error", "failure", "payload", "prefix", "response")
 
     def __init__(
         self,
@@ -67,6 +67,7 @@ class Attempt:
         failure: FailureKind | None = None,
         error: UpstreamError | None = None,
         payload: bytes | None = None,
+        prefix: list[bytes] | None = None,
         client_left: bool = False,
     ) -> None:
         self.response = response
@@ -74,6 +75,9 @@ class Attempt:
         self.error = error
         self.payload = payload
         """The whole body of a non-streamed response (read before anything is relayed)."""
+        self.prefix = prefix
+        """The first chunks of a non-streamed body too large to hold: relayed, then the
+        rest streams through."""
         self.client_left = client_left
 
     def describe(self, backend: str) -> str:
@@ -148,6 +152,7 @@ async def send_attempt(
     body: bytes,
     watch: ClientWatch,
     ticket: StallTicket | None = None,
+    buffer_limit: int = 1 << 20,
 ) -> Attempt:
     """Send the request to one backend and read a non-streamed answer in full.
 
@@ -181,9 +186,12 @@ async def send_attempt(
     if is_event_stream(response.headers):
         return Attempt(response)
     # A non-streamed body is read in full before the client sees a byte, so an engine
-    # dying mid-answer is still a retryable failure, not a broken response.
+    # dying mid-answer is still a retryable failure, not a broken response; one larger
+    # than ``buffer_limit`` is relayed as it comes instead of held in memory.
     try:
-        payload = await response.read()
+        payload, prefix = await _read_up_to(response, buffer_limit)
+        if prefix is not None:
+            return Attempt(response, prefix=prefix)
     except UpstreamError as exc:
         response.close()
         if watch.gone:  # our own close: the client left, the engine did nothing wrong
@@ -195,6 +203,18 @@ async def send_attempt(
             return _stalled()
         raise
     return Attempt(response, payload=payload)
+
+
+async def _read_up_to(response: UpstreamReply, limit: int) -> tuple[bytes, list[bytes] | None]:
+    """The whole body, or (when it passes ``limit``) the chunks read so far."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"", parts
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), None
 
 
 def _stalled() -> Attempt:

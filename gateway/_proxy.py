@@ -38,6 +38,7 @@ from sage.unified.gateway._errors import (
     BadRequestError,
     GatewayError,
     HeadersTooLargeError,
+    LoopDetectedError,
     ModelNotFoundError,
     NoBackendAvailableError,
     PayloadTooLargeError,
@@ -46,6 +47,7 @@ from sage.unified.gateway._errors import (
     error_bytes,
 )
 from sage.unified.gateway._headers import (
+    loop_detected,
     new_request_id,
     scan_request_headers,
     upstream_headers,
@@ -210,6 +212,11 @@ class DataPlane:
                 raise UnauthorizedError(
                     "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
                 )
+        if loop_detected(info):
+            raise LoopDetectedError(
+                "this request already passed this gateway (Via): an engine URL points back "
+                "at a gateway; fix the registration"
+            )
         if info.content_length is not None and info.content_length > config.max_body_bytes:
             raise PayloadTooLargeError(f"request body exceeds {config.max_body_bytes} bytes")
         body = await read_body(receive, config.max_body_bytes)
@@ -355,6 +362,7 @@ class DataPlane:
                 request.body,
                 watch,
                 ticket,
+                self.config.max_buffered_response_bytes,
             )
             if attempt.client_left or watch.gone:
                 self._client_left(attempt, request, backend)

@@ -17,6 +17,7 @@ class ProxyConfig:
         "engine_authorization",
         "expose_backend_header",
         "max_body_bytes",
+        "max_buffered_response_bytes",
         "max_header_bytes",
         "max_headers",
         "retries",
@@ -40,6 +41,7 @@ class ProxyConfig:
         stall_probe_timeout_s: float = 2.0,
         continuation_models: frozenset[str] = frozenset(),
         drain_handoff_s: float | None = 10.0,
+        max_buffered_response_bytes: int = 1 << 20,
     ) -> None:
         self.api_keys = api_keys
         self.engine_authorization = f"Bearer {engine_api_key}".encode() if engine_api_key else None
@@ -55,6 +57,9 @@ class ProxyConfig:
         self.continuation_models = continuation_models
         """Models whose broken streams are continued elsewhere (``*``: every model); a
         request may also ask with ``X-Sage-Continue: 1``."""
+        self.max_buffered_response_bytes = max_buffered_response_bytes
+        """A non-streamed answer is held (and retryable) up to this size, then relayed as it
+        comes."""
         self.drain_handoff_s = drain_handoff_s
         """A continuable stream of an engine that left routing (drained) this long ago is
         continued elsewhere; ``None``: streams stay until the engine ends them."""

@@ -169,6 +169,8 @@ class Relay:
         status = response.status
         out_headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
+        for chunk in attempt.prefix or ():  # the start of a body too large to hold
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         transcript = None
         if request.continuation is not None:
             # Whole events only: a continued stream must never leave half an event.

@@ -174,6 +174,7 @@ class GatewayRuntime:
                     stall_probe_timeout_s=settings.stall_probe_timeout_s,
                     continuation_models=frozenset(settings.continuation_models),
                     drain_handoff_s=settings.drain_handoff_s,
+                    max_buffered_response_bytes=settings.max_buffered_response_bytes,
                 ),
                 unavailable_models=self.source.unavailable_models,
                 settling=lambda: self.source.settling() or not self.is_ready(),

@@ -72,6 +72,9 @@ class GatewaySettings(SageSettings):
 
     routing_policy: Literal["least_load", "round_robin", "session"] = "least_load"
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_buffered_response_bytes: int = Field(2**20, ge=1024)
+    """A non-streamed answer is held in memory (so a failure is still retried elsewhere)
+    up to this size; a larger one is relayed as it arrives."""
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     retries: int = Field(1, ge=0, le=3)

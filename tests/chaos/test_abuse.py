@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from typing import Any
 
 import httpx
@@ -223,3 +224,29 @@ def test_a_web_page_cannot_drive_a_token_less_gateway_or_agent(start_gateway) ->
     )
     assert not_json.status_code == 415, not_json.text
     assert _engines(gateway.url) == []
+
+
+def test_a_gateway_never_proxies_to_itself_or_in_a_loop(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    one = start_gateway()
+    two = start_gateway()
+    register = "/v1/management/engines/register"
+    itself = httpx.post(f"{one.url}{register}", json={"model": "loop", "url": one.url}, timeout=10)
+    assert itself.status_code == 422, itself.text
+    assert "itself" in itself.json()["error"]["message"]
+    # Each registers the other as an engine (an operator's mistake): one client request
+    # used to become hundreds of proxied ones.
+    for here, there in ((one, two), (two, one)):
+        response = httpx.post(
+            f"{here.url}{register}", json={"model": "loop", "url": there.url}, timeout=10
+        )
+        assert response.status_code == 201, response.text
+    deadline = time.monotonic() + 20
+    while "loop" not in {b["model"] for b in _table(one.url)} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    answer = httpx.post(
+        f"{one.url}/v1/chat/completions",
+        json={"model": "loop", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert answer.status_code == 508, answer.text
+    assert answer.json()["error"]["code"] == "loop_detected"

@@ -445,3 +445,22 @@ async def test_a_store_holding_a_bad_record_still_opens(tmp_path: Path) -> None:
         assert engine.state is EngineState.ERROR
         assert "stored URL refused" in engine.reason
         assert [e.id for e in coordinator.engines()] == ["octal"]
+
+
+@pytest.mark.anyio
+async def test_a_hostile_engine_id_cannot_forge_log_lines(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    hostile = "x%0A2026-01-01 INFO audit who=admin action=engine.start result=ok" + "y" * 7000
+    with caplog.at_level("INFO", logger="sage.unified.coordinator"):
+        r = await env.client.get(f"/v1/management/engines/{hostile}")
+    assert r.status_code == 401
+    lines = [
+        rec.getMessage()
+        for rec in caplog.records
+        if rec.name == "sage.unified.coordinator" and "audit" in rec.getMessage()
+    ]
+    assert lines
+    for line in lines:
+        assert "\n" not in line
+        assert len(line) < 1200

@@ -51,6 +51,7 @@ class FakeReply:
         self.chunks = body if isinstance(body, list) else [body]
         self.break_after = break_after
         self.closed = False
+        self._stream: AsyncIterator[bytes] | None = None
 
     async def read(self) -> bytes:
         if self.break_after >= 0:
@@ -58,7 +59,10 @@ class FakeReply:
         return b"".join(self.chunks)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+        # One body, read once: iterating again goes on where the last read stopped.
+        if self._stream is None:
+            self._stream = self._iterate()
+        return self._stream
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         for index, chunk in enumerate(self.chunks):
@@ -526,3 +530,17 @@ async def test_without_opt_in_a_broken_stream_ends_with_an_error_event() -> None
     result = await Exchange().run(plane(up, 1, 2), STREAM_CHAT)
     assert up.calls == [1]
     assert b"stream_interrupted" in result.body
+
+
+async def test_a_large_answer_is_relayed_as_it_comes_not_held() -> None:
+    big = [b"x" * 600_000, b"y" * 600_000, b"z" * 600_000]
+    up = FakeUpstream({1: FakeReply(200, big)})
+    dp = plane(up, 1)
+    dp.config.max_buffered_response_bytes = 1 << 20
+    result = await Exchange().run(dp)
+    assert result.status == 200
+    bodies = [m["body"] for m in result.messages[1:] if m.get("body")]
+    assert bodies == big  # chunk by chunk, never joined into one 1.8 MB buffer
+    small = FakeUpstream({1: FakeReply(200, [b"a" * 1000, b"b" * 1000])})
+    result = await Exchange().run(plane(small, 1))
+    assert [m["body"] for m in result.messages[1:]] == [b"a" * 1000 + b"b" * 1000]
