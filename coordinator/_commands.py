@@ -104,6 +104,7 @@ class EngineCommands:
         agent_token: sent to agents (``None``: no ``Authorization``).
         agent_timeout_s: read timeout of agent calls.
         publish: called with the revision after a change.
+        is_cordoned: whether an agent takes no new engines (``sage agent cordon``).
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class EngineCommands:
         agent_token: str | None,
         agent_timeout_s: float,
         publish: Publish,
+        is_cordoned: Callable[[str], bool] = lambda _agent_id: False,
     ) -> None:
         self._registry = registry
         self._clock = clock
@@ -132,6 +134,7 @@ class EngineCommands:
         self._agent_token = agent_token
         self._agent_timeout_s = agent_timeout_s
         self._publish = publish
+        self._is_cordoned = is_cordoned
 
     def agent(self, agent_url: str) -> AsyncAgentClient:
         """The client of one agent's API (on the shared pool)."""
@@ -204,6 +207,7 @@ class EngineCommands:
                     engines=len(engines),
                     gpu_error=summary.gpu_error,
                     gpu_free_runtimes=summary.gpu_free_runtimes,
+                    cordoned=self._is_cordoned(summary.agent_id),
                 )
                 for summary, engines in self._registry.live_agents()
             ]
