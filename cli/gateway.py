@@ -225,6 +225,7 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         ) from None
     engines: list[Any] = []
     agents: list[Any] = []
+    deployments: list[Any] = []
     if readiness.get("mode") != "static":
         with (
             client_errors(base),
@@ -232,6 +233,7 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         ):
             engines = client.engines()
             agents = client.agents()
+            deployments = client.deployments()
     by_state = collections.Counter(e.state.value for e in engines)
     summary = {
         "url": base,
@@ -242,10 +244,20 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         "models": readiness.get("models", []),
         "revision": readiness.get("revision"),
         "agents": [
-            {"agent_id": a.agent_id, "host": a.host, "lost": a.lost, "engines": a.engines}
+            {
+                "agent_id": a.agent_id,
+                "host": a.host,
+                "lost": a.lost,
+                "engines": a.engines,
+                "cordoned": a.cordoned,
+                "draining": a.draining,
+            }
             for a in agents
         ],
         "engines_by_state": dict(by_state),
+        "deployments": {
+            d.spec.name: {"desired": d.status.desired, "ready": d.status.ready} for d in deployments
+        },
     }
     if json:
         print_json(summary)
@@ -259,7 +271,17 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         f"Control plane reachable: {summary['control_plane_reachable']}  revision: {summary['revision']}"
     )
     console.print(f"Models served: {', '.join(summary['models']) or 'none'}")
-    console.print(f"Agents: {len(agents)} ({sum(1 for a in agents if a.lost)} lost)")
+    cordoned = [
+        f"{a.agent_id} (draining)" if a.draining else a.agent_id for a in agents if a.cordoned
+    ]
+    console.print(
+        f"Agents: {len(agents)} ({sum(1 for a in agents if a.lost)} lost"
+        + (f", cordoned: {', '.join(cordoned)}" if cordoned else "")
+        + ")"
+    )
+    if deployments:
+        shown = ", ".join(f"{d.spec.name} {d.status.ready}/{d.status.desired}" for d in deployments)
+        console.print(f"Deployments (ready/desired): {shown}")
     states = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"
     console.print(f"Engines: {states}")
     return 0
