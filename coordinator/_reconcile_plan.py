@@ -165,15 +165,7 @@ class _Planner:
         self.result.outcomes[record.name] = outcome
         live, removals = self._classify(record, replicas, status)
         status.replicas = [
-            ReplicaStatus(
-                replica=r.replica,
-                engine_id=r.engine_id,
-                agent_id=r.agent_id,
-                revision=r.revision,
-                state="PENDING" if r.state is None else r.state.value,
-                reason=r.reason,
-                updated=any(x.view is r and x.updated for x in live),
-            )
+            self._replica_status(r, any(x.view is r and x.updated for x in live))
             for r in sorted(replicas, key=lambda r: (r.revision, r.replica))
             if r.state is not EngineState.STOPPED
         ]
@@ -189,6 +181,19 @@ class _Planner:
         if record.deleting and not live:
             self.result.forget.append(record.name)
         self._rolling(record, status, outcome, live, removals)
+
+    def _replica_status(self, r: ReplicaView, updated: bool) -> ReplicaStatus:
+        host = self.hosts.get(r.agent_id)
+        lost = host is None or host.candidate.lost
+        return ReplicaStatus(
+            replica=r.replica,
+            engine_id=r.engine_id,
+            agent_id=r.agent_id,
+            revision=r.revision,
+            state="ERROR" if lost else ("PENDING" if r.state is None else r.state.value),
+            reason="host lost" if lost else r.reason,
+            updated=updated,
+        )
 
     def _classify(
         self, record: DeploymentRecord, replicas: list[ReplicaView], status: DeploymentStatus
