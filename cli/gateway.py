@@ -233,7 +233,7 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         ):
             engines = client.engines()
             agents = client.agents()
-            deployments = client.deployments()
+            deployments = _deployments(client)
     by_state = collections.Counter(e.state.value for e in engines)
     summary = {
         "url": base,
@@ -285,6 +285,15 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
     states = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"
     console.print(f"Engines: {states}")
     return 0
+
+
+def _deployments(client: Any) -> list[Any]:
+    from sage.unified.sdk.client import NotFoundError
+
+    try:
+        return list(client.deployments())
+    except NotFoundError:  # a control plane older than deployments
+        return []
 
 
 def logs(

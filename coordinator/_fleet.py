@@ -76,6 +76,10 @@ class Fleet:
                 code="deployment_not_found",
             ) from None
 
+    def names(self) -> frozenset[str]:
+        """The names of the deployments (those being deleted too)."""
+        return frozenset(self._deployments)
+
     def find(self, name: str) -> DeploymentRecord | None:
         return self._deployments.get(name)
 

@@ -201,6 +201,10 @@ class FleetService:
             f"no agent has id or host {host!r} (see `sage gateway status`)", code="agent_not_found"
         )
 
+    def names(self) -> frozenset[str]:
+        """The names of the deployments that exist."""
+        return self._fleet.names()
+
     def summary(self, agent: AgentSummary) -> AgentSummary:
         """``agent`` with its cordon flags."""
         cordon = self._fleet.cordon_of(agent.agent_id)

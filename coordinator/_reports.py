@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 
 import anyio
 
@@ -49,6 +49,8 @@ class ReportIntake:
         on_engines_seen: told which engine ids a report carried (pending starts end there).
         restored_agents: agents known from the store; until each reports again, or one
             lease TTL passed, the coordinator is settling.
+        deployments: the names of the deployments that exist (their replicas do not age
+            out of the listings).
     """
 
     def __init__(
@@ -64,7 +66,9 @@ class ReportIntake:
         publish: Publish,
         on_engines_seen: Callable[[Iterable[str]], Awaitable[None]],
         restored_agents: Iterable[str] = (),
+        deployments: Callable[[], Container[str]] = frozenset,
     ) -> None:
+        self._deployments = deployments
         self._registry = registry
         self._settings = settings
         self._clock = clock
@@ -155,7 +159,10 @@ class ReportIntake:
         outcome = self._registry.expire()
         for agent_id in outcome.lost_agents:
             await self._auditor.record("coordinator", "agent.lost", agent_id, "lease expired")
-        for engine in self._aged.newly_aged(self._registry.engines(), self._clock.time()):
+        aged = self._aged.newly_aged(
+            self._registry.engines(), self._clock.time(), self._deployments()
+        )
+        for engine in aged:
             await self._auditor.record(
                 "coordinator",
                 "engine.aged_out",

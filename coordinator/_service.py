@@ -234,6 +234,7 @@ class Coordinator:
             # of truth for those): until each has reported again, or one lease TTL has
             # passed, the routing table would be missing engines that are serving.
             restored_agents=[record.agent_id for record in restored],
+            deployments=fleet.names,
         )
         commands = EngineCommands(
             registry,
@@ -355,7 +356,8 @@ class Coordinator:
         """Every engine, but those aged out of the listings (``stopped_engine_retention_s``)."""
         now = self.clock.time()
         retention = self.settings.stopped_engine_retention_s
-        return [e for e in self._registry.engines() if not aged_out(e, now, retention)]
+        names = self._parts.fleet.names() if self._parts is not None else frozenset[str]()
+        return [e for e in self._registry.engines() if not aged_out(e, now, retention, names)]
 
     def engine(self, engine_id: str) -> EngineInfo:
         return self._registry.engine(engine_id)

@@ -375,17 +375,70 @@ async def test_stopped_and_long_error_engines_of_nobody_age_out_of_listings(env:
         engine("old-stopped", EngineState.STOPPED, 4000, None),
         engine("old-error", EngineState.ERROR, 4000, None),
         engine("new-stopped", EngineState.STOPPED, 10, None),
-        engine("old-replica", EngineState.ERROR, 4000, "gone"),
+        engine("old-replica", EngineState.STOPPED, 4000, "chat"),
+        engine("orphan-replica", EngineState.ERROR, 4000, "gone"),
         engine("serving", EngineState.READY, 4000, None),
     ):
         env.agents.engines["a1"][info.id] = info
+    nowhere = {**CHAT, "replicas": 0}
+    await env.client.put("/v1/management/deployments/chat", json=nowhere, headers=ADMIN)
     await env.report("a1")
     listed = {e["id"] for e in (await env.get("/engines"))["engines"]}
     assert listed == {"new-stopped", "old-replica", "serving"}
     await env.coordinator._running().intake.sweep()
     audit = (await env.get("/audit?limit=50"))["entries"]
     aged = sorted(e["target"] for e in audit if e["action"] == "engine.aged_out")
-    assert aged == ["old-error", "old-stopped"]
+    assert aged == ["old-error", "old-stopped", "orphan-replica"]
     await env.coordinator._running().intake.sweep()  # told once
     audit = (await env.get("/audit?limit=50"))["entries"]
-    assert len([e for e in audit if e["action"] == "engine.aged_out"]) == 2
+    assert len([e for e in audit if e["action"] == "engine.aged_out"]) == 3
+
+
+@pytest.mark.anyio
+async def test_a_restarted_coordinator_starts_no_replica_twice() -> None:
+    agents = FakeAgents()
+    store = MemoryStore()
+    settings = CoordinatorSettings(
+        admin_tokens=["admin-t"],
+        agent_tokens=["agent-t"],
+        db_path=None,
+        reconcile_interval_s=0.05,
+        probe_interval_s=30,
+    )
+    clock = FakeClock()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(agents.handle)) as http:
+
+        async def coordinator_env() -> tuple[Any, Env]:
+            coordinator = Coordinator(
+                settings, clock=clock, store=store, http_client=http, resolver=fake_resolver
+            )
+            app = create_coordinator_app(coordinator=coordinator)
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c")
+            return app, Env(client, agents, coordinator)
+
+        app, env = await coordinator_env()
+        async with app.lifespan(), env.client:
+            await env.report()
+            await env.client.put("/v1/management/deployments/chat", json=CHAT, headers=ADMIN)
+            await env.until(lambda: agents.starts() == 4, "4 starts")
+        # Restarted before any agent reported the new engines: the starts are pending.
+        app, env = await coordinator_env()
+        async with app.lifespan(), env.client:
+            await anyio.sleep(0.3)
+            assert agents.starts() == 4
+            await env.report()
+            await anyio.sleep(0.3)
+            assert agents.starts() == 4
+            status = (await env.get("/deployments/chat"))["status"]
+            assert [r["state"] for r in status["replicas"]] == ["STARTING"] * 4
+        # Restarted after the agents reported them: nothing is pending, and the registry is
+        # empty until the agents report again; the reconciler waits for them (settling).
+        app, env = await coordinator_env()
+        async with app.lifespan(), env.client:
+            await anyio.sleep(0.3)
+            assert agents.starts() == 4
+            status = (await env.get("/deployments/chat"))["status"]
+            assert [c["reason"] for c in status["conditions"]] == ["settling"]
+            await env.report()
+            await anyio.sleep(0.3)
+            assert agents.starts() == 4
