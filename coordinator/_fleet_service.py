@@ -9,6 +9,7 @@ its address (when one agent has it).
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import msgspec
 
@@ -42,6 +43,8 @@ from sage.unified.sdk.states import EngineState
 __all__ = ["FleetService"]
 
 log = logging.getLogger("sage.unified.coordinator")
+
+PlanChange = Literal["create", "update", "scale", "unchanged", "delete"]
 
 
 class FleetService:
@@ -129,14 +132,15 @@ class FleetService:
         """What applying ``request`` would do now: a dry run of the reconciler's next pass.
 
         Raises:
-            InvalidRequestError: a name is given twice, or a deletion names no deployment.
+            InvalidRequestError: a name is given twice.
+            NotFoundError: a deletion names no deployment.
         """
         names = [s.name for s in request.deployments] + list(request.delete)
         if len(set(names)) != len(names):
             raise InvalidRequestError("a deployment is named twice in the plan request")
         now = self._clock.time()
         records = {r.name: r for r in self._fleet.records()}
-        changes: dict[str, str] = {}
+        changes: dict[str, PlanChange] = {}
         for spec in request.deployments:
             current = records.get(spec.name)
             records[spec.name], change = applied(current, spec, now)
@@ -152,7 +156,7 @@ class FleetService:
         )
 
     def _entry(
-        self, name: str, change: str, record: DeploymentRecord, result: Plan
+        self, name: str, change: PlanChange, record: DeploymentRecord, result: Plan
     ) -> DeploymentPlanEntry:
         current = self._fleet.find(name)
         outcome = result.outcomes[name]
@@ -163,7 +167,7 @@ class FleetService:
         ]
         return DeploymentPlanEntry(
             name=name,
-            change=change,  # type: ignore[arg-type]
+            change=change,
             revision_from=None if current is None else current.revision,
             revision_to=None if change == "delete" else record.revision,
             replicas_from=0 if current is None or current.deleting else current.spec.replicas,

@@ -42,6 +42,7 @@ from sage.unified.coordinator import (
     create_coordinator_app,
     create_management_router,
 )
+from sage.unified.sdk.fleet import DeploymentPlanRequest, DeploymentSpec, RolloutUndoRequest
 from sage.unified.sdk.models import (
     AgentReport,
     EngineInfo,
@@ -182,6 +183,9 @@ def _coordinator_document(tmp: Path) -> Document:
             ("post", f"{management}/engines/start"): EngineStartRequest,
             ("post", f"{management}/engines/stop"): EngineStopRequest,
             ("put", "/v1/agents/{agent_id}"): AgentReport,
+            ("put", f"{management}/deployments/{{name}}"): DeploymentSpec,
+            ("post", f"{management}/deployments/plan"): DeploymentPlanRequest,
+            ("post", f"{management}/deployments/{{name}}/rollout/undo"): RolloutUndoRequest,
         },
         responses={
             ("get", f"{management}/backends", "200"): RoutingTable,
