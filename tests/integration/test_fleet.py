@@ -249,6 +249,36 @@ def test_apply_spreads_replicas_and_a_lost_host_is_replaced_without_client_error
     assert len(live) == 4
 
 
+def test_presets_and_gpu_clear_through_the_cli(fleet: Fleet) -> None:
+    url = fleet.url
+    plan = sage(url, "llm", "preset", "apply", "simulated-demo", "--dry-run").stdout
+    assert "demo-chat" in plan
+    assert "demo-embed" in plan
+    asked = subprocess.run(
+        [SAGE, "llm", "preset", "apply", "simulated-demo"],
+        env={**os.environ, "SAGE_GATEWAY_URL": url},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert asked.returncode == 2
+    assert "--yes" in asked.stderr
+    assert get(url, "/deployments")["deployments"] == []
+    cleared = subprocess.run(
+        [SAGE, "llm", "gpu", "clear", "a1:0"],
+        env={**os.environ, "SAGE_GATEWAY_URL": url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cleared.returncode == 1  # the agent has no GPU 0: its 404, in one line
+    assert "no GPU 0" in cleared.stderr
+    assert len(cleared.stderr.strip().splitlines()) == 1
+    audit = get(url, "/audit")["entries"]
+    assert any(e["action"] == "gpu.clear" and e["target"] == "a1:0" for e in audit)
+
+
 def test_rolling_update_undo_and_host_drain_lose_no_request(fleet: Fleet, tmp_path: Path) -> None:
     url = fleet.url
     sage(url, "llm", "apply", "-f", str(fleet_file(tmp_path / "v1.toml", replicas=2)))
