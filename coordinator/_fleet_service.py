@@ -250,8 +250,8 @@ class FleetService:
             if owner is not None and self._fleet.find(owner) is not None:
                 moving.append(engine.id)
                 continue
-            if engine.state is EngineState.DRAINING:
-                continue
+            if engine.state is EngineState.DRAINING or agent.lost:
+                continue  # a lost host's agent cannot be reached; its replicas are replaced
             try:
                 await self._commands.stop(EngineStopRequest(engine_id=engine.id, drain=True), who)
             except CoordinatorError as exc:

@@ -126,12 +126,30 @@ class _Planner:
         by_deployment: dict[str, list[ReplicaView]] = {}
         for replica in self.inputs.replicas:
             by_deployment.setdefault(replica.deployment, []).append(replica)
-        for record in sorted(self.inputs.deployments, key=lambda r: r.name):
+        records = sorted(self.inputs.deployments, key=lambda r: r.name)
+        for record in records:
             try:
                 self._deployment(record, by_deployment.get(record.name, []))
             except Exception as exc:  # one bad record must not stop the others' plans
                 self._broken(record, exc)
+        if self.inputs.settling:
+            self._hold(records)
         return self.result
+
+    def _hold(self, records: list[DeploymentRecord]) -> None:
+        """Settling: statuses only; no action, no rollout change, nothing forgotten."""
+        self.result.actions.clear()
+        self.result.rollouts.clear()
+        self.result.forget.clear()
+        for record in records:
+            status = self.result.outcomes[record.name].status
+            status.rollout = record.rollout
+            status.conditions = [
+                DeploymentCondition(
+                    reason="settling",
+                    message="the control plane restarted and waits for its agents to report",
+                )
+            ]
 
     def _broken(self, record: DeploymentRecord, exc: Exception) -> None:
         self.result.actions = [a for a in self.result.actions if a.deployment != record.name]
@@ -152,7 +170,6 @@ class _Planner:
         self.result.outcomes[record.name] = Outcome(status=status)
 
     def _deployment(self, record: DeploymentRecord, replicas: list[ReplicaView]) -> None:
-        inputs = self.inputs
         rollout = record.rollout
         status = DeploymentStatus(
             name=record.name,
@@ -169,15 +186,6 @@ class _Planner:
             for r in sorted(replicas, key=lambda r: (r.revision, r.replica))
             if r.state is not EngineState.STOPPED
         ]
-        if inputs.settling:
-            status.conditions.append(
-                DeploymentCondition(
-                    reason="settling",
-                    message="the control plane restarted and waits for its agents to report",
-                )
-            )
-            self._count(status, live)
-            return
         if record.deleting and not live:
             self.result.forget.append(record.name)
         self._rolling(record, status, outcome, live, removals)

@@ -255,6 +255,14 @@ def test_nothing_is_done_while_the_control_plane_settles() -> None:
     result = run(completed(spec(4)), [host("a1")], [], settling=True)
     assert result.actions == []
     assert conditions(result, "settling")
+    # Not even a failed replica is stopped, a rollout failed or a deletion finished.
+    record = updated_to(completed(spec(1)), "m2")
+    bad = replica("a1", ERROR, revision=2, reason="restarts exhausted")
+    result = run(record, [host("a1")], [replica("a1"), bad], settling=True)
+    assert (result.actions, result.rollouts) == ([], {})
+    assert result.outcomes["chat"].status.rollout.state is RolloutState.PROGRESSING
+    deleted = msgspec.structs.replace(completed(spec(1)), deleting=True)
+    assert run(deleted, [host("a1")], [], settling=True).forget == []
 
 
 # ------------------------------------------------------------------------ failures
