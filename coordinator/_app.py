@@ -20,6 +20,7 @@ from litestar.params import FromPath, FromQuery
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession
+from sage.unified.coordinator._app_fleet import fleet_routes
 from sage.unified.coordinator._service import Coordinator
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import Store
@@ -61,7 +62,8 @@ EXCEPTION_HANDLERS = exception_handlers(log)
 
 
 def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Router:
-    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit. Admin token.
+    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit, and the fleet
+    (deployments, rollouts, cordon and drain, GPU clear). Admin token.
 
     ``browser`` says which ``Host`` names and web origins may reach it from a browser.
     """
@@ -144,6 +146,7 @@ def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Rou
             gpu,
             agents,
             audit,
+            *fleet_routes(session, body),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         guards=[browser_guard(browser)],

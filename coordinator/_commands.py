@@ -108,6 +108,7 @@ class EngineCommands:
         publish: called with the revision after a change.
         own_address: ``(bind host, port)`` of this control plane's server: an engine
             registered there would loop.
+        is_cordoned: whether an agent takes no new engines (``sage agent cordon``).
     """
 
     def __init__(
@@ -125,6 +126,7 @@ class EngineCommands:
         agent_timeout_s: float,
         publish: Publish,
         own_address: tuple[str, int] | None = None,
+        is_cordoned: Callable[[str], bool] = lambda _agent_id: False,
     ) -> None:
         self._registry = registry
         self._clock = clock
@@ -138,6 +140,7 @@ class EngineCommands:
         self._agent_timeout_s = agent_timeout_s
         self._publish = publish
         self._own = own_address
+        self._is_cordoned = is_cordoned
 
     def agent(self, agent_url: str) -> AsyncAgentClient:
         """The client of one agent's API (on the shared pool)."""
@@ -228,6 +231,7 @@ class EngineCommands:
                     engines=len(engines),
                     gpu_error=summary.gpu_error,
                     gpu_free_runtimes=summary.gpu_free_runtimes,
+                    cordoned=self._is_cordoned(summary.agent_id),
                 )
                 for summary, engines in self._registry.live_agents()
             ]

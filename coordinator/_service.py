@@ -9,7 +9,10 @@ task group with the loops of its parts:
 - :class:`~._commands.EngineCommands`: operators' register/start/stop;
 - :class:`~._persistence.AgentRecordWriter` and :class:`~._persistence.RevisionMark`;
 - :class:`~._publisher.TablePublisher`: the routing table to watchers;
-- :class:`~._audit.Auditor`: the audit trail.
+- :class:`~._audit.Auditor`: the audit trail;
+- :class:`~._fleet.Fleet` (deployments, cordons) and the :class:`~._reconciler.Reconciler`
+  that makes replicas follow them; :class:`~._fleet_service.FleetService` is what
+  operators call.
 
 Every revision bump is persisted (its block reserved) before watchers are woken. The
 coordinator is also a :class:`~._api.ControlPlane` (what the management routes serve)
@@ -33,15 +36,25 @@ from sage.unified.coordinator._api import LocalSession
 from sage.unified.coordinator._audit import Auditor
 from sage.unified.coordinator._commands import EngineCommands, PendingStarts
 from sage.unified.coordinator._errors import AuthenticationError, SettlingError, UrlPolicyError
+from sage.unified.coordinator._fleet import Fleet
+from sage.unified.coordinator._fleet_service import FleetService
 from sage.unified.coordinator._metrics import CoordinatorMetrics
 from sage.unified.coordinator._netcheck import parse_engine_url
 from sage.unified.coordinator._persistence import AgentRecordWriter, RevisionMark
 from sage.unified.coordinator._prober import RegisteredEngineProber
 from sage.unified.coordinator._publisher import TablePublisher
+from sage.unified.coordinator._reconciler import Reconciler
 from sage.unified.coordinator._registry import AgentRecord, Registry
 from sage.unified.coordinator._reports import ReportIntake
+from sage.unified.coordinator._retention import aged_out
 from sage.unified.coordinator._settings import CoordinatorSettings
-from sage.unified.coordinator._store import MemoryStore, SqliteStore, StartRequestRecord, Store
+from sage.unified.coordinator._store import (
+    MemoryStore,
+    SqliteStore,
+    StartRequestRecord,
+    Store,
+    StoredState,
+)
 from sage.unified.sdk.auth import bearer_token
 from sage.unified.sdk.client import async_http_pool
 from sage.unified.sdk.clock import Clock, SystemClock
@@ -72,11 +85,15 @@ class _Parts:
         commands: EngineCommands,
         starts: PendingStarts,
         writer: AgentRecordWriter,
+        reconciler: Reconciler,
+        fleet: FleetService,
     ) -> None:
         self.intake = intake
         self.commands = commands
         self.starts = starts
         self.writer = writer
+        self.reconciler = reconciler
+        self.fleet = fleet
 
 
 class Coordinator:
@@ -159,7 +176,7 @@ class Coordinator:
             self._publisher.attach(registry)
             self._publisher.open()
             await self._mark.cover(registry.revision)
-            parts = self._build_parts(registry, prober, http, stored.start_requests, stored.agents)
+            parts = self._build_parts(registry, prober, http, stored)
             stack.push_async_callback(parts.writer.flush)
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)
@@ -167,6 +184,7 @@ class Coordinator:
             task_group.start_soon(prober.run)
             task_group.start_soon(parts.writer.run)
             task_group.start_soon(self._publisher.run)
+            task_group.start_soon(parts.reconciler.run)
             self._parts = parts
             self._stack = stack.pop_all()
         log.info(
@@ -206,10 +224,18 @@ class Coordinator:
         registry: Registry,
         prober: RegisteredEngineProber,
         http: httpx.AsyncClient,
-        start_requests: list[StartRequestRecord],
-        restored: list[AgentRecord],
+        stored: StoredState,
     ) -> _Parts:
-        starts = PendingStarts(self.store, start_requests)
+        restored: list[AgentRecord] = stored.agents
+        starts = PendingStarts(self.store, stored.start_requests)
+        fleet = Fleet(
+            self.store,
+            self.auditor,
+            self.clock,
+            deployments=stored.deployments,
+            cordons=stored.cordons,
+            changed=self._kick_reconciler,
+        )
         writer = AgentRecordWriter(self.store)
         intake = ReportIntake(
             registry,
@@ -225,6 +251,7 @@ class Coordinator:
             # of truth for those): until each has reported again, or one lease TTL has
             # passed, the routing table would be missing engines that are serving.
             restored_agents=[record.agent_id for record in restored],
+            deployments=fleet.names,
         )
         commands = EngineCommands(
             registry,
@@ -240,8 +267,20 @@ class Coordinator:
             agent_timeout_s=self.settings.agent_timeout_s,
             publish=self._publish,
             own_address=(self.settings.host, self.settings.port),
+            is_cordoned=fleet.is_cordoned,
         )
-        return _Parts(intake, commands, starts, writer)
+        reconciler = Reconciler(
+            registry,
+            fleet,
+            commands,
+            starts,
+            settings=self.settings,
+            clock=self.clock,
+            settling=lambda: intake.settling,
+            auditor=self.auditor,
+        )
+        service = FleetService(registry, fleet, reconciler, commands, self.auditor, self.clock)
+        return _Parts(intake, commands, starts, writer, reconciler, service)
 
     async def __aexit__(
         self,
@@ -333,13 +372,29 @@ class Coordinator:
     # ---------------------------------------------------------------- queries
 
     def engines(self) -> list[EngineInfo]:
-        return self._registry.engines()
+        """Every engine, but those aged out of the listings (``stopped_engine_retention_s``)."""
+        now = self.clock.time()
+        retention = self.settings.stopped_engine_retention_s
+        names = self._parts.fleet.names() if self._parts is not None else frozenset[str]()
+        return [e for e in self._registry.engines() if not aged_out(e, now, retention, names)]
 
     def engine(self, engine_id: str) -> EngineInfo:
         return self._registry.engine(engine_id)
 
     def agents(self) -> list[AgentSummary]:
-        return self._registry.agent_summaries()
+        summaries = self._registry.agent_summaries()
+        if self._parts is None:
+            return summaries
+        return [self._parts.fleet.summary(a) for a in summaries]
+
+    @property
+    def fleet(self) -> FleetService:
+        """Deployments, rollouts, cordon and drain, GPU clear (needs the context entered)."""
+        return self._running().fleet
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self._running().reconciler
 
     def gpu_hosts(self) -> list[HostGpus]:
         return [
@@ -410,3 +465,8 @@ class Coordinator:
     async def _publish(self, revision: int) -> None:
         await self._mark.cover(revision)
         self._publisher.notify()
+        self._kick_reconciler()
+
+    def _kick_reconciler(self) -> None:
+        if self._parts is not None:
+            self._parts.reconciler.kick()

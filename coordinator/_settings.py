@@ -66,6 +66,14 @@ class CoordinatorSettings(SageSettings):
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     restart_grace_s: float = Field(default=30.0, ge=0)
     lost_engine_retention_s: float = Field(default=300.0, ge=0)
+    stopped_engine_retention_s: float = Field(default=3600.0, ge=0)
+    """How long an engine of no deployment stays listed once STOPPED or ERROR (the audit
+    log keeps it)."""
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    """How often the reconciler compares deployments with what runs (also on every change)."""
+    replica_error_timeout_s: float = Field(default=600.0, gt=0)
+    """A deployment replica ERROR for this long is replaced (at once when its restarts are
+    exhausted or its GPU is quarantined)."""
     sweep_interval_s: float = Field(default=1.0, gt=0)
     load_publish_interval_s: float = Field(default=1.0, ge=0)
     probe_interval_s: float = Field(default=2.0, gt=0)

@@ -6,7 +6,6 @@ and a test checks that each server serves exactly the endpoints declared for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sage.unified.sdk.models import (
@@ -32,7 +31,8 @@ from sage.unified.sdk.protocol._bodies import (
     ModelList,
     OpenAIBody,
 )
-from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope
+from sage.unified.sdk.protocol._catalog_fleet import FleetApi
+from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope, declarer
 
 __all__ = [
     "ENDPOINTS",
@@ -49,27 +49,18 @@ _MGMT = "/v1/management"
 _ANY = dict[str, Any]
 
 
-def _declarer(server: Component, prefix: str, scope: Scope) -> Callable[..., Endpoint[Any, Any]]:
-    """A function declaring endpoints of ``server``, with ``scope`` and ``Retry.SAFE`` by default."""
-
-    def declare(
-        name: str, method: str, path: str, request: Any, reply: Any, **kw: Any
-    ) -> Endpoint[Any, Any]:
-        kw.setdefault("scope", scope)
-        kw.setdefault("retry", Retry.SAFE)
-        return Endpoint(f"{prefix}.{name}", server, method, path, request, reply, **kw)
-
-    return declare
+_cp = declarer(Component.CONTROL_PLANE, "control_plane", Scope.ADMIN)
+_agent = declarer(Component.AGENT, "agent", Scope.AGENT)
+_gw = declarer(Component.GATEWAY, "gateway", Scope.INFERENCE)
+_engine = declarer(Component.ENGINE, "engine", Scope.PUBLIC)
 
 
-_cp = _declarer(Component.CONTROL_PLANE, "control_plane", Scope.ADMIN)
-_agent = _declarer(Component.AGENT, "agent", Scope.AGENT)
-_gw = _declarer(Component.GATEWAY, "gateway", Scope.INFERENCE)
-_engine = _declarer(Component.ENGINE, "engine", Scope.PUBLIC)
+class ControlPlaneApi(FleetApi):
+    """The coordinator: agents' reports and the management API (``/v1/management``).
 
-
-class ControlPlaneApi:
-    """The coordinator: agents' reports and the management API (``/v1/management``)."""
+    The fleet's endpoints (deployments, rollouts, cordon and drain, GPU clear) are
+    declared in :class:`~._catalog_fleet.FleetApi` and inherited here.
+    """
 
     REPORT: Endpoint[AgentReport, AgentReportReply] = _cp(
         "report",
@@ -407,7 +398,12 @@ class StudioApi:
 
 
 def _declared(namespace: type) -> list[Endpoint[Any, Any]]:
-    return [value for value in vars(namespace).values() if isinstance(value, Endpoint)]
+    found: dict[str, Endpoint[Any, Any]] = {}
+    for klass in namespace.__mro__:
+        for attr, value in vars(klass).items():
+            if isinstance(value, Endpoint):
+                found.setdefault(attr, value)
+    return list(found.values())
 
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = tuple(
