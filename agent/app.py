@@ -44,7 +44,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -58,6 +58,7 @@ from sage.unified.sdk.protocol.server import (
     decode_body,
     error_response,
     exception_handlers,
+    metrics_response,
     route,
 )
 from sage.unified.sdk.states import EngineState
@@ -220,7 +221,7 @@ def create_agent_app(agent: Agent) -> Litestar:
 
     @route(_AGENT.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(generate_latest(registry))
 
     return Litestar(
         route_handlers=[

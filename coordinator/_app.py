@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from litestar import Litestar, Request, Response, Router
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession
 from sage.unified.coordinator._app_fleet import fleet_routes
@@ -42,6 +41,7 @@ from sage.unified.sdk.protocol.server import (
     browser_guard,
     decode_body,
     exception_handlers,
+    metrics_response,
     route,
 )
 
@@ -215,7 +215,7 @@ def create_coordinator_app(
 
     @route(API.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
-        return Response(coord.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(coord.metrics_text())
 
     app = Litestar(
         route_handlers=[

@@ -68,6 +68,7 @@ class RequestHeaderInfo:
         "authorization",
         "connection_tokens",
         "content_length",
+        "content_type",
         "continue_stream",
         "count",
         "host",
@@ -84,6 +85,7 @@ class RequestHeaderInfo:
         self.session_id: bytes | None = None
         self.host: bytes | None = None
         self.connection_tokens: frozenset[bytes] = frozenset()
+        self.content_type: bytes | None = None
         self.via: bytes | None = None
         """The ``Via`` chain so far (the gateways this request already passed)."""
         self.continue_stream = False
@@ -116,6 +118,8 @@ def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
             info.connection_tokens = frozenset(
                 t.strip().lower() for t in value.split(b",") if t.strip()
             )
+        elif name == b"content-type":
+            info.content_type = value
         elif name == b"via":
             info.via = value if info.via is None else info.via + b", " + value
         elif name == b"x-sage-continue":

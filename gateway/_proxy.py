@@ -39,11 +39,8 @@ from sage.unified.gateway._errors import (
     GatewayError,
     HeadersTooLargeError,
     LoopDetectedError,
-    ModelNotFoundError,
-    NoBackendAvailableError,
     PayloadTooLargeError,
     UnauthorizedError,
-    UpstreamFailedError,
     error_bytes,
 )
 from sage.unified.gateway._headers import (
@@ -54,6 +51,7 @@ from sage.unified.gateway._headers import (
 )
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy_config import ProxyConfig
+from sage.unified.gateway._refusals import gave_up_error, gave_up_status, unroutable_error
 from sage.unified.gateway._relay import ProxyRequest, Relay
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
 from sage.unified.gateway._stalls import StallMonitor, StallTicket
@@ -66,6 +64,7 @@ from sage.unified.gateway.routing import (
     RetryThrottle,
     RoutingPolicy,
     RoutingState,
+    peek_form,
     peek_request,
 )
 from sage.unified.gateway.sessions import SessionChat
@@ -78,6 +77,8 @@ __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin
 log = logging.getLogger("sage.unified.gateway")
 
 _CHAT_PATH = b"/v1/chat/completions"
+_FORM_PATH = b"/v1/audio/transcriptions"
+"""The one proxied route whose body is a form (multipart), not JSON."""
 _METHOD_NOT_ALLOWED = error_bytes("method not allowed; use POST", "invalid_request_error", 405)
 
 
@@ -223,7 +224,7 @@ class DataPlane:
         if body is None:
             return None
         try:
-            peek = peek_request(body)
+            peek = peek_form(body, info.content_type) if path == _FORM_PATH else peek_request(body)
         except PeekError as exc:
             raise BadRequestError(str(exc)) from None
         model = peek.model
@@ -281,29 +282,21 @@ class DataPlane:
         finally:
             await prepared.finish()
 
-    def _raise_unroutable(self, model: str, kind: EngineKind) -> None:
-        # While the control plane settles after a restart, an unknown model may simply
-        # not have been re-reported yet: "try again" is the honest answer, not 404.
-        if (
-            model in self._unavailable_models()
-            or self.state.model_backends(model)
-            or self._settling()
-        ):
-            raise NoBackendAvailableError(
-                f"model '{model}' has no ready backend right now; retry shortly",
-                headers={"retry-after": str(self.config.unavailable_retry_after_s)},
-            )
-        served = self.state.models(kind)
-        listing = ", ".join(served) if served else "none"
-        raise ModelNotFoundError(
-            f"The model '{model}' does not exist or is not served here. Served models: {listing}.",
-            param="model",
+    def _raise_unroutable(self, model: str, kind: EngineKind, path: bytes) -> None:
+        may_come_back = model in self._unavailable_models() or self._settling()
+        raise unroutable_error(
+            self.state,
+            model,
+            kind,
+            path,
+            may_come_back=may_come_back,
+            retry_after_s=self.config.unavailable_retry_after_s,
         )
 
     async def _proxy(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
         candidates = self.state.candidates(request.model, request.kind, now=request.started)
         if not candidates:
-            self._raise_unroutable(request.model, request.kind)
+            self._raise_unroutable(request.model, request.kind, request.path)
         tried: list[str] = []
         failures: list[FailureKind] = []
         last_error = "no backend tried"
@@ -393,26 +386,14 @@ class DataPlane:
         last_error: str,
         failures: list[FailureKind],
     ) -> None:
-        # No engine answered at all (unreachable, gone, hung, or none left to try) is
-        # "unavailable" (503, retry later); an engine that answered badly or broke
-        # mid-answer is a bad gateway hop (502).
-        status = 503 if all(f.nothing_answered for f in failures) else 502
+        status = gave_up_status(failures)
         self.metrics.request_done(
             request.model,
             tried[-1] if tried else "none",
             status,
             time.monotonic() - request.started,
         )
-        model = request.model
-        if status == 503:
-            raise NoBackendAvailableError(
-                f"no backend of model '{model}' is reachable ({last_error}); retry shortly",
-                headers={"retry-after": "1"},
-            )
-        raise UpstreamFailedError(
-            f"no backend of model '{model}' answered ({last_error}); retry shortly",
-            headers={"retry-after": "1"},
-        )
+        raise gave_up_error(request.model, last_error, status)
 
     def _origin(self, backend: BackendState) -> Origin:
         url = backend.backend.url

@@ -240,6 +240,10 @@ class RoutingState:
         """Sorted model names with at least one backend (of ``kind``, if given)."""
         return list(self._models[kind])
 
+    def kinds_of(self, model: str) -> list[EngineKind]:
+        """What ``model`` is served as (its backends' kinds), in :class:`EngineKind` order."""
+        return [kind for kind in EngineKind if model in self._by_kind[kind]]
+
     def backends(self) -> list[BackendState]:
         """Every backend of the current table (static ones first)."""
         return list(self._by_key.values())

@@ -28,6 +28,7 @@ from sage.unified.sdk.protocol._bodies import (
     EngineLogs,
     GpuHostList,
     HealthStatus,
+    ModelCard,
     ModelList,
     OpenAIBody,
 )
@@ -272,6 +273,52 @@ class GatewayApi:
     )
     MODELS: Endpoint[None, ModelList] = _gw(
         "models", "GET", "/v1/models", None, ModelList, summary="Models with a routable engine."
+    )
+    MODEL: Endpoint[None, ModelCard] = _gw(
+        "model", "GET", "/v1/models/{model}", None, ModelCard, summary="One served model."
+    )
+    RESPONSES: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "responses",
+        "POST",
+        "/v1/responses",
+        _ANY,
+        _ANY,
+        summary="OpenAI Responses API (stateless pass-through), routed by model.",
+    )
+    TOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "tokenize", "POST", "/tokenize", _ANY, _ANY, summary="vLLM's tokenizer, by model."
+    )
+    DETOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "detokenize", "POST", "/detokenize", _ANY, _ANY, summary="vLLM's detokenizer, by model."
+    )
+    TRANSCRIPTIONS: Endpoint[None, OpenAIBody] = _gw(
+        "transcriptions",
+        "POST",
+        "/v1/audio/transcriptions",
+        None,
+        _ANY,
+        summary="Speech to text (multipart/form-data with model and file), by model.",
+    )
+    POOLING: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "pooling", "POST", "/pooling", _ANY, _ANY, summary="vLLM's pooling, by model."
+    )
+    CLASSIFY: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "classify", "POST", "/classify", _ANY, _ANY, summary="Classification, by model."
+    )
+    SCORE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "score", "POST", "/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+    )
+    SCORE_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "score_v1", "POST", "/v1/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+    )
+    RERANK: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "rerank", "POST", "/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+    )
+    RERANK_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "rerank_v1", "POST", "/v1/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+    )
+    RERANK_V2: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "rerank_v2", "POST", "/v2/rerank", _ANY, _ANY, summary="Rerank documents, by model."
     )
     HEALTH: Endpoint[None, HealthStatus] = _gw(
         "health", "GET", "/health", None, HealthStatus, scope=Scope.PUBLIC, summary="Liveness."

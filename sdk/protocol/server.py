@@ -25,6 +25,7 @@ from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ExceptionHandlersMap
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sage.unified.sdk.errors import WireError, error_type_for, wire_error_bytes
 from sage.unified.sdk.protocol._browser import BrowserPolicy, browser_refusal
@@ -38,6 +39,7 @@ __all__ = [
     "decode_body",
     "error_response",
     "exception_handlers",
+    "metrics_response",
     "route",
 ]
 
@@ -159,6 +161,17 @@ def error_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+"""The Prometheus text format prometheus_client writes, without the charset: Litestar adds
+``charset`` to every ``text/*`` type, and a second one makes strict parsers (Prometheus 3)
+refuse the scrape."""
+
+
+def metrics_response(payload: bytes) -> Response[bytes]:
+    """A ``/metrics`` answer with one well-formed Content-Type."""
+    return Response(payload, media_type=METRICS_MEDIA_TYPE)
 
 
 def _wire_error(_: Request[Any, Any, Any], exc: WireError) -> Response[bytes]:

@@ -419,7 +419,9 @@ async def test_a_restarted_coordinator_starts_no_replica_twice() -> None:
                 settings, clock=clock, store=store, http_client=http, resolver=fake_resolver
             )
             app = create_coordinator_app(coordinator=coordinator)
-            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://c.localhost")
+            client = httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://c.localhost"
+            )
             return app, Env(client, agents, coordinator)
 
         app, env = await coordinator_env()

@@ -136,7 +136,15 @@ class Exchange:
         self.messages: list[dict[str, Any]] = []
         self.leave = asyncio.Event()
 
-    async def run(self, dp: DataPlane, body: bytes = CHAT) -> Exchange:
+    async def run(
+        self,
+        dp: DataPlane,
+        body: bytes = CHAT,
+        *,
+        kind: EngineKind = EngineKind.LLM,
+        path: bytes = b"/v1/chat/completions",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> Exchange:
         delivered = False
 
         async def receive() -> dict[str, Any]:
@@ -150,8 +158,13 @@ class Exchange:
         async def send(message: dict[str, Any]) -> None:
             self.messages.append(dict(message))
 
-        scope = {"type": "http", "method": "POST", "headers": [], "client": ("127.0.0.1", 1)}
-        await dp.handle(scope, receive, send, EngineKind.LLM, b"/v1/chat/completions")
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "headers": headers or [],
+            "client": ("127.0.0.1", 1),
+        }
+        await dp.handle(scope, receive, send, kind, path)
         return self
 
     @property
@@ -544,3 +557,64 @@ async def test_a_large_answer_is_relayed_as_it_comes_not_held() -> None:
     small = FakeUpstream({1: FakeReply(200, [b"a" * 1000, b"b" * 1000])})
     result = await Exchange().run(plane(small, 1))
     assert [m["body"] for m in result.messages[1:]] == [b"a" * 1000 + b"b" * 1000]
+
+
+async def test_a_model_of_the_wrong_kind_is_a_400_naming_what_serves_the_endpoint() -> None:
+    up = FakeUpstream({1: FakeReply(200, OK)})
+    dp = plane(up, 1)  # "m" is an llm
+    state_with_embedder = table(1)
+    state_with_embedder.backends.append(
+        Backend(id="e2", model="emb", kind=EngineKind.EMBEDDING, url="http://127.0.0.1:2")
+    )
+    dp.state.update(state_with_embedder)
+    body = json.dumps({"model": "m", "input": "hi"}).encode()
+    result = await Exchange().run(dp, body, kind=EngineKind.EMBEDDING, path=b"/v1/embeddings")
+    assert result.status == 400  # not 503: a retry cannot help
+    error = result.json()["error"]
+    assert (error["code"], error["param"]) == ("model_wrong_kind", "model")
+    assert "m' is llm" in error["message"]
+    assert "emb" in error["message"]
+    assert up.calls == []
+
+
+def _form(boundary: str, model: str | None) -> bytes:
+    parts = []
+    if model is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\nRIFF....\r\n"
+    )
+    return ("".join(parts) + f"--{boundary}--\r\n").encode()
+
+
+async def test_a_transcription_form_is_routed_by_its_model_field_and_relayed_whole() -> None:
+    up = FakeUpstream({1: FakeReply(200, b'{"text": "hi"}')})
+    dp = plane(up, 1)
+    form = _form("XyZ", "m")
+    headers = [(b"content-type", b"multipart/form-data; boundary=XyZ")]
+    result = await Exchange().run(dp, form, path=b"/v1/audio/transcriptions", headers=headers)
+    assert (result.status, result.body, up.calls) == (200, b'{"text": "hi"}', [1])
+
+
+@pytest.mark.parametrize(
+    ("form", "content_type", "says"),
+    [
+        (_form("XyZ", None), b"multipart/form-data; boundary=XyZ", "no model field"),
+        (_form("XyZ", "m"), b"application/json", "multipart/form-data"),
+        (b"--XyZ\r\ngarbage", b"multipart/form-data; boundary=XyZ", "malformed"),
+    ],
+)
+async def test_a_bad_transcription_form_is_a_400(
+    form: bytes, content_type: bytes, says: str
+) -> None:
+    up = FakeUpstream({1: FakeReply(200, OK)})
+    headers = [(b"content-type", content_type)]
+    result = await Exchange().run(
+        plane(up, 1), form, path=b"/v1/audio/transcriptions", headers=headers
+    )
+    assert result.status == 400
+    assert says in result.json()["error"]["message"]
+    assert up.calls == []
