@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import sys
 import time
@@ -367,15 +368,32 @@ def logs(
         print(line)
     if not follow:
         return 0
-    with open(path, "rb") as handle:
+    try:
+        _follow(path)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to ``path``, across rotations, until interrupted."""
+    handle = open(path, "rb")  # noqa: SIM115 (reopened when the file rotates)
+    try:
         handle.seek(0, 2)
-        try:
-            while True:
-                chunk = handle.read()
-                if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.25)
-        except KeyboardInterrupt:
-            return 0
+        while True:
+            chunk = handle.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+                continue
+            try:
+                rotated = path.stat().st_ino != os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False  # between the rename and the new file
+            if rotated:
+                handle.close()
+                handle = open(path, "rb")  # noqa: SIM115
+            else:
+                time.sleep(0.25)
+    finally:
+        handle.close()

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -272,7 +273,9 @@ def test_waits_show_progress_and_the_log_keeps_to_its_level(
     assert "in flight" in drained.stderr
 
 
-def test_the_gateway_log_rotates_by_size(env: dict[str, str], sage_home: Path) -> None:
+def test_the_gateway_log_rotates_by_size_and_logs_f_follows_it(
+    env: dict[str, str], sage_home: Path
+) -> None:
     shell = {
         **env,
         "SAGE_GATEWAY_LOG_LEVEL": "debug",
@@ -281,7 +284,27 @@ def test_the_gateway_log_rotates_by_size(env: dict[str, str], sage_home: Path) -
     }
     started = sage(shell, "gateway", "start")
     assert started.returncode == 0, started.stderr
-    logs = sage_home / "gateway"
+    follow = [SAGE, "gateway", "logs", "-f", "-n", "0"]
+    with subprocess.Popen(follow, env=shell, stdout=subprocess.PIPE) as follower:
+        assert follower.stdout is not None
+        output = follower.stdout
+        followed: list[bytes] = []
+        reader = threading.Thread(target=lambda: followed.extend(iter(output.readline, b"")))
+        reader.start()
+        try:
+            _check_rotation(sage_home / "gateway", env["SAGE_GATEWAY_URL"])
+            # A follower stuck on the first file would have seen less than 4 KiB.
+            deadline = time.monotonic() + 60
+            while sum(map(len, followed)) < 3 * 4096:
+                assert time.monotonic() < deadline, sum(map(len, followed))
+                time.sleep(0.2)
+        finally:
+            follower.terminate()
+            follower.wait(timeout=10)
+            reader.join(timeout=10)
+
+
+def _check_rotation(logs: Path, url: str) -> None:
     deadline = time.monotonic() + 90
     while not (logs / "gateway.log.2").exists():
         assert time.monotonic() < deadline, sorted(p.name for p in logs.iterdir())
@@ -290,13 +313,12 @@ def test_the_gateway_log_rotates_by_size(env: dict[str, str], sage_home: Path) -
     assert "HTTP Request:" in "".join(
         p.read_text(errors="replace") for p in logs.glob("gateway.log*")
     )
-    deadline = time.monotonic() + 90
     first_backup = (logs / "gateway.log.2").stat().st_ino
     while (logs / "gateway.log.2").stat().st_ino == first_backup:
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert not (logs / "gateway.log.3").exists()
-    assert httpx.get(f"{env['SAGE_GATEWAY_URL']}/readyz", timeout=5).status_code == 200
+    assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
 
 
 # ------------------------------------------------------------- 10. small ones
