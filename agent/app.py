@@ -42,7 +42,6 @@ from litestar import Litestar, Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -59,6 +58,7 @@ from sage.unified.sdk.protocol.server import (
     error_response,
     exception_handlers,
     metrics_response,
+    openapi_config,
     route,
 )
 from sage.unified.sdk.states import EngineState
@@ -239,9 +239,8 @@ def create_agent_app(agent: Agent) -> Litestar:
         ],
         guards=[browser_guard(settings.browser_policy()), auth_guard],
         exception_handlers=exception_handlers(log),
-        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
-        openapi_config=OpenAPIConfig(
-            title="SAGE Unified Gateway agent", version="1", create_examples=False
-        ),
+        # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
+        logging_config=None,
+        openapi_config=openapi_config("SAGE Unified Gateway agent"),
         debug=False,
     )

@@ -17,7 +17,6 @@ import anyio
 import httpx
 from litestar import Litestar, Request, Response, Router
 from litestar.handlers import asgi
-from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath
 
 from sage.unified.coordinator import (
@@ -48,7 +47,7 @@ from sage.unified.sdk.protocol import (
     ModelCard,
     ModelList,
 )
-from sage.unified.sdk.protocol.server import browser_guard, metrics_response, route
+from sage.unified.sdk.protocol.server import browser_guard, metrics_response, openapi_config, route
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
@@ -289,10 +288,7 @@ def create_gateway_app(
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
-        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
-        openapi_config=OpenAPIConfig(
-            title="SAGE Unified Gateway", version="1", create_examples=False
-        ),
+        openapi_config=openapi_config("SAGE Unified Gateway"),
     )
     app.state.runtime = runtime
     return app

@@ -41,7 +41,12 @@ class GatewaySettings(SageSettings):
     toml_files: ClassVar[tuple[Path, ...]] = toml_files_for("gateway")
 
     model_config = SettingsConfigDict(
-        env_prefix="SAGE_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="SAGE_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        # ``SAGE_GATEWAY_COORDINATOR_URL=null`` is "none" (how ``sage gateway restart``
+        # passes an unset value on).
+        env_parse_none_str="null",
     )
     _local_agent_token: str | None = PrivateAttr(default=None)
 
@@ -140,6 +145,13 @@ class GatewaySettings(SageSettings):
     sessions_max_total_bytes: int = Field(512 * 2**20, ge=2**20)
     """Most all sessions keep together; the least recently active go first."""
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    log_file: Path | None = None
+    """Write the log here instead of stderr (``sage gateway start`` uses
+    ``<SAGE_HOME>/gateway/gateway.log``); the process's stdout and stderr go there too."""
+    log_max_bytes: int = Field(10 * 2**20, ge=1024)
+    """The log file rotates when it would exceed this size."""
+    log_backups: int = Field(3, ge=0)
+    """Rotated log files kept (``gateway.log.1`` is the newest)."""
 
     @field_validator("continuation_models", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod

@@ -9,6 +9,8 @@ Imported only by servers: the SDK's clients and models never load Litestar.
 - :func:`exception_handlers` answers every error with the one OpenAI-shaped body:
   :class:`~sage.unified.sdk.errors.WireError` as declared, Litestar's own HTTP errors
   with the status's type and code, anything else 500 (logged, never shown).
+- :func:`openapi_config`: every app serves its API description at
+  ``/schema/openapi.json`` and no browser UI for it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from litestar.connection import ASGIConnection
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.types import ExceptionHandlersMap
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -40,6 +44,7 @@ __all__ = [
     "error_response",
     "exception_handlers",
     "metrics_response",
+    "openapi_config",
     "route",
 ]
 
@@ -210,3 +215,15 @@ def exception_handlers(logger: logging.Logger) -> ExceptionHandlersMap:
         return error_response(500, "internal error", "server_error", "internal_error")
 
     return {WireError: _wire_error, HTTPException: _http_error, Exception: unexpected}
+
+
+def openapi_config(title: str) -> OpenAPIConfig:
+    """The API description at ``/schema/openapi.json`` (exported to ``docs/openapi/``).
+
+    Litestar's browser UIs (Swagger, ReDoc, Scalar, ...) are left out: they load their
+    scripts from a CDN, so a head node without internet showed a blank page, and a
+    page that runs third-party scripts next to the admin API is not one to offer.
+    """
+    return OpenAPIConfig(
+        title=title, version="1", create_examples=False, render_plugins=[JsonRenderPlugin()]
+    )

@@ -231,3 +231,19 @@ def test_gateway_with_a_standalone_coordinator_needs_no_agent_token(
     clean_env.delenv("SAGE_GATEWAY_COORDINATOR_URL")
     clean_env.setenv("SAGE_GATEWAY_LOCAL_AGENT", "false")
     assert GatewaySettings().local_agent is False
+
+
+def test_files_the_units_cite_are_in_the_repository() -> None:
+    import re
+
+    cited = re.compile(r"(?<![\w/])((?:docs|systemd|scripts|research|tests|bench)/[\w./-]*\w)")
+    missing = [
+        f"{unit.name}: {path}"
+        for unit in sorted(SYSTEMD.rglob("*"))
+        if unit.is_file()
+        for line in unit.read_text(encoding="utf-8").splitlines()
+        if line.lstrip().startswith("#")
+        for path in cited.findall(line)
+        if not (ROOT / path).exists()
+    ]
+    assert missing == []

@@ -85,6 +85,8 @@ def server(
     free_tcp_port_factory: Callable[[], int],
     tmp_path: Path,
 ) -> Iterator[Server]:
+    # An empty file of its own keeps the machine's TOML files out (a missing one is refused).
+    (tmp_path / "none.toml").write_text("")
     env = {
         "SAGE_COORDINATOR_ADMIN_TOKENS": "admin-t",
         "SAGE_COORDINATOR_AGENT_TOKENS": "agent-t",
