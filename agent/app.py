@@ -53,6 +53,7 @@ from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
 from sage.unified.sdk.models import EngineInfo, GpuInfo
 from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
 from sage.unified.sdk.protocol.server import (
+    allow_header_middleware,
     browser_guard,
     decode_body,
     error_response,
@@ -215,7 +216,7 @@ def create_agent_app(agent: Agent) -> Litestar:
 
     @route(_AGENT.CLEAR_GPU)
     async def clear_gpu(index: FromPath[str]) -> GpuInfo:
-        if not index.isdigit():
+        if not (index.isascii() and index.isdigit()):
             raise GpuNotFoundError(f"GPU index {index!r} is not a number")
         return await agent.clear_gpu(int(index))
 
@@ -242,5 +243,6 @@ def create_agent_app(agent: Agent) -> Litestar:
         # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
         logging_config=None,
         openapi_config=openapi_config("SAGE Unified Gateway agent"),
+        middleware=[allow_header_middleware],
         debug=False,
     )

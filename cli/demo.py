@@ -48,7 +48,7 @@ def pick_port(preferred: int) -> int:
 
 def _preferred(variable: str, default: int) -> int:
     value = os.environ.get(variable, "")
-    return int(value) if value.isdigit() else default
+    return int(value) if value.isascii() and value.isdigit() else default
 
 
 def _sage(*args: str, quiet: bool = False) -> str:

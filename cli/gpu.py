@@ -93,7 +93,7 @@ def clear(target: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None
         HOST:INDEX, HOST an agent id or host address (e.g. gpu-01:3).
     """
     host, sep, index = target.rpartition(":")
-    if not sep or not host or not index.isdigit():
+    if not sep or not host or not (index.isascii() and index.isdigit()):
         raise UsageError(f"name the GPU as HOST:INDEX, e.g. gpu-01:3 (got {target!r})")
     base = gateway_url(url)
     with client_errors(base), management_client(base, token) as client:

@@ -37,6 +37,7 @@ from sage.unified.sdk.protocol import (
     HealthStatus,
 )
 from sage.unified.sdk.protocol.server import (
+    allow_header_middleware,
     browser_guard,
     decode_body,
     exception_handlers,
@@ -230,6 +231,7 @@ def create_coordinator_app(
         # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
         logging_config=None,
         openapi_config=openapi_config("SAGE Unified Gateway coordinator"),
+        middleware=[allow_header_middleware],
     )
     app.state.coordinator = coord
     return app

@@ -47,7 +47,13 @@ from sage.unified.sdk.protocol import (
     ModelCard,
     ModelList,
 )
-from sage.unified.sdk.protocol.server import browser_guard, metrics_response, openapi_config, route
+from sage.unified.sdk.protocol.server import (
+    allow_header_middleware,
+    browser_guard,
+    metrics_response,
+    openapi_config,
+    route,
+)
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
@@ -289,6 +295,7 @@ def create_gateway_app(
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
         openapi_config=openapi_config("SAGE Unified Gateway"),
+        middleware=[allow_header_middleware],
     )
     app.state.runtime = runtime
     return app

@@ -47,6 +47,10 @@ __all__ = [
 ]
 
 _MGMT = "/v1/management"
+_PROXY_ERRORS = (404, 502, 503, 508)
+"""What a proxied OpenAI route can answer beyond its shape: unknown model (404), an
+engine that failed (502), none available (503), a forwarding loop (508). A wrong-kind
+model is a 400. Engines' own 4xx pass through unchanged."""
 _ANY = dict[str, Any]
 
 
@@ -161,6 +165,7 @@ class ControlPlaneApi(FleetApi):
         None,
         scope=Scope.PUBLIC,
         summary="Prometheus text (sage_coordinator_*).",
+        reply_media="text/plain",
     )
 
 
@@ -246,6 +251,7 @@ class AgentApi:
         None,
         scope=Scope.PUBLIC,
         summary="Prometheus text (sage_agent_*).",
+        reply_media="text/plain",
     )
 
 
@@ -253,7 +259,14 @@ class GatewayApi:
     """The gateway's own routes (the OpenAI API and the process endpoints)."""
 
     CHAT: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "chat", "POST", "/v1/chat/completions", _ANY, _ANY, summary="OpenAI chat, routed by model."
+        "chat",
+        "POST",
+        "/v1/chat/completions",
+        _ANY,
+        _ANY,
+        summary="OpenAI chat, routed by model.",
+        errors=_PROXY_ERRORS,
+        streams=True,
     )
     COMPLETIONS: Endpoint[OpenAIBody, OpenAIBody] = _gw(
         "completions",
@@ -262,6 +275,8 @@ class GatewayApi:
         _ANY,
         _ANY,
         summary="OpenAI completions, routed by model.",
+        errors=_PROXY_ERRORS,
+        streams=True,
     )
     EMBEDDINGS: Endpoint[OpenAIBody, OpenAIBody] = _gw(
         "embeddings",
@@ -270,6 +285,7 @@ class GatewayApi:
         _ANY,
         _ANY,
         summary="OpenAI embeddings, routed by model.",
+        errors=_PROXY_ERRORS,
     )
     MODELS: Endpoint[None, ModelList] = _gw(
         "models", "GET", "/v1/models", None, ModelList, summary="Models with a routable engine."
@@ -284,12 +300,26 @@ class GatewayApi:
         _ANY,
         _ANY,
         summary="OpenAI Responses API (stateless pass-through), routed by model.",
+        errors=_PROXY_ERRORS,
+        streams=True,
     )
     TOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "tokenize", "POST", "/tokenize", _ANY, _ANY, summary="vLLM's tokenizer, by model."
+        "tokenize",
+        "POST",
+        "/tokenize",
+        _ANY,
+        _ANY,
+        summary="vLLM's tokenizer, by model.",
+        errors=_PROXY_ERRORS,
     )
     DETOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "detokenize", "POST", "/detokenize", _ANY, _ANY, summary="vLLM's detokenizer, by model."
+        "detokenize",
+        "POST",
+        "/detokenize",
+        _ANY,
+        _ANY,
+        summary="vLLM's detokenizer, by model.",
+        errors=_PROXY_ERRORS,
     )
     TRANSCRIPTIONS: Endpoint[None, OpenAIBody] = _gw(
         "transcriptions",
@@ -297,28 +327,72 @@ class GatewayApi:
         "/v1/audio/transcriptions",
         None,
         _ANY,
+        request_media="multipart/form-data",
         summary="Speech to text (multipart/form-data with model and file), by model.",
+        errors=_PROXY_ERRORS,
     )
     POOLING: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "pooling", "POST", "/pooling", _ANY, _ANY, summary="vLLM's pooling, by model."
+        "pooling",
+        "POST",
+        "/pooling",
+        _ANY,
+        _ANY,
+        summary="vLLM's pooling, by model.",
+        errors=_PROXY_ERRORS,
     )
     CLASSIFY: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "classify", "POST", "/classify", _ANY, _ANY, summary="Classification, by model."
+        "classify",
+        "POST",
+        "/classify",
+        _ANY,
+        _ANY,
+        summary="Classification, by model.",
+        errors=_PROXY_ERRORS,
     )
     SCORE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "score", "POST", "/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+        "score",
+        "POST",
+        "/score",
+        _ANY,
+        _ANY,
+        summary="Sentence-pair scores, by model.",
+        errors=_PROXY_ERRORS,
     )
     SCORE_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "score_v1", "POST", "/v1/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+        "score_v1",
+        "POST",
+        "/v1/score",
+        _ANY,
+        _ANY,
+        summary="Sentence-pair scores, by model.",
+        errors=_PROXY_ERRORS,
     )
     RERANK: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "rerank", "POST", "/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+        "rerank",
+        "POST",
+        "/rerank",
+        _ANY,
+        _ANY,
+        summary="Rerank documents, by model.",
+        errors=_PROXY_ERRORS,
     )
     RERANK_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "rerank_v1", "POST", "/v1/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+        "rerank_v1",
+        "POST",
+        "/v1/rerank",
+        _ANY,
+        _ANY,
+        summary="Rerank documents, by model.",
+        errors=_PROXY_ERRORS,
     )
     RERANK_V2: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "rerank_v2", "POST", "/v2/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+        "rerank_v2",
+        "POST",
+        "/v2/rerank",
+        _ANY,
+        _ANY,
+        summary="Rerank documents, by model.",
+        errors=_PROXY_ERRORS,
     )
     HEALTH: Endpoint[None, HealthStatus] = _gw(
         "health", "GET", "/health", None, HealthStatus, scope=Scope.PUBLIC, summary="Liveness."
@@ -340,6 +414,7 @@ class GatewayApi:
         None,
         scope=Scope.PUBLIC,
         summary="Prometheus text (sage_gateway_*, and sage_coordinator_* when embedded).",
+        reply_media="text/plain",
     )
 
 
@@ -432,6 +507,7 @@ class StudioApi:
         None,
         scope=Scope.PUBLIC,
         summary="The console (needs the admin token for actions when one is set).",
+        reply_media="text/html",
     )
     ASSET: Endpoint[None, None] = _gw(
         "studio.asset",
@@ -441,6 +517,7 @@ class StudioApi:
         None,
         scope=Scope.PUBLIC,
         summary="The console's scripts, styles and images.",
+        reply_media="*/*",
     )
 
 
