@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "PERMANENT_ERRORS",
     "APIStatusError",
     "AttemptRecord",
     "AuthenticationError",
@@ -223,6 +224,10 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
     422: UnprocessableEntityError,
     429: RateLimitError,
 }
+
+
+PERMANENT_ERRORS = (AuthenticationError, PermissionDeniedError, NotFoundError)
+"""Answers a retry will not change soon (no admin scope, no management API): poll slowly."""
 
 
 def status_error(
