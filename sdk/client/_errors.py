@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "PERMANENT_ERRORS",
     "APIStatusError",
     "AttemptRecord",
     "AuthenticationError",
@@ -245,6 +246,10 @@ def _text_message(content: bytes) -> str:
     title = _TITLE.search(text)
     gist = _one_line(title.group(1) if title else _TAG.sub(" ", text), 80)
     return f"an HTML answer, not JSON ({gist or 'no text'})"
+
+
+PERMANENT_ERRORS = (AuthenticationError, PermissionDeniedError, NotFoundError)
+"""Answers a retry will not change soon (no admin scope, no management API): poll slowly."""
 
 
 def status_error(

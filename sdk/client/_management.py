@@ -20,9 +20,8 @@ import httpx
 import msgspec
 
 from sage.unified.sdk.client._discovery import DiscoveryPolicy
-from sage.unified.sdk.client._errors import SageClientError
+from sage.unified.sdk.client._errors import PERMANENT_ERRORS, SageClientError
 from sage.unified.sdk.client._executor import AsyncCaller, ErrorTranslator, SyncCaller
-from sage.unified.sdk.client._http import PERMANENT_ERRORS
 from sage.unified.sdk.client._management_fleet import AsyncFleetMethods, SyncFleetMethods
 from sage.unified.sdk.models import (
     AgentReport,
