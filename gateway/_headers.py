@@ -48,6 +48,7 @@ _REPLACED_UPSTREAM: frozenset[bytes] = frozenset(
         b"x-real-ip",
         b"x-request-id",
         b"expect",
+        b"x-sage-route",
     }
 )
 _REPLACED_DOWNSTREAM: frozenset[bytes] = frozenset(
@@ -70,6 +71,7 @@ class RequestHeaderInfo:
         "request_id",
         "session_id",
         "size",
+        "want_route",
     )
 
     def __init__(self) -> None:
@@ -81,6 +83,8 @@ class RequestHeaderInfo:
         self.connection_tokens: frozenset[bytes] = frozenset()
         self.count = 0
         self.size = 0
+        self.want_route = False
+        """``X-Sage-Route: 1``: the client asks for ``X-Sage-Route-Decision``."""
 
 
 def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
@@ -103,6 +107,8 @@ def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
             info.session_id = value
         elif name == b"host":
             info.host = value
+        elif name == b"x-sage-route":
+            info.want_route = value.strip() in (b"1", b"true")
         elif name == b"connection":
             info.connection_tokens = frozenset(
                 t.strip().lower() for t in value.split(b",") if t.strip()

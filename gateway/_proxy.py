@@ -58,7 +58,9 @@ from sage.unified.gateway.routing import (
     PeekError,
     RetryBudget,
     RetryThrottle,
+    RoutingLedger,
     RoutingPolicy,
+    RoutingRequest,
     RoutingState,
     peek_request,
 )
@@ -130,6 +132,7 @@ class DataPlane:
         settling: the control plane just restarted (503, not 404, for unknown models).
         rng: the source of retry jitter.
         sessions: the conversation-session hook of chat requests (``None``: off).
+        ledger: the cache-capture ledger each outcome is recorded in (``None``: off).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class DataPlane:
         settling: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
         sessions: SessionChat | None = None,
+        ledger: RoutingLedger | None = None,
     ) -> None:
         self.state = state
         self.policy = policy
@@ -160,11 +164,13 @@ class DataPlane:
         self._settling = settling
         self._rng = rng or random.Random()
         self.sessions = sessions
+        self.ledger = ledger
         self._relayer = Relay(
             metrics,
             on_failure=self._failed,
             on_success=self._succeeded,
             expose_backend=config.expose_backend_header,
+            ledger=ledger,
         )
         self._origins: dict[str, Origin] = {}
         self.active = 0
@@ -261,6 +267,7 @@ class DataPlane:
             request_id,
             started,
             info.authorization,
+            info.want_route,
         )
 
     async def _serve(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
@@ -313,16 +320,28 @@ class DataPlane:
         attempts_left = 1 + self.config.retries
         holding_slot = False  # one retry-budget slot, held until this request is done
         unreachable_only = True  # every attempt failed to connect
+        routing = request.routing = RoutingRequest(
+            request.model,
+            request.path,
+            request.body,
+            request.session_key,
+            request_id=request.request_id,
+        )
         watch = ClientWatch(receive)
         try:
             while attempts_left > 0:
                 attempts_left -= 1
                 backend = self.policy.select(
-                    candidates, session_key=request.session_key, exclude=tried, rng=self._rng
+                    candidates,
+                    session_key=request.session_key,
+                    exclude=tried,
+                    rng=self._rng,
+                    request=routing,
                 )
                 if backend is None:
                     break
                 tried.append(backend.key)
+                routing.attempts += 1
                 probe = self.state.acquire(backend)
                 try:
                     attempt = await send_attempt(
@@ -366,6 +385,7 @@ class DataPlane:
             watch.stop()
             if holding_slot:
                 self.retry_budget.release()
+            routing.release()  # the policy's hold, whatever happened
         self._give_up(request, tried, last_error, unreachable_only)
 
     def _client_left(self, attempt: Attempt, request: ProxyRequest, backend: BackendState) -> None:
@@ -374,6 +394,8 @@ class DataPlane:
         self.metrics.request_done(
             request.model, backend.key, 499, time.monotonic() - request.started
         )
+        if self.ledger is not None and request.routing is not None:
+            self.ledger.record(request.routing, backend.key, 499)
         raise _ClientGone
 
     def _give_up(
@@ -382,12 +404,10 @@ class DataPlane:
         # Nothing reachable at all is "unavailable" (503); a backend that answered badly
         # or broke mid-answer is a bad gateway hop (502).
         status = 503 if unreachable_only else 502
-        self.metrics.request_done(
-            request.model,
-            tried[-1] if tried else "none",
-            status,
-            time.monotonic() - request.started,
-        )
+        engine = tried[-1] if tried else "none"
+        self.metrics.request_done(request.model, engine, status, time.monotonic() - request.started)
+        if self.ledger is not None and request.routing is not None:
+            self.ledger.record(request.routing, engine, status)
         model = request.model
         if status == 503:
             raise NoBackendAvailableError(

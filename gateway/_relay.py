@@ -16,7 +16,13 @@ from sage.unified.gateway._attempts import Attempt, ClientWatch
 from sage.unified.gateway._errors import sse_error_event
 from sage.unified.gateway._headers import downstream_headers
 from sage.unified.gateway._metrics import GatewayMetrics
-from sage.unified.gateway.routing import BackendState
+from sage.unified.gateway.routing import (
+    BackendState,
+    RoutingLedger,
+    RoutingRequest,
+    UsageSniffer,
+    find_usage,
+)
 from sage.unified.gateway.upstream import UpstreamError
 from sage.unified.sdk.models import EngineKind
 
@@ -36,8 +42,10 @@ class ProxyRequest:
         "model",
         "path",
         "request_id",
+        "routing",
         "session_key",
         "started",
+        "want_decision",
     )
 
     def __init__(
@@ -51,6 +59,7 @@ class ProxyRequest:
         request_id: bytes,
         started: float,
         authorization: bytes | None,
+        want_decision: bool = False,
     ) -> None:
         self.model = model
         self.kind = kind
@@ -62,6 +71,10 @@ class ProxyRequest:
         self.started = started
         self.authorization = authorization
         """The client's ``Authorization`` value (the session hook derives its owner)."""
+        self.want_decision = want_decision
+        """The client sent ``X-Sage-Route: 1``: answer with ``X-Sage-Route-Decision``."""
+        self.routing: RoutingRequest | None = None
+        """Built when routing starts (after the session hook may have changed the body)."""
 
 
 class Relay:
@@ -72,6 +85,7 @@ class Relay:
         on_failure: a backend failed (5xx, or a stream broke): counts toward ejection.
         on_success: a backend answered well.
         expose_backend: add ``X-Sage-Backend`` to responses.
+        ledger: where each outcome is recorded with its routing decision (``None``: off).
     """
 
     def __init__(
@@ -81,11 +95,13 @@ class Relay:
         on_failure: Callable[[BackendState], None],
         on_success: Callable[[BackendState], None],
         expose_backend: bool,
+        ledger: RoutingLedger | None = None,
     ) -> None:
         self.metrics = metrics
         self._on_failure = on_failure
         self._on_success = on_success
         self._expose_backend = expose_backend
+        self._ledger = ledger
 
     async def relay(
         self,
@@ -103,11 +119,18 @@ class Relay:
             request_id=request.request_id,
             backend_id=backend.key if self._expose_backend else None,
         )
+        routing = request.routing
+        if request.want_decision and routing is not None and self._ledger is not None:
+            decision = self._ledger.decision_header(routing, backend.key)
+            out_headers.append((b"x-sage-route-decision", decision))
         payload = attempt.payload
         try:
             if payload is None:
                 await self._relay_stream(send, watch, backend, attempt, out_headers, request)
                 return
+            if routing is not None:
+                routing.first_byte(time.monotonic() - request.started)
+                routing.usage = find_usage(payload)
             out_headers.append((b"content-length", str(len(payload)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
@@ -131,11 +154,18 @@ class Relay:
         out_headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
         first = True
+        sniffer = UsageSniffer()
+        feed = sniffer.feed
+        routing = request.routing
         try:
             async for chunk in response:
                 if first:
                     first = False
-                    self.metrics.first_token(request.model, time.monotonic() - request.started)
+                    ttft = time.monotonic() - request.started
+                    self.metrics.first_token(request.model, ttft)
+                    if routing is not None:
+                        routing.first_byte(ttft)
+                feed(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except UpstreamError as exc:
             if watch.gone:
@@ -156,6 +186,8 @@ class Relay:
             )
             self._done(request, backend, 502)
             return
+        if routing is not None:
+            routing.usage = sniffer.usage()
         if watch.gone:
             self._done(request, backend, 499)
             return
@@ -167,6 +199,8 @@ class Relay:
         self.metrics.request_done(
             request.model, backend.key, status, time.monotonic() - request.started
         )
+        if self._ledger is not None and request.routing is not None:
+            self._ledger.record(request.routing, backend.key, status)
 
     def _finished(self, backend: BackendState, status: int) -> None:
         if status >= 500:

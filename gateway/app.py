@@ -29,8 +29,15 @@ from sage.unified.gateway._errors import UnauthorizedError, exception_handlers
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, Send
 from sage.unified.gateway._remote_plane import RemoteControlPlane
+from sage.unified.gateway._routing_api import create_routing_router
 from sage.unified.gateway._sources import EmbeddedSource, RemoteSource, StaticSource, TableSource
-from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
+from sage.unified.gateway.routing import (
+    OutlierDetector,
+    RetryBudget,
+    RoutingLedger,
+    RoutingState,
+    get_policy,
+)
 from sage.unified.gateway.sessions import SessionChat, SqliteSessionStore, create_sessions_router
 from sage.unified.gateway.settings import GatewaySettings
 from sage.unified.gateway.studio import create_studio_router
@@ -83,7 +90,8 @@ class GatewayRuntime:
     ) -> None:
         self.settings = settings
         self.state = RoutingState()
-        self.policy = get_policy(settings.routing_policy)()
+        self.policy = get_policy(settings.routing_policy)(**settings.routing_policy_options())
+        self.ledger = RoutingLedger(self.policy, size=settings.routing_ledger_size)
         self.detector = OutlierDetector(
             self.state,
             consecutive_failures=settings.ejection_failures,
@@ -115,6 +123,7 @@ class GatewayRuntime:
             )
         self.source = source
         self.metrics = GatewayMetrics(self.state, source.status)
+        self.metrics.watch_ledger(self.ledger)
         self.sessions: SqliteSessionStore | None = None
         if settings.sessions:
             self.sessions = SqliteSessionStore(settings.sessions_path(), settings.session_limits())
@@ -172,6 +181,7 @@ class GatewayRuntime:
                 sessions=SessionChat(self.sessions, keys_enabled=bool(settings.api_keys))
                 if self.sessions is not None
                 else None,
+                ledger=self.ledger,
             )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self.source.run, self.state)
@@ -261,6 +271,7 @@ def create_gateway_app(
     if runtime.sessions is not None:
         handlers.append(create_sessions_router(runtime.sessions, api_keys=api_keys))
     handlers.append(create_studio_router(refusal=settings.studio_refusal()))
+    handlers.append(create_routing_router(runtime.ledger, admin_tokens=settings.admin_token_set()))
     if runtime.coordinator is not None:
         handlers += [
             create_management_router(runtime.coordinator),
