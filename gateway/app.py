@@ -35,6 +35,7 @@ from sage.unified.gateway.routing import (
     OutlierDetector,
     RetryBudget,
     RoutingLedger,
+    RoutingPolicy,
     RoutingState,
     get_policy,
 )
@@ -83,14 +84,22 @@ class GatewayRuntime:
         settings: configuration.
         coordinator: the embedded coordinator to use (built from ``settings`` in
             embedded mode when omitted; ignored in remote and static modes).
+        policy: the routing policy (built from ``settings`` when omitted; benchmarks
+            pass variants, such as a cache-aware policy fed by engine KV events).
     """
 
     def __init__(
-        self, settings: GatewaySettings, *, coordinator: Coordinator | None = None
+        self,
+        settings: GatewaySettings,
+        *,
+        coordinator: Coordinator | None = None,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.state = RoutingState()
-        self.policy = get_policy(settings.routing_policy)(**settings.routing_policy_options())
+        self.policy = policy or get_policy(settings.routing_policy)(
+            **settings.routing_policy_options()
+        )
         self.ledger = RoutingLedger(self.policy, size=settings.routing_ledger_size)
         self.detector = OutlierDetector(
             self.state,

@@ -68,10 +68,10 @@ class GatewaySettings(SageSettings):
     index believes engines hold prefixes they evicted (the ledger's ``delivery_low``)."""
     cache_aware_chunk_bytes: int = Field(128, ge=16, le=65536)
     """``cache_aware``: bytes of rendered prompt per chunk of the prefix index."""
-    cache_aware_load_factor: float = Field(1.5, ge=1.0)
+    cache_aware_load_factor: float = Field(1.25, ge=1.0)
     """``cache_aware``: an engine with more than this many times the mean in-flight
     requests (plus one) is passed over while another is not."""
-    cache_aware_decode_weight: float = Field(0.1, ge=0.0)
+    cache_aware_decode_weight: float = Field(0.3, ge=0.0)
     """``cache_aware``: the cost of one running request, as a share of the mean prompt."""
     routing_ledger_size: int = Field(2048, ge=1, le=1_000_000)
     """Recent routing decisions kept for ``/v1/management/routing/decisions``."""

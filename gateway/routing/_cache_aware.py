@@ -66,6 +66,12 @@ _MAX_SESSIONS = 65_536
 _LEARN_RATE = 0.05
 _BYTES_PER_TOKEN = 4.0
 """Before the first usage is seen: about right for English text and BPE vocabularies."""
+_INDEX_HEADROOM = 2.0
+"""The index keeps this many times what an engine holds. Forgetting a prefix an engine
+still holds loses a hit; remembering one it evicted costs little (the request is
+prefilled in full there, as it would be anywhere else), and the ledger's
+``delivery_low`` shows when it happens a lot. Measured on the Mooncake trace: 1x kept
+83 % of the fleet-wide ceiling, 2x 88 %, the same as an unbounded index."""
 
 
 class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
@@ -73,9 +79,9 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
 
     Args:
         chunk_bytes: bytes per prompt chunk of the approximate index.
-        engine_cache_tokens: how many prompt tokens one engine's KV cache holds; the
-            index keeps that many per engine (converted to chunks with the bytes per
-            token learned from engines' usage). ``None``: unbounded.
+        engine_cache_tokens: how many tokens one engine's KV cache holds; the index keeps
+            twice that per engine (converted to chunks with the bytes per token learned
+            from engines' usage). ``None``: unbounded.
         load_factor: bounded load (>= 1): an engine with more than this many times the
             mean in-flight requests (plus one) is passed over.
         decode_weight: cost of one running request, as a share of the mean prompt.
@@ -89,6 +95,7 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
     """
 
     __slots__ = (
+        "_capacity_ratio",
         "_keys",
         "_mean_prompt",
         "_mean_uncached",
@@ -112,8 +119,8 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         engine_cache_tokens: int | None = 262_144,
-        load_factor: float = 1.5,
-        decode_weight: float = 0.1,
+        load_factor: float = 1.25,
+        decode_weight: float = 0.3,
         affinity_factor: float = 2.0,
         tie_fraction: float = 0.05,
         keys: KeyFunction | None = None,
@@ -136,6 +143,7 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         self._keys = keys
         self._unit = unit if unit is not None else chunk_bytes
         self._units_per_token = 1.0 if keys is not None else _BYTES_PER_TOKEN
+        self._capacity_ratio = self._units_per_token
         self.index = PrefixIndex(capacity=self._capacity())
         self._mean_prompt = 0.0
         self._mean_uncached = 0.0
@@ -224,12 +232,12 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         if self._keys is not None or usage is None or usage[0] <= 0 or not request.prompt_units:
             return
         ratio = request.prompt_units / usage[0]
-        learned = self._units_per_token + _LEARN_RATE * (ratio - self._units_per_token)
-        if abs(learned - self._units_per_token) > 0.1 * self._units_per_token:
-            self._units_per_token = learned
+        self._units_per_token += _LEARN_RATE * (ratio - self._units_per_token)
+        # The capacity in chunks follows the learned ratio, re-set only on a 10 % change
+        # (setting it walks every engine's keys).
+        if abs(self._units_per_token - self._capacity_ratio) > 0.1 * self._capacity_ratio:
+            self._capacity_ratio = self._units_per_token
             self.index.set_capacity(self._capacity())
-        else:
-            self._units_per_token = learned
 
     # -- parts of the pick ----------------------------------------------------------------
 
@@ -325,4 +333,5 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
     def _capacity(self) -> int | None:
         if self.engine_cache_tokens is None:
             return None
-        return max(1, int(self.engine_cache_tokens * self._units_per_token / self._unit))
+        tokens = self.engine_cache_tokens * _INDEX_HEADROOM
+        return max(1, int(tokens * self._units_per_token / self._unit))

@@ -99,6 +99,8 @@ class PrefixIndex:
             if slot.owner() is backend and slot.incarnation == incarnation:
                 return slot
             self.clear(slot)
+            slot.pending = 0
+            slot.pending_requests = 0
         slot.owner = weakref.ref(backend)
         slot.incarnation = incarnation
         return slot
@@ -119,8 +121,6 @@ class PrefixIndex:
         """Forget everything ``slot`` holds (its engine restarted or reset its cache)."""
         self._drop(slot, slot.keys)
         slot.keys.clear()
-        slot.pending = 0
-        slot.pending_requests = 0
 
     def remove(self, engine: str) -> None:
         """Drop an engine's slot and free its bit."""
