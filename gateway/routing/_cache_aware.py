@@ -36,7 +36,8 @@ Then, in order:
 Every pick records its reason on the :class:`~.RoutingRequest`: ``prefix`` (the
 chosen engine holds the longest prefix available), ``load`` (the prefix is held
 elsewhere but the load decided, or nobody holds any), ``affinity`` (session),
-``fallback`` (no prompt to match: routed on load alone).
+``fallback`` (no prompt to match: routed on load alone), ``only`` (the model has one
+engine: nothing is weighed, hashed or indexed).
 
 Precise mode swaps the key function (an engine's own block hashes of the prompt) and
 feeds the index from engine KV events instead of routing decisions (see
@@ -167,8 +168,12 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         if exclude:
             candidates = [b for b in candidates if b.key not in exclude]
         n = len(candidates)
-        if n == 0:
-            return None
+        if n < 2:
+            # No choice to weigh: nothing is hashed, held or indexed (the index learns the
+            # engine's prefixes once the model has a second one).
+            if n and request is not None:
+                request.reason = "only"
+            return candidates[0] if n else None
         self._picks += 1
         if self._picks % _SWEEP_EVERY == 0:
             self.index.sweep()
@@ -179,22 +184,25 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         slots = self._slots(candidates)
         unit = self._unit
         matched = self.index.match(keys, slots) if keys else [0] * n
-        costs = self._costs(candidates, slots, matched, prompt)
-        total = 0
-        for b in candidates:
-            total += b.in_flight
-        bound = math.ceil(self.load_factor * total / n + 1)
-        eligible = [i for i in range(n) if candidates[i].in_flight <= bound] or list(range(n))
-        best = min(costs[i] for i in eligible)
-        tolerance = self.tie_fraction * prompt
+        in_flight = [b.in_flight for b in candidates]
+        costs = self._costs(candidates, slots, matched, in_flight, prompt)
+        bound = math.ceil(self.load_factor * sum(in_flight) / n + 1)
+        eligible: Sequence[int]
+        if max(in_flight) <= bound:
+            eligible = range(n)
+            best = min(costs)
+        else:
+            eligible = [i for i in range(n) if in_flight[i] <= bound] or range(n)
+            best = min([costs[i] for i in eligible])
+        limit = best + self.tie_fraction * prompt
         chosen = -1
         reason = ""
         if session_key is not None:
-            chosen = self._sticky(candidates, eligible, costs, session_key, best + tolerance)
+            chosen = self._sticky(candidates, eligible, costs, session_key, limit)
             if chosen >= 0:
                 reason = "affinity"
         if chosen < 0:
-            tied = [i for i in eligible if costs[i] <= best + tolerance]
+            tied = [i for i in eligible if costs[i] <= limit]
             chosen = (
                 tied[0]
                 if len(tied) == 1
@@ -263,24 +271,26 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         candidates: Sequence[BackendState],
         slots: Sequence[EngineSlot],
         matched: Sequence[int],
+        in_flight: Sequence[int],
         prompt: int,
     ) -> list[float]:
         unit = self._unit
         per_request = self.decode_weight * self._mean_prompt
+        costs = [
+            slot.pending + prompt - m * unit + per_request * f
+            for slot, m, f in zip(slots, matched, in_flight, strict=True)
+        ]
         mean_uncached = self._mean_uncached
-        costs: list[float] = []
-        for b, slot, m in zip(candidates, slots, matched, strict=True):
-            cost = slot.pending + prompt - m * unit + per_request * b.in_flight
-            others = b.waiting - slot.pending_requests
-            if others > 0:
-                cost += others * mean_uncached
-            costs.append(cost)
+        for i, b in enumerate(candidates):
+            # Queued at the engine and not sent by us: other gateways' requests.
+            if b.waiting > slots[i].pending_requests:
+                costs[i] += (b.waiting - slots[i].pending_requests) * mean_uncached
         return costs
 
     def _sticky(
         self,
         candidates: Sequence[BackendState],
-        eligible: list[int],
+        eligible: Sequence[int],
         costs: list[float],
         session_key: str,
         limit: float,

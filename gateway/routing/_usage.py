@@ -18,15 +18,29 @@ object, since a quote inside a JSON string is escaped. The last occurrence wins.
 
 from __future__ import annotations
 
-import re
-
 __all__ = ["UsageSniffer", "find_usage"]
 
 _PROMPT_KEY = b'"prompt_tokens"'
-_PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
-_CACHED = re.compile(rb'"cached_tokens"\s*:\s*(\d+)')
+_CACHED_KEY = b'"cached_tokens"'
 _WINDOW = 512
 """Bytes of a usage object searched for ``cached_tokens`` (vLLM's is under 200)."""
+
+
+def _number_after(data: bytes, key_at: int) -> int | None:
+    """The integer value of the JSON key found at ``key_at`` (``None``: not a number)."""
+    colon = data.find(b":", key_at)
+    if colon < 0:
+        return None
+    end = data.find(b",", colon)
+    brace = data.find(b"}", colon)
+    if end < 0 or 0 <= brace < end:
+        end = brace
+    if end < 0:
+        return None
+    try:
+        return int(data[colon + 1 : end])  # int() takes bytes and ignores spaces
+    except ValueError:  # null, or not a number
+        return None
 
 
 def find_usage(data: bytes) -> tuple[int, int] | None:
@@ -35,15 +49,16 @@ def find_usage(data: bytes) -> tuple[int, int] | None:
     at = data.rfind(_PROMPT_KEY)
     if at < 0:
         return None
-    prompt = _PROMPT.match(data, at)
+    prompt = _number_after(data, at)
     if prompt is None:
         return None
     # The object starts at its "usage" key; its keys come in any order.
     start = data.rfind(b'"usage"', max(0, at - _WINDOW), at)
     if start < 0:
         start = at
-    cached = _CACHED.search(data, start, start + _WINDOW)
-    return int(prompt.group(1)), int(cached.group(1)) if cached is not None else 0
+    cached_at = data.find(_CACHED_KEY, start, start + _WINDOW)
+    cached = _number_after(data, cached_at) if cached_at >= 0 else None
+    return prompt, cached or 0
 
 
 class UsageSniffer:
