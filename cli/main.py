@@ -61,6 +61,7 @@ engine_app.command("sage.unified.cli.engine:stop", name="stop")
 engine_app.command("sage.unified.cli.engine:logs", name="logs")
 llm_app.command("sage.unified.cli.engine:gpu", name="gpu")
 llm_app.command("sage.unified.cli.simulate:simulate", name="simulate")
+llm_app.command("sage.unified.cli.routing:routing", name="routing")
 config_app.command("sage.unified.cli.config:show", name="show")
 
 

@@ -41,7 +41,9 @@ def test_registry_names_and_default() -> None:
 
 
 def test_unknown_policy_lists_known_names() -> None:
-    with pytest.raises(UnknownPolicyError, match="known: cache_aware, least_load, round_robin, session"):
+    with pytest.raises(
+        UnknownPolicyError, match="known: cache_aware, least_load, round_robin, session"
+    ):
         get_policy("fastest")
 
 
