@@ -48,7 +48,7 @@ class GatewayOptions:
     insecure: Annotated[bool, Parameter(negative="")] = False
     """Allow a non-loopback address without API keys."""
     policy: Literal["least_load", "round_robin", "session", "cache_aware"] | None = None
-    """Routing policy (default least_load; docs/routing.md compares them)."""
+    """Routing policy (default cache_aware; docs/routing.md compares them)."""
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     """Log level of the gateway process."""
 

@@ -61,7 +61,8 @@ class GatewaySettings(SageSettings):
     insecure: bool = False
     """Allow a non-loopback bind without API keys (explicit opt-in)."""
 
-    routing_policy: Literal["least_load", "round_robin", "session", "cache_aware"] = "least_load"
+    routing_policy: Literal["least_load", "round_robin", "session", "cache_aware"] = "cache_aware"
+    """How an engine is picked (docs/routing.md); ``cache_aware`` won the routing benchmark."""
     cache_aware_engine_cache_tokens: int | None = Field(262_144, ge=1)
     """``cache_aware``: prompt tokens one engine's KV cache holds (vLLM logs it at start as
     "GPU KV cache size"); the prefix index keeps that much per engine. Too high, and the

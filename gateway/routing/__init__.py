@@ -2,8 +2,8 @@
 
 - :class:`RoutingState` — routable backends per model/kind, with the gateway's own
   in-flight counters (kept across table updates).
-- Policies (:func:`get_policy`): ``least_load`` (default), ``round_robin``, ``session``,
-  ``cache_aware`` (:class:`CacheAwarePolicy` over a :class:`PrefixIndex`).
+- Policies (:func:`get_policy`): ``cache_aware`` (default; :class:`CacheAwarePolicy` over
+  a :class:`PrefixIndex`), ``least_load``, ``round_robin``, ``session``.
 - :class:`RoutingRequest` — what a policy may read of one request (its prompt chunks,
   computed only when asked) and the decision it annotates.
 - :class:`RoutingLedger` — the cache-capture ledger: reuse available, captured and

@@ -6,7 +6,8 @@ way for every policy: ``probe = state.acquire(b)`` before sending,
 have no start/finish hooks, and a policy that keeps state (round robin's cursors)
 keeps only its own.
 
-Registered names: ``least_load`` (default), ``round_robin``, ``session``.
+Registered names: ``least_load``, ``round_robin``, ``session`` here, ``cache_aware``
+(the default) in :mod:`._cache_aware`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ __all__ = [
     "policy_names",
 ]
 
-DEFAULT_POLICY = "least_load"
+DEFAULT_POLICY = "cache_aware"
+"""Chosen by ``bench/routing_quality.py`` (docs/performance.md, docs/routing.md)."""
 
 
 class UnknownPolicyError(ValueError):

@@ -34,7 +34,7 @@ def _state(backend: BackendFactory, table: TableFactory, n: int) -> RoutingState
 
 def test_registry_names_and_default() -> None:
     assert policy_names() == ["cache_aware", "least_load", "round_robin", "session"]
-    assert DEFAULT_POLICY == "least_load"
+    assert DEFAULT_POLICY == "cache_aware"
     assert get_policy("least_load") is LeastLoadPolicy
     assert get_policy("round_robin") is RoundRobinPolicy
     assert get_policy("session") is SessionAffinityPolicy
