@@ -14,7 +14,9 @@ prints per policy:
 * time to first token p50 / p90 / p99 (client side, streamed);
 * request throughput and the busiest engine's share of requests;
 * the ledger's delivered tokens against what the engines reported (usage, and their
-  ``vllm:prefix_cache_hits_total``).
+  ``vllm:prefix_cache_hits_total``);
+* the gateway process's CPU per request (user + system), the cost of each policy on
+  these prompts.
 
 Everything runs on loopback and is bounded in time; the scaling used is printed. The
 default run (three workloads, five policies, eight engines) takes about 4 minutes on
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -266,6 +269,12 @@ def summarize(
     }
 
 
+def cpu_s(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU seconds of the gateway process so far."""
+    times = psutil.Process(proc.pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def ledger_totals(port: int) -> dict[str, Any]:
     """The gateway ledger's sums over every model (tokens) and its reasons."""
     with GatewayManagementClient(f"http://127.0.0.1:{port}", timeout=10) as client:
@@ -287,6 +296,7 @@ def run_policy(
     reset_caches(engines)
     before, _ = engine_hits(engines)
     proc, port = start_gateway(procs, policy, engines, workload.fleet, tmp)
+    cpu_before = cpu_s(proc)
     try:
 
         async def replay() -> list[Outcome]:
@@ -297,12 +307,15 @@ def run_policy(
                 await client.aclose()
 
         outcomes = uvloop.run(replay())
+        gateway_cpu = cpu_s(proc) - cpu_before
         ledger = ledger_totals(port)
     finally:
         procs.stop(proc)
     after, _ = engine_hits(engines)
     rate = ceiling(outcomes, workload.fleet.block_size)
-    return summarize(policy, outcomes, len(engines), rate, ledger, after - before)
+    row = summarize(policy, outcomes, len(engines), rate, ledger, after - before)
+    row["gateway_cpu_us_per_request"] = gateway_cpu / max(1, len(outcomes)) * 1e6
+    return row
 
 
 def build_workloads(args: argparse.Namespace) -> list[Any]:
@@ -337,9 +350,9 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"engines: {report['engines']} x ({part['fleet']})")
         lines.append(
             "| policy | hit rate | of ceiling | TTFT p50 | p90 | p99 | req/s | busiest "
-            "| requests (errors) | delivered: ledger / usage / engine metrics |"
+            "| requests (errors) | delivered: ledger / usage / engine metrics | gw CPU µs/req |"
         )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         for r in part["rows"]:
             of = f"{r['of_ceiling']:.0%}" if r["of_ceiling"] is not None else "-"
             lines.append(
@@ -347,7 +360,8 @@ def render(report: dict[str, Any]) -> str:
                 f"| {r['ttft_p90_s'] * 1000:.0f} ms | {r['ttft_p99_s'] * 1000:.0f} ms "
                 f"| {r['throughput_rps']:.1f} | {r['busiest_share']:.1%} (fair {r['fair_share']:.1%}) "
                 f"| {r['requests']} ({r['errors']}) | {r['ledger_delivered_tokens']} / "
-                f"{r['usage_cached_tokens']} / {r['engine_metric_hits']:.0f} |"
+                f"{r['usage_cached_tokens']} / {r['engine_metric_hits']:.0f} "
+                f"| {r['gateway_cpu_us_per_request']:.0f} |"
             )
         lines.append(f"ceiling (one infinite shared cache): {part['rows'][0]['ceiling']:.1%}")
         for r in part["rows"]:

@@ -176,6 +176,8 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
             return candidates[0] if n else None
         self._picks += 1
         if self._picks % _SWEEP_EVERY == 0:
+            # The cache holds candidate tuples (and so departed backends) alive.
+            self._slot_cache.clear()
             self.index.sweep()
         keys: Sequence[int] = ()
         prompt = 0
