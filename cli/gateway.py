@@ -60,8 +60,8 @@ class GatewayOptions:
     """Do not run an agent for this host inside the gateway."""
     insecure: Annotated[bool, Parameter(negative="")] = False
     """Allow a non-loopback address without API keys."""
-    policy: Literal["least_load", "round_robin", "session"] | None = None
-    """Routing policy (default least_load)."""
+    policy: Literal["least_load", "round_robin", "session", "cache_aware"] | None = None
+    """Routing policy (default cache_aware; docs/routing.md compares them)."""
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     """Log level of the gateway process (default warning)."""
 

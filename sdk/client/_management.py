@@ -36,7 +36,15 @@ from sage.unified.sdk.models import (
     RegisterEngineRequest,
     RoutingTable,
 )
-from sage.unified.sdk.protocol import AgentApi, AuditRecord, ControlPlaneApi, HostGpus
+from sage.unified.sdk.protocol import (
+    AgentApi,
+    AuditRecord,
+    ControlPlaneApi,
+    HostGpus,
+    RoutingApi,
+    RoutingDecision,
+    RoutingStats,
+)
 
 __all__ = [
     "AgentClient",
@@ -54,6 +62,10 @@ _CP = ControlPlaneApi
 
 def _backends_query(after: int | None, wait: float | None) -> dict[str, Any]:
     return {"after": after, "wait": wait} if after is not None and wait else {}
+
+
+def _decisions_query(model: str | None, engine: str | None, limit: int) -> dict[str, Any]:
+    return {"model": model, "engine": engine, "limit": limit}
 
 
 def _drain_query(wait: bool, timeout_s: float | None) -> dict[str, Any]:
@@ -232,6 +244,18 @@ class GatewayManagementClient(SyncFleetMethods, _SyncClient):
         """Push an agent's snapshot (what agents do every heartbeat)."""
         return self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
 
+    def routing_decisions(
+        self, model: str | None = None, engine: str | None = None, limit: int = 100
+    ) -> list[RoutingDecision]:
+        """The gateway's recent routing decisions, newest first (its own ledger: with
+        several gateways, ask each)."""
+        query = _decisions_query(model, engine, limit)
+        return self._caller.call(RoutingApi.DECISIONS, query=query).decisions
+
+    def routing_stats(self) -> RoutingStats:
+        """The gateway's cache-capture ledger per model and engine, with health signals."""
+        return self._caller.call(RoutingApi.STATS)
+
     def health(self) -> dict[str, Any]:
         """``GET /health`` (liveness)."""
         return _health_dict(self._caller.send(_CP.HEALTH).content)
@@ -284,6 +308,15 @@ class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
 
     async def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
         return await self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
+
+    async def routing_decisions(
+        self, model: str | None = None, engine: str | None = None, limit: int = 100
+    ) -> list[RoutingDecision]:
+        query = _decisions_query(model, engine, limit)
+        return (await self._caller.call(RoutingApi.DECISIONS, query=query)).decisions
+
+    async def routing_stats(self) -> RoutingStats:
+        return await self._caller.call(RoutingApi.STATS)
 
     async def health(self) -> dict[str, Any]:
         return _health_dict((await self._caller.send(_CP.HEALTH)).content)

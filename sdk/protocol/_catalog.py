@@ -31,6 +31,8 @@ from sage.unified.sdk.protocol._bodies import (
     ModelCard,
     ModelList,
     OpenAIBody,
+    RoutingDecisions,
+    RoutingStats,
 )
 from sage.unified.sdk.protocol._catalog_fleet import FleetApi
 from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope, declarer
@@ -41,6 +43,7 @@ __all__ = [
     "ControlPlaneApi",
     "EngineApi",
     "GatewayApi",
+    "RoutingApi",
     "SessionsApi",
     "StudioApi",
     "endpoints_of",
@@ -496,6 +499,30 @@ class SessionsApi:
     )
 
 
+class RoutingApi:
+    """The gateway's cache-capture ledger (answered by each gateway from its own ledger)."""
+
+    DECISIONS: Endpoint[None, RoutingDecisions] = _gw(
+        "routing.decisions",
+        "GET",
+        f"{_MGMT}/routing/decisions",
+        None,
+        RoutingDecisions,
+        scope=Scope.ADMIN,
+        query=("model", "engine", "limit"),
+        summary="Recent routing decisions of this gateway, newest first (filter by model, engine).",
+    )
+    STATS: Endpoint[None, RoutingStats] = _gw(
+        "routing.stats",
+        "GET",
+        f"{_MGMT}/routing/stats",
+        None,
+        RoutingStats,
+        scope=Scope.ADMIN,
+        summary="Reuse available, captured and delivered per model and engine, and health signals.",
+    )
+
+
 class StudioApi:
     """The Studio web console's files (the page; its data comes from the APIs above)."""
 
@@ -532,7 +559,15 @@ def _declared(namespace: type) -> list[Endpoint[Any, Any]]:
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = tuple(
     endpoint
-    for namespace in (GatewayApi, SessionsApi, StudioApi, ControlPlaneApi, AgentApi, EngineApi)
+    for namespace in (
+        GatewayApi,
+        SessionsApi,
+        RoutingApi,
+        StudioApi,
+        ControlPlaneApi,
+        AgentApi,
+        EngineApi,
+    )
     for endpoint in _declared(namespace)
 )
 """Every declared endpoint."""

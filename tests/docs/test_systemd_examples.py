@@ -115,7 +115,7 @@ def test_gateway_examples_load_and_pass_the_bind_check(
     clean_env.setenv("SAGE_GATEWAY_CONFIG", str(EXAMPLES / "gateway.toml"))
     settings = GatewaySettings(host="0.0.0.0")  # what sage-gateway.service runs
     assert settings.port == 8000
-    assert settings.routing_policy == "least_load"
+    assert settings.routing_policy == "cache_aware"
     assert settings.max_body_bytes == 16 * 2**20
     assert settings.mode == "embedded"
     assert [k.get_secret_value() for k in settings.api_keys] == env["SAGE_API_KEYS"].split(",")
