@@ -208,7 +208,10 @@ def test_hosts_show_gpus_and_which_engine_holds_them(
         ],
     )
     answer = httpx.put(
-        f"{url}/v1/agents/gpu-node-1", content=msgspec.json.encode(report), timeout=10
+        f"{url}/v1/agents/gpu-node-1",
+        content=msgspec.json.encode(report),
+        headers={"content-type": "application/json"},
+        timeout=10,
     )
     assert answer.status_code == 200, answer.text
     _start_engine_api(url, "demo-chat")

@@ -105,7 +105,9 @@ async def test_auth_required(server: Server) -> None:
         assert r.status_code == 401
         assert r.json()["error"]["type"] == "authentication_error"
         r = await client.put(
-            "/v1/agents/a1", content=report_body(), headers={"authorization": "Bearer wrong"}
+            "/v1/agents/a1",
+            content=report_body(),
+            headers={"authorization": "Bearer wrong", "content-type": "application/json"},
         )
         assert r.status_code == 401
         r = await client.get("/v1/management/audit", headers=ADMIN)

@@ -39,7 +39,7 @@ def gateway(tmp_path: Path, **settings: object) -> tuple[Litestar, GatewayRuntim
 async def test_decisions_and_stats_through_the_sdk(tmp_path: Path) -> None:
     app, _ = gateway(tmp_path)
     async with AsyncGatewayManagementClient(
-        "http://gw", transport=httpx.ASGITransport(app=app)
+        "http://gw.localhost", transport=httpx.ASGITransport(app=app)
     ) as client:
         decisions = await client.routing_decisions(model="m", engine="static-0-llm")
         assert [(d.engine_id, d.delivered_tokens, d.captured_tokens) for d in decisions] == [
@@ -65,7 +65,7 @@ async def test_decisions_and_stats_through_the_sdk(tmp_path: Path) -> None:
 async def test_the_routes_need_the_admin_token_when_one_is_set(tmp_path: Path) -> None:
     app, _ = gateway(tmp_path, admin_tokens=["adm"])
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.localhost") as client:
         for path in ("/v1/management/routing/decisions", "/v1/management/routing/stats"):
             refused = await client.get(path)
             assert refused.status_code == 401
@@ -79,7 +79,7 @@ async def test_the_routes_need_the_admin_token_when_one_is_set(tmp_path: Path) -
 async def test_the_ledger_is_in_the_metrics(tmp_path: Path) -> None:
     app, _ = gateway(tmp_path)
     transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw.localhost") as client:
         text = (await client.get("/metrics")).text
     assert (
         'sage_gateway_routing_delivered_tokens_total{backend="static-0-llm",model="m"} 600.0'
