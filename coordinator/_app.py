@@ -15,10 +15,11 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from litestar import Litestar, Request, Response, Router
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, FromQuery
 
 from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession
-from sage.unified.coordinator._app_fleet import fleet_routes
+from sage.unified.coordinator._app_fleet import AnyRequest, Body, Session, fleet_routes
 from sage.unified.coordinator._service import Coordinator
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import Store
@@ -94,34 +95,6 @@ def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Rou
         payload = await caller.backends_json(after, wait)
         return Response(payload, media_type="application/json")
 
-    @route(API.ENGINES)
-    async def list_engines(request: Request[Any, Any, Any]) -> EngineList:
-        engines = await (await session(request, "engines")).engines()
-        return EngineList(engines=engines, count=len(engines))
-
-    @route(API.ENGINE)
-    async def get_engine(request: Request[Any, Any, Any], engine_id: FromPath[str]) -> EngineInfo:
-        return await (await session(request, engine_id)).engine(engine_id)
-
-    @route(API.REGISTER_ENGINE)
-    async def register(request: Request[Any, Any, Any]) -> EngineInfo:
-        caller = await session(request, "engines/register")
-        return await caller.register_engine(
-            await body(request, API.REGISTER_ENGINE, caller, "engine.register")
-        )
-
-    @route(API.START_ENGINE)
-    async def start(request: Request[Any, Any, Any]) -> EngineInfo:
-        caller = await session(request, "engines/start")
-        return await caller.start_engine(
-            await body(request, API.START_ENGINE, caller, "engine.start")
-        )
-
-    @route(API.STOP_ENGINE)
-    async def stop(request: Request[Any, Any, Any]) -> EngineInfo:
-        caller = await session(request, "engines/stop")
-        return await caller.stop_engine(await body(request, API.STOP_ENGINE, caller, "engine.stop"))
-
     @route(API.GPUS)
     async def gpu(request: Request[Any, Any, Any]) -> GpuHostList:
         return GpuHostList(hosts=await (await session(request, "gpu")).gpu_hosts())
@@ -139,11 +112,7 @@ def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Rou
         path="/",
         route_handlers=[
             backends,
-            list_engines,
-            get_engine,
-            register,
-            start,
-            stop,
+            *_engine_routes(session, body),
             gpu,
             agents,
             audit,
@@ -152,6 +121,40 @@ def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Rou
         exception_handlers=EXCEPTION_HANDLERS,
         guards=[browser_guard(browser)],
     )
+
+
+def _engine_routes(session: Session, body: Body) -> list[HTTPRouteHandler]:
+    """List, read, register, start and stop engines."""
+
+    @route(API.ENGINES)
+    async def list_engines(request: AnyRequest) -> EngineList:
+        engines = await (await session(request, "engines")).engines()
+        return EngineList(engines=engines, count=len(engines))
+
+    @route(API.ENGINE)
+    async def get_engine(request: AnyRequest, engine_id: FromPath[str]) -> EngineInfo:
+        return await (await session(request, engine_id)).engine(engine_id)
+
+    @route(API.REGISTER_ENGINE)
+    async def register(request: AnyRequest) -> EngineInfo:
+        caller = await session(request, "engines/register")
+        return await caller.register_engine(
+            await body(request, API.REGISTER_ENGINE, caller, "engine.register")
+        )
+
+    @route(API.START_ENGINE)
+    async def start(request: AnyRequest) -> EngineInfo:
+        caller = await session(request, "engines/start")
+        return await caller.start_engine(
+            await body(request, API.START_ENGINE, caller, "engine.start")
+        )
+
+    @route(API.STOP_ENGINE)
+    async def stop(request: AnyRequest) -> EngineInfo:
+        caller = await session(request, "engines/stop")
+        return await caller.stop_engine(await body(request, API.STOP_ENGINE, caller, "engine.stop"))
+
+    return [list_engines, get_engine, register, start, stop]
 
 
 def create_agents_router(coordinator: Coordinator, browser: BrowserPolicy) -> Router:

@@ -26,7 +26,7 @@ from sage.unified.sdk.models import AgentSummary, GpuInfo
 from sage.unified.sdk.protocol import ControlPlaneApi, Endpoint
 from sage.unified.sdk.protocol.server import route
 
-__all__ = ["fleet_routes"]
+__all__ = ["AnyRequest", "Body", "Session", "fleet_routes"]
 
 T = TypeVar("T")
 API = ControlPlaneApi

@@ -29,7 +29,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from sage.unified.gateway._asgi import Receive, Scope, Send, read_body, send_json
 from sage.unified.gateway._attempts import Attempt, ClientWatch, Origin, Upstream, send_attempt
@@ -55,7 +54,7 @@ from sage.unified.gateway._refusals import gave_up_error, gave_up_status, unrout
 from sage.unified.gateway._relay import ProxyRequest, Relay
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
 from sage.unified.gateway._stalls import StallMonitor, StallTicket
-from sage.unified.gateway._upstream_api import UpstreamReply
+from sage.unified.gateway._upstream_api import UpstreamReply, parse_origin
 from sage.unified.gateway.routing import (
     BackendState,
     OutlierDetector,
@@ -74,7 +73,7 @@ from sage.unified.gateway.upstream import UpstreamError
 from sage.unified.sdk.auth import bearer_token
 from sage.unified.sdk.models import EngineKind
 
-__all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin"]
+__all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send"]
 
 log = logging.getLogger("sage.unified.gateway")
 
@@ -493,12 +492,3 @@ class DataPlane:
     def _succeeded(self, backend: BackendState) -> None:
         self.throttle.record_success()
         self.detector.record_success(backend, time.monotonic())
-
-
-def parse_origin(url: str) -> Origin:
-    """``http://host:port/...`` → ``("http", host, port)`` (the upstream's origin)."""
-    parts = urlsplit(url)
-    scheme = parts.scheme or "http"
-    host = parts.hostname or "127.0.0.1"
-    port = parts.port or (443 if scheme == "https" else 80)
-    return (scheme, host, port)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from typing import Protocol
+from urllib.parse import urlsplit
 
-__all__ = ["Origin", "Upstream", "UpstreamReply"]
+__all__ = ["Origin", "Upstream", "UpstreamReply", "parse_origin"]
 
 Origin = tuple[str, str, int]
 """``(scheme, host, port)``."""
@@ -39,3 +40,12 @@ class Upstream(Protocol):
         headers: Iterable[tuple[bytes, bytes]],
         body: bytes = b"",
     ) -> UpstreamReply: ...
+
+
+def parse_origin(url: str) -> Origin:
+    """``http://host:port/...`` → ``("http", host, port)`` (the upstream's origin)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme or "http"
+    host = parts.hostname or "127.0.0.1"
+    port = parts.port or (443 if scheme == "https" else 80)
+    return (scheme, host, port)
