@@ -72,6 +72,10 @@ class MemberStatus:
         return self.member_id == self.leader_id != 0
 
 
+def _ttl_of(result: JsonObject) -> int:
+    return decode_keepalive_ttl({"result": result})
+
+
 class EtcdClient:
     """Connection to an etcd cluster, shared by every task of a process.
 
@@ -260,6 +264,18 @@ class EtcdClient:
         if ttl <= 0:
             raise EtcdLeaseExpiredError(f"etcd lease {lease_id:x} has expired", lease_id=lease_id)
         return ttl
+
+    async def lease_keepalive_many(
+        self, lease_ids: Sequence[int], *, timeout_s: float | None = None
+    ) -> dict[int, int]:
+        """Renew several leases in one request; returns each lease's new TTL (0: the
+        lease no longer exists). One HTTP request however many leases: the control plane
+        renews the leases of all agents that reported since the last round this way."""
+        answers = await self._transport.call_many(
+            "/v3/lease/keepalive", [{"ID": str(i)} for i in lease_ids], timeout_s=timeout_s
+        )
+        renewed = {int(str(answer.get("ID") or 0)): _ttl_of(answer) for answer in answers}
+        return {lease_id: renewed.get(lease_id, 0) for lease_id in lease_ids}
 
     async def lease_revoke(self, lease_id: int, *, timeout_s: float | None = None) -> None:
         """Revoke the lease and delete its keys; a lease already gone is not an error."""

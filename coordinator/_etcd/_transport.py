@@ -14,7 +14,9 @@ Cancellation: a cancelled call stops waiting; a write already sent may still app
 
 from __future__ import annotations
 
+import json
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,8 +221,27 @@ class EtcdTransport:
             return await self._call_with_failover(path, body, idempotent, attempts)
         raise self.timeout_error(path, seconds, attempts)
 
+    async def call_many(
+        self, path: str, bodies: Sequence[JsonObject], *, timeout_s: float | None
+    ) -> list[JsonObject]:
+        """Send ``bodies`` as the messages of one client-streaming call and return one
+        answer per message (idempotent calls only, e.g. lease keepalives).
+
+        etcd's JSON gateway reads a streaming request as newline-delimited JSON objects
+        and answers each with one line, ``{"result": ...}`` or ``{"error": ...}``.
+        """
+        if not bodies:
+            return []
+        seconds = self.timeout_s if timeout_s is None else timeout_s
+        attempts = _Attempts(read_timeout=seconds / 2 if len(self.target.endpoints) > 1 else None)
+        with anyio.move_on_after(seconds):
+            answer = await self._call_with_failover(path, list(bodies), True, attempts)
+            results: list[JsonObject] = answer["results"]
+            return results
+        raise self.timeout_error(path, seconds, attempts)
+
     async def _call_with_failover(
-        self, path: str, body: JsonObject, idempotent: bool, attempts: _Attempts
+        self, path: str, body: JsonObject | list[JsonObject], idempotent: bool, attempts: _Attempts
     ) -> JsonObject:
         token_refreshed = False
         failures = 0
@@ -250,7 +271,7 @@ class EtcdTransport:
         self,
         endpoint: EtcdEndpoint,
         path: str,
-        body: JsonObject,
+        body: JsonObject | list[JsonObject],
         attempts: _Attempts | None = None,
     ) -> JsonObject:
         headers = await self.auth_headers(endpoint)
@@ -263,14 +284,16 @@ class EtcdTransport:
         self,
         endpoint: EtcdEndpoint,
         path: str,
-        body: JsonObject,
+        body: JsonObject | list[JsonObject],
         headers: dict[str, str],
         read_timeout: float | None = None,
     ) -> JsonObject:
+        lines = isinstance(body, list)
         try:
             response = await self._http.post(
                 endpoint.base_url(self.target.tls) + path,
-                json=body,
+                content=b"\n".join(json.dumps(item).encode() for item in body) if lines else None,
+                json=None if lines else body,
                 headers=headers,
                 timeout=httpx.Timeout(read_timeout, connect=self.connect_timeout_s),
             )
@@ -281,6 +304,8 @@ class EtcdTransport:
             raise decode_error(
                 response.status_code, _json_or_text(response), endpoint=endpoint.netloc
             )
+        if lines:
+            return {"results": _json_lines(response, endpoint)}
         answer = _json_or_text(response)
         if not isinstance(answer, dict):
             raise EtcdUnavailableError(
@@ -318,6 +343,32 @@ def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _json_lines(response: httpx.Response, endpoint: EtcdEndpoint) -> list[JsonObject]:
+    """The ``result`` of each line of a streamed answer; the first ``error`` line raises."""
+    results: list[JsonObject] = []
+    for line in response.text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if not isinstance(item, dict):
+            raise EtcdUnavailableError(
+                f"etcd at {endpoint.netloc} answered a line that is no JSON object",
+                endpoint=endpoint.netloc,
+                maybe_applied=True,
+            )
+        if "error" in item:
+            error = item["error"]
+            raise decode_error(
+                200, error if isinstance(error, dict) else {}, endpoint=endpoint.netloc
+            )
+        result = item.get("result")
+        results.append(result if isinstance(result, dict) else {})
+    return results
 
 
 def _json_or_text(response: httpx.Response) -> Any:
