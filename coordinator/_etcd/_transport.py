@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,12 +181,12 @@ class EtcdTransport:
             EtcdError: Connect failure or an error answer (mapped as for calls).
         """
         headers = await self.auth_headers(endpoint)
-        request = self._stream_http.build_request(
-            "POST",
+        request = _request(
+            self._stream_http,
             endpoint.base_url(self.target.tls) + path,
-            json=body,
-            headers=headers,
-            timeout=httpx.Timeout(None, connect=self.connect_timeout_s),
+            json.dumps(body).encode(),
+            headers,
+            httpx.Timeout(None, connect=self.connect_timeout_s),
         )
         try:
             response = await self._stream_http.send(request, stream=True)
@@ -289,14 +289,19 @@ class EtcdTransport:
         read_timeout: float | None = None,
     ) -> JsonObject:
         lines = isinstance(body, list)
+        if isinstance(body, list):
+            data = b"\n".join(json.dumps(item).encode() for item in body)
+        else:
+            data = json.dumps(body).encode()
+        request = _request(
+            self._http,
+            endpoint.base_url(self.target.tls) + path,
+            data,
+            headers,
+            httpx.Timeout(read_timeout, connect=self.connect_timeout_s),
+        )
         try:
-            response = await self._http.post(
-                endpoint.base_url(self.target.tls) + path,
-                content=b"\n".join(json.dumps(item).encode() for item in body) if lines else None,
-                json=None if lines else body,
-                headers=headers,
-                timeout=httpx.Timeout(read_timeout, connect=self.connect_timeout_s),
-            )
+            response = await self._http.send(request)
         except (httpx.TransportError, ssl.SSLError) as exc:
             # anyio lets a TLS alert received while reading through unwrapped.
             raise _transport_error(exc, endpoint) from None
@@ -314,6 +319,55 @@ class EtcdTransport:
                 maybe_applied=True,
             )
         return answer
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body that is an iterator object, not an async generator.
+
+    httpx's own body (``ByteStream.__aiter__``, an async generator) is left suspended
+    when a send is cancelled half-way, which under trio (a checkpoint in every socket
+    write) happens whenever a call or watch is cancelled at the wrong moment; trio then
+    reports the abandoned generator when it is garbage collected.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._data)
+
+
+class _Once:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data
+
+
+def _request(
+    client: httpx.AsyncClient,
+    url: str,
+    data: bytes,
+    headers: dict[str, str],
+    timeout: httpx.Timeout,
+) -> httpx.Request:
+    """A JSON POST with a :class:`_Body` (Content-Length set from ``data``)."""
+    request = client.build_request(
+        "POST",
+        url,
+        content=data,
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=timeout,
+    )
+    request.stream = _Body(data)
+    return request
 
 
 def _transport_error(exc: Exception, endpoint: EtcdEndpoint) -> EtcdError:

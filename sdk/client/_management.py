@@ -56,6 +56,10 @@ def _backends_query(after: int | None, wait: float | None) -> dict[str, Any]:
     return {"after": after, "wait": wait} if after is not None and wait else {}
 
 
+def _start_query(engine_id: str | None) -> dict[str, Any] | None:
+    return {"engine_id": engine_id} if engine_id is not None else None
+
+
 def _drain_query(wait: bool, timeout_s: float | None) -> dict[str, Any]:
     return {"wait": wait, "timeout_s": timeout_s}
 
@@ -346,8 +350,10 @@ class AgentClient(_SyncClient):
     def engine(self, engine_id: str) -> EngineInfo:
         return self._caller.call(AgentApi.ENGINE, path={"engine_id": engine_id})
 
-    def start_engine(self, spec: EngineSpec) -> EngineInfo:
-        return self._caller.call(AgentApi.START_ENGINE, spec)
+    def start_engine(self, spec: EngineSpec, engine_id: str | None = None) -> EngineInfo:
+        """Launch an engine; with ``engine_id`` the start is idempotent (a repeat returns
+        the engine already started under that id)."""
+        return self._caller.call(AgentApi.START_ENGINE, spec, query=_start_query(engine_id))
 
     def drain(
         self, engine_id: str, wait: bool = False, timeout_s: float | None = None
@@ -391,8 +397,8 @@ class AsyncAgentClient(_AsyncClient):
     async def engine(self, engine_id: str) -> EngineInfo:
         return await self._caller.call(AgentApi.ENGINE, path={"engine_id": engine_id})
 
-    async def start_engine(self, spec: EngineSpec) -> EngineInfo:
-        return await self._caller.call(AgentApi.START_ENGINE, spec)
+    async def start_engine(self, spec: EngineSpec, engine_id: str | None = None) -> EngineInfo:
+        return await self._caller.call(AgentApi.START_ENGINE, spec, query=_start_query(engine_id))
 
     async def drain(
         self, engine_id: str, wait: bool = False, timeout_s: float | None = None
