@@ -198,9 +198,9 @@ class Agent:
             self._tg.start_soon(self._telemetry_loop)
             self._tg.start_soon(self.gpu_health.watch)
             token = self.settings.token.get_secret_value() if self.settings.token else None
-            if self.settings.coordinator_url:
+            if self.settings.coordinator_urls:
                 control_plane = AsyncGatewayManagementClient(
-                    self.settings.coordinator_url,
+                    self.settings.coordinator_urls,
                     token,
                     timeout=_REPORT_TIMEOUT_S,
                     http=self._client,

@@ -6,7 +6,7 @@ import collections
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -22,6 +22,7 @@ from sage.unified.cli._daemon import (
     terminate,
     wait_ready,
 )
+from sage.unified.cli._store import StoreOptions
 from sage.unified.cli.errors import CliError, UsageError
 
 __all__ = ["logs", "restart", "run", "start", "status", "stop"]
@@ -51,6 +52,7 @@ class GatewayOptions:
     """Routing policy (default least_load)."""
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     """Log level of the gateway process."""
+    storage: StoreOptions = field(default_factory=StoreOptions)
 
     def settings_kwargs(self) -> dict[str, Any]:
         given: dict[str, Any] = {
@@ -69,6 +71,7 @@ class GatewayOptions:
             given["local_agent"] = False
         if self.insecure:
             given["insecure"] = True
+        given.update(self.storage.settings_kwargs())
         return given
 
     def flags(self) -> list[str]:
@@ -88,7 +91,7 @@ class GatewayOptions:
             flags.append("--no-local-agent")
         if self.insecure:
             flags.append("--insecure")
-        return flags
+        return flags + self.storage.flags()
 
 
 def _settings(given: dict[str, Any]) -> Any:

@@ -129,6 +129,10 @@ class LocalBackend:
         return self._parts is not None
 
     @property
+    def ready(self) -> bool:
+        return self._parts is not None
+
+    @property
     def settling(self) -> bool:
         """See :attr:`ReportIntake.settling`."""
         return self._parts is not None and self._parts.intake.settling

@@ -159,8 +159,9 @@ class Coordinator:
 
     @property
     def ready(self) -> bool:
-        """Whether the coordinator is started (store open or mirrored, loops running)."""
-        return self._running
+        """Whether the coordinator is started (store open, or etcd read once; loops
+        running)."""
+        return self._running and self.backend.ready
 
     @property
     def settling(self) -> bool:

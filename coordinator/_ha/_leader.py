@@ -65,6 +65,9 @@ class LeaderElection:
         self.leadership: Leadership | None = None
         self.terms = 0
         """How many times this coordinator started to lead."""
+        self._unrevoked: list[int] = []
+        """Our earlier leases that could not be revoked (etcd was down): revoked before the
+        next campaign, so that our own stale candidacy is not waited for."""
 
     @property
     def is_leader(self) -> bool:
@@ -99,6 +102,9 @@ class LeaderElection:
                 await anyio.sleep(min(0.1 * 2**failures, _MAX_BACKOFF_S))
 
     async def _term(self) -> None:
+        for stale in list(self._unrevoked):
+            await self._etcd.lease_revoke(stale, timeout_s=_RESIGN_TIMEOUT_S)
+            self._unrevoked.remove(stale)
         lease = await self._etcd.lease_grant(self._ttl_s)
         error: EtcdError | None = None
         try:
@@ -123,6 +129,7 @@ class LeaderElection:
                     await self._etcd.lease_revoke(lease.id, timeout_s=_RESIGN_TIMEOUT_S)
                 except EtcdError as exc:
                     log.debug("could not revoke the leader lease: %s", exc)
+                    self._unrevoked.append(lease.id)
         if error is not None:
             raise error
 
