@@ -45,7 +45,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -55,9 +55,11 @@ from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
 from sage.unified.sdk.models import EngineInfo, GpuInfo
 from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
 from sage.unified.sdk.protocol.server import (
+    browser_guard,
     decode_body,
     error_response,
     exception_handlers,
+    metrics_response,
     route,
 )
 from sage.unified.sdk.states import EngineState
@@ -227,7 +229,7 @@ def create_agent_app(agent: Agent) -> Litestar:
 
     @route(_AGENT.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(generate_latest(registry))
 
     return Litestar(
         route_handlers=[
@@ -243,7 +245,7 @@ def create_agent_app(agent: Agent) -> Litestar:
             clear_gpu,
             metrics,
         ],
-        guards=[auth_guard],
+        guards=[browser_guard(settings.browser_policy()), auth_guard],
         exception_handlers=exception_handlers(log),
         # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
         openapi_config=OpenAPIConfig(

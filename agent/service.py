@@ -416,6 +416,7 @@ class Agent:
             host_metrics=self._host_metrics,
             engines=self.engines(),
             gpu_free_runtimes=[r for r in Runtime if not s.runtime_config().needs_gpu(r)],
+            labels=dict(s.labels),
         )
 
     @property

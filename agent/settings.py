@@ -7,13 +7,15 @@ one winning; ``SAGE_AGENT_CONFIG`` names one file to use instead), then defaults
 
 Lists and ranges read from the environment accept JSON or a plain form:
 ``SAGE_AGENT_MODEL_ALLOWLIST="Qwen/*,meta-llama/*"``,
-``SAGE_AGENT_MODEL_ROOTS=/models,/data/hf``, ``SAGE_AGENT_ENGINE_PORT_RANGE=8900-8999``.
+``SAGE_AGENT_MODEL_ROOTS=/models,/data/hf``, ``SAGE_AGENT_ENGINE_PORT_RANGE=8900-8999``,
+``SAGE_AGENT_LABELS=gpu=h100,zone=a`` (or a JSON object).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import socket
 import sys
@@ -30,10 +32,13 @@ from sage.unified.agent.quarantine import CRITICAL_XIDS
 from sage.unified.agent.runtimes import RuntimeConfig
 from sage.unified.sdk.auth import is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
+from sage.unified.sdk.models import LABEL_PATTERN
+from sage.unified.sdk.protocol import BrowserPolicy
 
 __all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "AgentSettings"]
 
 CONFIG_ENV = "SAGE_AGENT_CONFIG"
+_LABEL = re.compile(LABEL_PATTERN)
 DEFAULT_TOML_FILES: tuple[Path, ...] = toml_files_for("agent")
 
 
@@ -52,6 +57,8 @@ class AgentSettings(SageSettings):
     config_env: ClassVar[str] = CONFIG_ENV
 
     agent_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128)
+    labels: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    """This host's labels, for deployments' placement constraints (``gpu=h100,zone=a``)."""
     advertise_host: str = "127.0.0.1"
     """Address the gateway and coordinator use to reach this agent and its engines."""
     bind_host: str = "127.0.0.1"
@@ -79,6 +86,12 @@ class AgentSettings(SageSettings):
     """The installed vLLM supports ``--shutdown-timeout`` (vLLM ≥ 0.18)."""
     vllm_device: Literal["gpu", "cpu"] = "gpu"
     """``cpu`` for a CPU build of vLLM: its engines get no GPU (and need none)."""
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names this server is reached by besides its bind address (checked against ``Host``
+    on the control APIs; on a loopback bind, loopback names are always allowed)."""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (``https://ops.example``) that may change state through the control
+    APIs from a browser; the server's own origin always may."""
     vllm_extra_args: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Flags appended to every vLLM command line, e.g. ``--enforce-eager``. Operator
     configuration only: the launch API never adds flags. From the environment as a
@@ -143,6 +156,10 @@ class AgentSettings(SageSettings):
             vllm_extra_args=tuple(self.vllm_extra_args),
         )
 
+    def browser_policy(self) -> BrowserPolicy:
+        """Who may call the agent API from a web browser (see ``BrowserPolicy``)."""
+        return BrowserPolicy.of(self.bind_host, self.allowed_hosts, self.allowed_origins)
+
     def check_bind_safety(self) -> None:
         """Refuse to expose an unauthenticated agent API to the network.
 
@@ -206,6 +223,35 @@ class AgentSettings(SageSettings):
     @classmethod
     def _parse_list(cls, value: Any) -> Any:
         return split_list(value)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _parse_labels(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        labels: dict[str, str] = {}
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            key, sep, label = item.partition("=")
+            if not sep:
+                raise ValueError(f"label {item!r} must look like key=value (gpu=h100,zone=a)")
+            labels[key.strip()] = label.strip()
+        return labels
+
+    @field_validator("labels", mode="after")
+    @classmethod
+    def _check_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [f"{k}={v}" for k, v in value.items() if not (_LABEL.match(k) and _LABEL.match(v))]
+        if bad:
+            raise ValueError(
+                f"labels {bad} must be letters, digits, '-', '_', '.' or '/' (63 at most), "
+                "starting and ending with a letter or digit"
+            )
+        return value
 
     @field_validator("model_roots", mode="after")
     @classmethod

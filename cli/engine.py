@@ -1,4 +1,4 @@
-"""``sage llm engine list|start|stop|logs`` and ``sage llm gpu``, through the gateway."""
+"""``sage llm engine list|start|stop|logs``, through the gateway."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from sage.unified.cli._common import (
 )
 from sage.unified.cli.errors import CliError, UsageError
 
-__all__ = ["gpu", "list_engines", "logs", "start", "stop"]
+__all__ = ["list_engines", "logs", "start", "stop"]
 
 _UrlOpt = Annotated[
     str | None, Parameter(help="Gateway URL (default SAGE_GATEWAY_URL or http://127.0.0.1:8000).")
@@ -28,10 +28,6 @@ def _client(url: str | None, token: str | None) -> Any:
     from sage.unified.sdk.client import GatewayManagementClient
 
     return GatewayManagementClient(gateway_url(url), admin_token(token), timeout=30.0)
-
-
-def _gib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**30:.1f}"
 
 
 def list_engines(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = False) -> int:
@@ -297,53 +293,4 @@ def logs(
     ):
         for line in agent_client.logs(engine_id, tail=lines):
             print(line)
-    return 0
-
-
-def gpu(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = False) -> int:
-    """Show every host's GPUs (NVML) as reported by the agents.
-
-    Parameters
-    ----------
-    json
-        Print JSON for scripts.
-    """
-    base = gateway_url(url)
-    with client_errors(base), _client(url, token) as client:
-        hosts = client.gpus()
-    if json:
-        print_json({"hosts": hosts})
-        return 0
-    from rich.table import Table
-
-    table = Table(title="GPUs")
-    for column in (
-        "HOST",
-        "GPU",
-        "NAME",
-        "MEM USED/TOTAL GiB",
-        "UTIL %",
-        "TEMP C",
-        "POWER W",
-        "PROCS",
-    ):
-        table.add_column(column)
-    notes: list[str] = []
-    for host in hosts:
-        if host.gpu_error:
-            notes.append(f"{host.agent_id}: {host.gpu_error}")
-        for g in host.gpus:
-            table.add_row(
-                host.agent_id,
-                str(g.index),
-                g.name or "-",
-                f"{_gib(g.memory_used_bytes)}/{_gib(g.memory_total_bytes)}",
-                "-" if g.utilization_percent is None else f"{g.utilization_percent:.0f}",
-                "-" if g.temperature_c is None else f"{g.temperature_c:.0f}",
-                "-" if g.power_w is None else f"{g.power_w:.0f}",
-                str(len(g.processes)),
-            )
-    make_console().print(table)
-    for note in notes:
-        print(note)
     return 0

@@ -228,6 +228,7 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         ) from None
     engines: list[Any] = []
     agents: list[Any] = []
+    deployments: list[Any] = []
     if readiness.get("mode") != "static":
         with (
             client_errors(base),
@@ -235,6 +236,7 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         ):
             engines = client.engines()
             agents = client.agents()
+            deployments = _deployments(client)
     by_state = collections.Counter(e.state.value for e in engines)
     summary = {
         "url": base,
@@ -244,11 +246,11 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         "control_plane_reachable": readiness.get("control_plane_reachable"),
         "models": readiness.get("models", []),
         "revision": readiness.get("revision"),
-        "agents": [
-            {"agent_id": a.agent_id, "host": a.host, "lost": a.lost, "engines": a.engines}
-            for a in agents
-        ],
+        "agents": [_agent_row(a) for a in agents],
         "engines_by_state": dict(by_state),
+        "deployments": {
+            d.spec.name: {"desired": d.status.desired, "ready": d.status.ready} for d in deployments
+        },
     }
     if json:
         print_json(summary)
@@ -262,10 +264,38 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         f"Control plane reachable: {summary['control_plane_reachable']}  revision: {summary['revision']}"
     )
     console.print(f"Models served: {', '.join(summary['models']) or 'none'}")
-    console.print(f"Agents: {len(agents)} ({sum(1 for a in agents if a.lost)} lost)")
+    _print_fleet(console, agents, deployments)
     states = ", ".join(f"{k} {v}" for k, v in sorted(by_state.items())) or "none"
     console.print(f"Engines: {states}")
     return 0
+
+
+def _agent_row(agent: Any) -> dict[str, Any]:
+    fields = ("agent_id", "host", "lost", "engines", "cordoned", "draining")
+    return {name: getattr(agent, name) for name in fields}
+
+
+def _print_fleet(console: Any, agents: list[Any], deployments: list[Any]) -> None:
+    cordoned = [
+        f"{a.agent_id} (draining)" if a.draining else a.agent_id for a in agents if a.cordoned
+    ]
+    console.print(
+        f"Agents: {len(agents)} ({sum(1 for a in agents if a.lost)} lost"
+        + (f", cordoned: {', '.join(cordoned)}" if cordoned else "")
+        + ")"
+    )
+    if deployments:
+        shown = ", ".join(f"{d.spec.name} {d.status.ready}/{d.status.desired}" for d in deployments)
+        console.print(f"Deployments (ready/desired): {shown}")
+
+
+def _deployments(client: Any) -> list[Any]:
+    from sage.unified.sdk.client import NotFoundError
+
+    try:
+        return list(client.deployments())
+    except NotFoundError:  # a control plane older than deployments
+        return []
 
 
 def logs(

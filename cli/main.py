@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from cyclopts import App
 
+from sage.unified.cli import gpu as gpu_commands
 from sage.unified.cli.errors import CliError
 
 __all__ = ["app", "main"]
@@ -29,8 +30,14 @@ agent_app = App(name="agent", help="Run and inspect the per-host agent that supe
 coordinator_app = App(
     name="coordinator", help="Run a standalone coordinator (for several gateways)."
 )
-llm_app = App(name="llm", help="Engines, GPUs and the engine simulator.")
+llm_app = App(
+    name="llm",
+    help="Deployments, presets, rollouts, engines, GPUs and the engine simulator.",
+)
 engine_app = App(name="engine", help="Start, stop and list engines through the gateway.")
+rollout_app = App(name="rollout", help="Follow or undo a deployment's rolling update.")
+preset_app = App(name="preset", help="Built-in sets of deployments: list, show, apply.")
+gpu_app = App(name="gpu", help="Every host's GPUs; clear a GPU's fault quarantine.")
 studio_app = App(name="studio", help="The web console: fleet, engine actions, routing, playground.")
 
 app.command(gateway_app)
@@ -39,6 +46,9 @@ app.command(coordinator_app)
 app.command(llm_app)
 app.command(studio_app)
 llm_app.command(engine_app)
+llm_app.command(rollout_app)
+llm_app.command(preset_app)
+llm_app.command(gpu_app)
 
 config_app = App(name="config", help="Show the effective configuration.")
 app.command(config_app)
@@ -54,12 +64,26 @@ studio_app.command("sage.unified.cli.studio:stop", name="stop")
 studio_app.command("sage.unified.cli.studio:status", name="status")
 agent_app.command("sage.unified.cli.agent:run", name="run")
 agent_app.command("sage.unified.cli.agent:status", name="status")
+agent_app.command("sage.unified.cli.hosts:cordon", name="cordon")
+agent_app.command("sage.unified.cli.hosts:drain", name="drain")
+agent_app.command("sage.unified.cli.hosts:uncordon", name="uncordon")
 coordinator_app.command("sage.unified.cli.coordinator:run", name="run")
 engine_app.command("sage.unified.cli.engine:list_engines", name="list")
 engine_app.command("sage.unified.cli.engine:start", name="start")
 engine_app.command("sage.unified.cli.engine:stop", name="stop")
 engine_app.command("sage.unified.cli.engine:logs", name="logs")
-llm_app.command("sage.unified.cli.engine:gpu", name="gpu")
+llm_app.command("sage.unified.cli.fleet:apply", name="apply")
+llm_app.command("sage.unified.cli.fleet:deployments", name="deployments")
+llm_app.command("sage.unified.cli.fleet:delete", name="delete")
+rollout_app.command("sage.unified.cli.fleet:rollout_status", name="status")
+rollout_app.command("sage.unified.cli.fleet:rollout_undo", name="undo")
+preset_app.command("sage.unified.cli.preset:list_presets", name="list")
+preset_app.command("sage.unified.cli.preset:show", name="show")
+preset_app.command("sage.unified.cli.preset:apply", name="apply")
+# `sage llm gpu` lists; `sage llm gpu clear HOST:INDEX` clears. cyclopts takes no import
+# path for a default command; the module imports its heavy dependencies when it runs.
+gpu_app.default(gpu_commands.show)
+gpu_app.command("sage.unified.cli.gpu:clear", name="clear")
 llm_app.command("sage.unified.cli.simulate:simulate", name="simulate")
 config_app.command("sage.unified.cli.config:show", name="show")
 

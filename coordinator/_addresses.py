@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 from sage.unified.coordinator._errors import UrlPolicyError
-from sage.unified.coordinator._netcheck import IPNetwork, check_addresses
+from sage.unified.coordinator._netcheck import IPNetwork, canonical_host, check_addresses
 
 __all__ = ["AddressPolicy", "Resolver"]
 
@@ -39,8 +39,9 @@ class AddressPolicy:
         self._resolver: Resolver = resolver or _getaddrinfo
 
     async def check(self, host: str, port: int) -> None:
-        """Raises :class:`UrlPolicyError` when ``host`` does not resolve or resolves outside
-        the allowed networks."""
+        """Raises :class:`UrlPolicyError` when ``host`` is not a canonical address or host
+        name, does not resolve, or resolves outside the allowed networks."""
+        host = canonical_host(host)
         try:
             addresses = await self._resolver(host, port)
         except (OSError, UnicodeError) as exc:

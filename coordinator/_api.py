@@ -12,11 +12,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from sage.unified.sdk.errors import WireError
+from sage.unified.sdk.fleet import (
+    Deployment,
+    DeploymentPlan,
+    DeploymentPlanRequest,
+    DeploymentSpec,
+    DeploymentStatus,
+    HostDrain,
+)
 from sage.unified.sdk.models import (
     AgentSummary,
     EngineInfo,
     EngineStartRequest,
     EngineStopRequest,
+    GpuInfo,
     RegisterEngineRequest,
 )
 from sage.unified.sdk.protocol import AuditRecord, HostGpus
@@ -42,6 +51,17 @@ class ControlPlaneSession(Protocol):
     async def gpu_hosts(self) -> list[HostGpus]: ...
     async def agents(self) -> list[AgentSummary]: ...
     async def audit_log(self, limit: int) -> list[AuditRecord]: ...
+    async def deployments(self) -> list[Deployment]: ...
+    async def deployment(self, name: str) -> Deployment: ...
+    async def apply_deployment(self, name: str, spec: DeploymentSpec) -> Deployment: ...
+    async def delete_deployment(self, name: str) -> Deployment: ...
+    async def plan_deployments(self, request: DeploymentPlanRequest) -> DeploymentPlan: ...
+    async def rollout_status(self, name: str) -> DeploymentStatus: ...
+    async def rollout_undo(self, name: str, to_revision: int | None) -> Deployment: ...
+    async def cordon(self, host: str) -> AgentSummary: ...
+    async def uncordon(self, host: str) -> AgentSummary: ...
+    async def drain_host(self, host: str) -> HostDrain: ...
+    async def clear_gpu(self, host: str, index: int) -> GpuInfo: ...
 
     async def refused(self, action: str, error: WireError) -> None:
         """A request of this caller was refused for its body (audited where possible)."""
@@ -87,6 +107,39 @@ class LocalSession:
 
     async def audit_log(self, limit: int) -> list[AuditRecord]:
         return await self._coordinator.audit_log(limit)
+
+    async def deployments(self) -> list[Deployment]:
+        return self._coordinator.fleet.deployments()
+
+    async def deployment(self, name: str) -> Deployment:
+        return self._coordinator.fleet.deployment(name)
+
+    async def apply_deployment(self, name: str, spec: DeploymentSpec) -> Deployment:
+        return await self._coordinator.fleet.apply(name, spec, self.who)
+
+    async def delete_deployment(self, name: str) -> Deployment:
+        return await self._coordinator.fleet.delete(name, self.who)
+
+    async def plan_deployments(self, request: DeploymentPlanRequest) -> DeploymentPlan:
+        return self._coordinator.fleet.plan(request)
+
+    async def rollout_status(self, name: str) -> DeploymentStatus:
+        return self._coordinator.fleet.rollout_status(name)
+
+    async def rollout_undo(self, name: str, to_revision: int | None) -> Deployment:
+        return await self._coordinator.fleet.undo(name, to_revision, self.who)
+
+    async def cordon(self, host: str) -> AgentSummary:
+        return await self._coordinator.fleet.cordon(host, self.who)
+
+    async def uncordon(self, host: str) -> AgentSummary:
+        return await self._coordinator.fleet.uncordon(host, self.who)
+
+    async def drain_host(self, host: str) -> HostDrain:
+        return await self._coordinator.fleet.drain(host, self.who)
+
+    async def clear_gpu(self, host: str, index: int) -> GpuInfo:
+        return await self._coordinator.fleet.clear_gpu(host, index, self.who)
 
     async def refused(self, action: str, error: WireError) -> None:
         # A control action refused for its body (unknown fields such as command/env,

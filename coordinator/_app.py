@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 from litestar import Litestar, Request, Response, Router
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession
+from sage.unified.coordinator._app_fleet import fleet_routes
 from sage.unified.coordinator._service import Coordinator
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import Store
@@ -29,6 +29,7 @@ from sage.unified.sdk.models import AgentReportReply, EngineInfo
 from sage.unified.sdk.protocol import (
     AgentList,
     AuditLog,
+    BrowserPolicy,
     ControlPlaneApi,
     CoordinatorReadiness,
     Endpoint,
@@ -36,7 +37,13 @@ from sage.unified.sdk.protocol import (
     GpuHostList,
     HealthStatus,
 )
-from sage.unified.sdk.protocol.server import decode_body, exception_handlers, route
+from sage.unified.sdk.protocol.server import (
+    browser_guard,
+    decode_body,
+    exception_handlers,
+    metrics_response,
+    route,
+)
 
 __all__ = [
     "EXCEPTION_HANDLERS",
@@ -54,8 +61,12 @@ EXCEPTION_HANDLERS = exception_handlers(log)
 """Exception handlers mapping every error to an OpenAI-shaped body."""
 
 
-def create_management_router(plane: ControlPlane) -> Router:
-    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit. Admin token."""
+def create_management_router(plane: ControlPlane, browser: BrowserPolicy) -> Router:
+    """``/v1/management/*``: backends (watch), engines, agents, GPUs, audit, and the fleet
+    (deployments, rollouts, cordon and drain, GPU clear). Admin token.
+
+    ``browser`` says which ``Host`` names and web origins may reach it from a browser.
+    """
 
     async def session(request: Request[Any, Any, Any], target: str) -> ControlPlaneSession:
         return await plane.authorize(request.headers.get("authorization"), target)
@@ -135,12 +146,14 @@ def create_management_router(plane: ControlPlane) -> Router:
             gpu,
             agents,
             audit,
+            *fleet_routes(session, body),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        guards=[browser_guard(browser)],
     )
 
 
-def create_agents_router(coordinator: Coordinator) -> Router:
+def create_agents_router(coordinator: Coordinator, browser: BrowserPolicy) -> Router:
     """``PUT /v1/agents/{agent_id}``: agent snapshots (agent token required)."""
 
     @route(API.REPORT)
@@ -153,7 +166,12 @@ def create_agents_router(coordinator: Coordinator) -> Router:
         report = decode_body(API.REPORT, await request.body())
         return await coordinator.report(agent_id, report)
 
-    return Router(path="/", route_handlers=[put_report], exception_handlers=EXCEPTION_HANDLERS)
+    return Router(
+        path="/",
+        route_handlers=[put_report],
+        exception_handlers=EXCEPTION_HANDLERS,
+        guards=[browser_guard(browser)],
+    )
 
 
 def create_coordinator_app(
@@ -197,15 +215,15 @@ def create_coordinator_app(
 
     @route(API.METRICS, sync_to_thread=False)
     def metrics() -> Response[bytes]:
-        return Response(coord.metrics_text(), media_type=CONTENT_TYPE_LATEST)
+        return metrics_response(coord.metrics_text())
 
     app = Litestar(
         route_handlers=[
             health,
             readyz,
             metrics,
-            create_management_router(coord),
-            create_agents_router(coord),
+            create_management_router(coord, coord.settings.browser_policy()),
+            create_agents_router(coord, coord.settings.browser_policy()),
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from sage.unified.coordinator._store import AuditEntry
 from sage.unified.sdk.clock import Clock
+from sage.unified.sdk.logsafe import safe_log_value
 from sage.unified.sdk.protocol import AuditRecord
 
 __all__ = ["AuditLogStore", "Auditor"]
@@ -46,12 +47,14 @@ class Auditor:
             target=target[:256],
             result=result[:512],
         )
+        # Callers choose the target (a path segment) and much of the result: escaped, so
+        # a "%0A" in an engine id cannot forge a second, audit-looking line.
         log.info(
             "audit who=%s action=%s target=%s result=%s",
-            entry.who,
-            entry.action,
-            entry.target,
-            entry.result,
+            safe_log_value(entry.who),
+            safe_log_value(entry.action),
+            safe_log_value(entry.target),
+            safe_log_value(entry.result, 512),
         )
         try:
             await self._store.audit(entry)

@@ -22,6 +22,8 @@ from typing import Protocol
 import anyio
 
 from sage.unified.coordinator._audit import Auditor
+from sage.unified.coordinator._fleet_service import FleetService
+from sage.unified.coordinator._reconciler import Reconciler
 from sage.unified.coordinator._registry import Registry
 from sage.unified.coordinator._store import StartRequestRecord
 from sage.unified.sdk.models import (
@@ -76,6 +78,14 @@ class ControlPlaneBackend(Protocol):
 
     @property
     def auditor(self) -> Auditor: ...
+
+    @property
+    def fleet(self) -> FleetService:
+        """Deployments, cordons and what operators do with them (entered backends only)."""
+        ...
+
+    @property
+    def reconciler(self) -> Reconciler: ...
 
     @property
     def settling(self) -> bool:

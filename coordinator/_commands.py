@@ -22,6 +22,7 @@ from sage.unified.coordinator._errors import (
     AgentUnreachableError,
     ConflictError,
     CoordinatorError,
+    UrlPolicyError,
 )
 from sage.unified.coordinator._netcheck import parse_engine_url
 from sage.unified.coordinator._placement import Candidate, place
@@ -29,6 +30,7 @@ from sage.unified.coordinator._prober import RegisteredEngineProber
 from sage.unified.coordinator._registry import Registry
 from sage.unified.coordinator._reports import Publish
 from sage.unified.coordinator._store import StartRequestRecord, Store
+from sage.unified.sdk.auth import is_loopback_host
 from sage.unified.sdk.client import APIStatusError, AsyncAgentClient, SageClientError
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.models import (
@@ -39,9 +41,23 @@ from sage.unified.sdk.models import (
 )
 from sage.unified.sdk.states import EngineState
 
-__all__ = ["EngineCommands", "PendingStarts", "agent_error"]
+__all__ = ["EngineCommands", "PendingStarts", "agent_error", "is_own_address"]
 
 log = logging.getLogger("sage.unified.coordinator")
+
+
+def is_own_address(host: str, port: int, own: tuple[str, int] | None) -> bool:
+    """Whether ``host:port`` is where this control plane (and its gateway) listens
+    (``own``: its bind host and port)."""
+    if own is None or port != own[1]:
+        return False
+    own_host = own[0]
+    if host == own_host:
+        return True
+    # A loopback or wildcard bind is reached through any loopback address.
+    return is_loopback_host(host) and (
+        is_loopback_host(own_host) or own_host in ("0.0.0.0", "::", "")
+    )
 
 
 def agent_error(agent_url: str) -> Callable[[SageClientError], CoordinatorError]:
@@ -104,6 +120,9 @@ class EngineCommands:
         agent_token: sent to agents (``None``: no ``Authorization``).
         agent_timeout_s: read timeout of agent calls.
         publish: called with the revision after a change.
+        own_address: ``(bind host, port)`` of this control plane's server: an engine
+            registered there would loop.
+        is_cordoned: whether an agent takes no new engines (``sage agent cordon``).
     """
 
     def __init__(
@@ -120,6 +139,8 @@ class EngineCommands:
         agent_token: str | None,
         agent_timeout_s: float,
         publish: Publish,
+        own_address: tuple[str, int] | None = None,
+        is_cordoned: Callable[[str], bool] = lambda _agent_id: False,
     ) -> None:
         self._registry = registry
         self._clock = clock
@@ -132,6 +153,8 @@ class EngineCommands:
         self._agent_token = agent_token
         self._agent_timeout_s = agent_timeout_s
         self._publish = publish
+        self._own = own_address
+        self._is_cordoned = is_cordoned
 
     def agent(self, agent_url: str) -> AsyncAgentClient:
         """The client of one agent's API (on the shared pool)."""
@@ -153,6 +176,12 @@ class EngineCommands:
         target = request.id or request.url
         try:
             parsed = parse_engine_url(request.url)
+            if self._is_self(parsed.host, parsed.port):
+                raise UrlPolicyError(
+                    f"engine url {parsed.url!r} is this gateway (or control plane) itself: "
+                    "every request would loop back here",
+                    param="url",
+                )
             await self._addresses.check(parsed.host, parsed.port)
             engine_id = request.id or f"reg-{uuid.uuid4().hex[:12]}"
             if self._registry.has_engine(engine_id):
@@ -184,6 +213,9 @@ class EngineCommands:
         await self._publish(self._registry.revision)
         return self._registry.engine(engine_id)
 
+    def _is_self(self, host: str, port: int) -> bool:
+        return is_own_address(host, port, self._own)
+
     async def start(self, request: EngineStartRequest, who: str) -> EngineInfo:
         """Place an engine and ask that agent to start it; returns the agent's answer.
 
@@ -204,6 +236,7 @@ class EngineCommands:
                     engines=len(engines),
                     gpu_error=summary.gpu_error,
                     gpu_free_runtimes=summary.gpu_free_runtimes,
+                    cordoned=self._is_cordoned(summary.agent_id),
                 )
                 for summary, engines in self._registry.live_agents()
             ]

@@ -8,6 +8,9 @@ its parts:
 - :class:`~._prober.RegisteredEngineProber`: health probes of registered engines;
 - :class:`~._commands.EngineCommands`: operators' register/start/stop;
 - :class:`~._persistence.AgentRecordWriter` and :class:`~._persistence.RevisionMark`;
+- :class:`~._fleet.Fleet` (deployments, cordons) and the :class:`~._reconciler.Reconciler`
+  that makes replicas follow them; :class:`~._fleet_service.FleetService` is what
+  operators call;
 - the leader tasks (this coordinator always leads).
 
 Every revision bump is persisted (its block reserved) before watchers are woken.
@@ -27,10 +30,15 @@ from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
 from sage.unified.coordinator._backend import LeaderTask, StoreStatus, run_leader_tasks
 from sage.unified.coordinator._commands import EngineCommands, PendingStarts
+from sage.unified.coordinator._errors import UrlPolicyError
+from sage.unified.coordinator._fleet import Fleet
+from sage.unified.coordinator._fleet_service import FleetService
 from sage.unified.coordinator._metrics import CoordinatorMetrics
+from sage.unified.coordinator._netcheck import parse_engine_url
 from sage.unified.coordinator._persistence import AgentRecordWriter, RevisionMark
 from sage.unified.coordinator._prober import RegisteredEngineProber
 from sage.unified.coordinator._publisher import TablePublisher
+from sage.unified.coordinator._reconciler import Reconciler
 from sage.unified.coordinator._registry import AgentRecord, Registry
 from sage.unified.coordinator._reports import ReportIntake
 from sage.unified.coordinator._settings import CoordinatorSettings
@@ -47,12 +55,12 @@ from sage.unified.sdk.models import (
 )
 from sage.unified.sdk.states import EngineState
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "LocalParts"]
 
 log = logging.getLogger("sage.unified.coordinator")
 
 
-class _Parts:
+class LocalParts:
     """The parts that exist while the backend runs."""
 
     def __init__(
@@ -61,11 +69,15 @@ class _Parts:
         commands: EngineCommands,
         starts: PendingStarts,
         writer: AgentRecordWriter,
+        reconciler: Reconciler,
+        fleet: FleetService,
     ) -> None:
         self.intake = intake
         self.commands = commands
         self.starts = starts
         self.writer = writer
+        self.reconciler = reconciler
+        self.fleet = fleet
 
 
 class LocalBackend:
@@ -105,7 +117,7 @@ class LocalBackend:
         self._leader_tasks = leader_tasks
         self._registry = self._new_registry(0)
         self._mark = RevisionMark(store, 0)
-        self._parts: _Parts | None = None
+        self._parts: LocalParts | None = None
         self._stack: AsyncExitStack | None = None
         self.store_status = StoreStatus(
             kind="sqlite" if isinstance(store, SqliteStore) else "memory"
@@ -125,6 +137,14 @@ class LocalBackend:
         return self._registry
 
     @property
+    def fleet(self) -> FleetService:
+        return self._running().fleet
+
+    @property
+    def reconciler(self) -> Reconciler:
+        return self._running().reconciler
+
+    @property
     def is_leader(self) -> bool:
         return self._parts is not None
 
@@ -137,7 +157,7 @@ class LocalBackend:
         """See :attr:`ReportIntake.settling`."""
         return self._parts is not None and self._parts.intake.settling
 
-    def _running(self) -> _Parts:
+    def _running(self) -> LocalParts:
         if self._parts is None:
             raise RuntimeError("Coordinator is not started")
         return self._parts
@@ -158,7 +178,7 @@ class LocalBackend:
             self._publisher.attach(registry)
             self._publisher.open()
             await self._mark.cover(registry.revision)
-            parts = self._build_parts(registry, prober, http, stored.start_requests, stored.agents)
+            parts = self._build_parts(registry, prober, http, stored)
             stack.push_async_callback(parts.writer.flush)
             task_group = await stack.enter_async_context(anyio.create_task_group())
             stack.callback(task_group.cancel_scope.cancel)
@@ -166,6 +186,7 @@ class LocalBackend:
             task_group.start_soon(prober.run)
             task_group.start_soon(parts.writer.run)
             task_group.start_soon(self._publisher.run)
+            task_group.start_soon(parts.reconciler.run)
             task_group.start_soon(run_leader_tasks, self._leader_tasks)
             self._parts = parts
             self._stack = stack.pop_all()
@@ -196,25 +217,49 @@ class LocalBackend:
             notify=self._publisher.notify,
         )
         for engine in stored.registered:
+            self._restore_registered(registry, prober, engine)
+        return prober
+
+    @staticmethod
+    def _restore_registered(
+        registry: Registry, prober: RegisteredEngineProber, engine: EngineInfo
+    ) -> None:
+        """Put a stored registered engine back: probed again, or ERROR (never probed) when
+        its stored URL no longer passes the URL policy."""
+        try:
+            parse_engine_url(engine.url)
+        except UrlPolicyError as exc:
             registry.put_registered(
                 msgspec.structs.replace(
-                    engine,
-                    state=EngineState.STARTING,
-                    reason="restored; waiting for health probes",
+                    engine, state=EngineState.ERROR, reason=f"stored URL refused: {exc.message}"
                 )
             )
-            prober.track(engine.id)
-        return prober
+            log.error("registered engine %s: %s", engine.id, exc.message)
+            return
+        registry.put_registered(
+            msgspec.structs.replace(
+                engine, state=EngineState.STARTING, reason="restored; waiting for health probes"
+            )
+        )
+        prober.track(engine.id)
 
     def _build_parts(
         self,
         registry: Registry,
         prober: RegisteredEngineProber,
         http: httpx.AsyncClient,
-        start_requests: list[StartRequestRecord],
-        restored: list[AgentRecord],
-    ) -> _Parts:
-        starts = PendingStarts(self.store, start_requests)
+        stored: StoredState,
+    ) -> LocalParts:
+        restored: list[AgentRecord] = stored.agents
+        starts = PendingStarts(self.store, stored.start_requests)
+        fleet = Fleet(
+            self.store,
+            self.auditor,
+            self.clock,
+            deployments=stored.deployments,
+            cordons=stored.cordons,
+            changed=self._kick_reconciler,
+        )
         writer = AgentRecordWriter(self.store)
         intake = ReportIntake(
             registry,
@@ -230,6 +275,7 @@ class LocalBackend:
             # of truth for those): until each has reported again, or one lease TTL has
             # passed, the routing table would be missing engines that are serving.
             restored_agents=[record.agent_id for record in restored],
+            deployments=fleet.names,
         )
         commands = EngineCommands(
             registry,
@@ -240,11 +286,25 @@ class LocalBackend:
             prober=prober,
             starts=starts,
             http=http,
-            agent_token=self.settings.agent_tokens[0] if self.settings.agent_tokens else None,
+            agent_token=self.settings.agent_command_token
+            or (self.settings.agent_tokens[0] if self.settings.agent_tokens else None),
             agent_timeout_s=self.settings.agent_timeout_s,
             publish=self._publish,
+            own_address=(self.settings.host, self.settings.port),
+            is_cordoned=fleet.is_cordoned,
         )
-        return _Parts(intake, commands, starts, writer)
+        reconciler = Reconciler(
+            registry,
+            fleet,
+            commands,
+            starts,
+            settings=self.settings,
+            clock=self.clock,
+            settling=lambda: intake.settling,
+            auditor=self.auditor,
+        )
+        service = FleetService(registry, fleet, reconciler, commands, self.auditor, self.clock)
+        return LocalParts(intake, commands, starts, writer, reconciler, service)
 
     def pending_starts(self) -> list[StartRequestRecord]:
         return self._running().starts.list()
@@ -268,3 +328,8 @@ class LocalBackend:
     async def _publish(self, revision: int) -> None:
         await self._mark.cover(revision)
         self._publisher.notify()
+        self._kick_reconciler()
+
+    def _kick_reconciler(self) -> None:
+        if self._parts is not None:
+            self._parts.reconciler.kick()

@@ -11,6 +11,7 @@ and re-checks on every probe, which narrows the DNS-rebinding window to one prob
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_ALLOWED_NETWORKS",
     "EngineUrl",
     "IPNetwork",
+    "canonical_host",
     "check_addresses",
     "parse_engine_url",
     "parse_networks",
@@ -60,6 +62,40 @@ class EngineUrl:
     port: int
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def canonical_host(host: str) -> str:
+    """``host`` as one strict spelling everyone agrees on, or :class:`UrlPolicyError`.
+
+    An IP address must be canonical (``127.0.0.1``, ``::1``); the forms a C resolver
+    still reads as numbers (``127.0.0.01`` and ``0177.0.0.1`` in octal, ``127.1``,
+    ``0x7f.0.0.1``, ``2130706433``) are refused, because the check, the resolver and the
+    HTTP client would each read them differently. A name must be an ASCII host name
+    (letters, digits and hyphens in labels of up to 63; internationalised names in their
+    ``xn--`` form) whose last label is not all digits.
+    """
+    text = host.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    labels = text.split(".")
+    if (
+        not text
+        or len(text) > 253
+        or not all(_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+        or labels[-1].startswith("0x")
+    ):
+        raise UrlPolicyError(
+            f"host {host[:80]!r} is neither a canonical IP address nor a host name "
+            "(write addresses as 127.0.0.1 or [::1], names in ASCII)",
+            param="url",
+        )
+    return text
+
+
 def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
     """Parse CIDR strings. Raises :class:`ValueError` on a malformed one."""
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
@@ -87,6 +123,7 @@ def parse_engine_url(url: str) -> EngineUrl:
     host = parts.hostname
     if not host:
         raise UrlPolicyError(f"engine url {url!r}: no host", param="url")
+    host = canonical_host(host)
     try:
         port = parts.port
     except ValueError:
@@ -118,7 +155,10 @@ def check_addresses(host: str, addresses: Iterable[str], allowed: Sequence[IPNet
     Raises:
         UrlPolicyError: no address, or any address is refused (the message names it).
     """
-    resolved = [ipaddress.ip_address(a.split("%", 1)[0]) for a in addresses]
+    try:
+        resolved = [ipaddress.ip_address(a.split("%", 1)[0]) for a in addresses]
+    except ValueError as exc:
+        raise UrlPolicyError(f"host {host!r} resolved to a malformed address: {exc}") from None
     if not resolved:
         raise UrlPolicyError(f"host {host!r} did not resolve to any address", param="url")
     for address in resolved:

@@ -8,18 +8,29 @@ when the spec gives none). A runtime the agent runs without GPUs (``simulated``,
 ``vllm`` on an agent with a CPU build) needs none: the agent with the fewest engines
 wins. A named host (agent id or host address) skips the choice but
 still has to fit. A GPU its agent quarantined after a fault (``GpuInfo.healthy`` false)
-takes no engine and adds no free memory; the no-placement reason names it.
+takes no engine and adds no free memory; the no-placement reason names it. A cordoned host
+(``sage agent cordon``) takes no new engine, named or not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import msgspec
 
 from sage.unified.coordinator._errors import PlacementError
 from sage.unified.sdk.models import EngineSpec, GpuInfo, Runtime
 
-__all__ = ["DEFAULT_GPU_MEMORY_UTILIZATION", "Candidate", "fit_reason", "place"]
+__all__ = [
+    "DEFAULT_GPU_MEMORY_UTILIZATION",
+    "Candidate",
+    "claim",
+    "fit_reason",
+    "place",
+    "rank",
+]
 
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
@@ -37,6 +48,8 @@ class Candidate:
     gpu_error: str | None = None
     gpu_free_runtimes: Sequence[Runtime] = ()
     """Runtimes this agent runs without GPUs (besides ``simulated``)."""
+    cordoned: bool = False
+    """Takes no new engine (``sage agent cordon`` or ``drain``)."""
 
     def needs_gpu(self, runtime: Runtime) -> bool:
         return runtime is not Runtime.SIMULATED and runtime not in self.gpu_free_runtimes
@@ -56,6 +69,8 @@ def fit_reason(spec: EngineSpec, candidate: Candidate) -> str | None:
     """Why ``spec`` does not fit ``candidate``, or ``None`` when it fits."""
     if candidate.lost:
         return "agent lost (lease expired)"
+    if candidate.cordoned:
+        return "cordoned (`sage agent uncordon` lets it take engines again)"
     if not candidate.needs_gpu(spec.runtime):
         return (
             None
@@ -128,9 +143,38 @@ def place(spec: EngineSpec, candidates: Sequence[Candidate], host: str | None = 
 
 
 def _best(spec: EngineSpec, fitting: Sequence[Candidate]) -> Candidate:
+    return rank(spec, fitting)[0]
+
+
+def rank(spec: EngineSpec, fitting: Sequence[Candidate]) -> list[Candidate]:
+    """``fitting`` best first: the order :func:`place` chooses in."""
     # GPU hosts first when any fits; agents that run this runtime without GPUs (CPU
     # builds, the simulator) are chosen by load.
     with_gpus = [c for c in fitting if c.needs_gpu(spec.runtime)]
     if with_gpus:
-        return min(with_gpus, key=lambda c: (-c.free_bytes, c.engines, c.agent_id))
-    return min(fitting, key=lambda c: (c.engines, c.agent_id))
+        return sorted(with_gpus, key=lambda c: (-c.free_bytes, c.engines, c.agent_id))
+    return sorted(fitting, key=lambda c: (c.engines, c.agent_id))
+
+
+def claim(spec: EngineSpec, candidate: Candidate) -> Candidate:
+    """``candidate`` as it will be once ``spec`` runs there (one more engine, and the
+    memory it takes from the GPUs it would get), so several engines can be placed in one
+    pass before the agent reports again."""
+    engines = candidate.engines + 1
+    if not candidate.needs_gpu(spec.runtime):
+        return dataclasses.replace(candidate, engines=engines)
+    fraction = spec.gpu_memory_utilization or DEFAULT_GPU_MEMORY_UTILIZATION
+    if spec.gpu_ids is not None:
+        taken = set(spec.gpu_ids)
+    else:
+        fitting = [g for g in candidate.gpus if g.healthy and _gpu_fits(g, fraction)]
+        fitting.sort(key=lambda g: (-(g.memory_free_bytes or 0), g.index))
+        taken = {g.index for g in fitting[: spec.tensor_parallel_size]}
+    gpus = [_taken(g, fraction) if g.index in taken else g for g in candidate.gpus]
+    return dataclasses.replace(candidate, engines=engines, gpus=gpus)
+
+
+def _taken(gpu: GpuInfo, fraction: float) -> GpuInfo:
+    total = gpu.memory_total_bytes or 0
+    free = max(0, (gpu.memory_free_bytes or 0) - int(fraction * total))
+    return msgspec.structs.replace(gpu, memory_free_bytes=free)

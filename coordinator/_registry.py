@@ -84,6 +84,7 @@ class _Agent:
     last_report_at: float | None = None
     lost_since: float | None = None
     engine_ids: set[str] = field(default_factory=set)
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def _significant(engine: EngineInfo) -> EngineInfo:
@@ -281,6 +282,7 @@ class Registry:
         agent.gpu_error = report.gpu_error
         agent.gpu_free_runtimes = report.gpu_free_runtimes
         agent.host_metrics = report.host_metrics
+        agent.labels = report.labels
         agent.lease_expires_at = now + self.lease_ttl_s
         agent.last_report_at = self._clock.time()
         agent.lost_since = None
@@ -462,6 +464,7 @@ class Registry:
             gpu_error=agent.gpu_error,
             host_metrics=agent.host_metrics,
             gpu_free_runtimes=agent.gpu_free_runtimes,
+            labels=agent.labels,
         )
 
     def _lease_left(self, agent: _Agent, now: float) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Container, Iterable
 
 import anyio
 
@@ -21,8 +21,10 @@ from sage.unified.coordinator._errors import CoordinatorError, InvalidRequestErr
 from sage.unified.coordinator._metrics import CoordinatorMetrics
 from sage.unified.coordinator._persistence import AgentRecordWriter
 from sage.unified.coordinator._registry import AgentRecord, Registry
+from sage.unified.coordinator._retention import AgedEngines
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.sdk.clock import Clock
+from sage.unified.sdk.logsafe import safe_log_value
 from sage.unified.sdk.models import AgentReport, AgentReportReply
 
 __all__ = ["Publish", "ReportIntake"]
@@ -48,6 +50,8 @@ class ReportIntake:
         on_engines_seen: told which engine ids a report carried (pending starts end there).
         restored_agents: agents known from the store; until each reports again, or one
             lease TTL passed, the coordinator is settling.
+        deployments: the names of the deployments that exist (their replicas do not age
+            out of the listings).
     """
 
     def __init__(
@@ -63,7 +67,9 @@ class ReportIntake:
         publish: Publish,
         on_engines_seen: Callable[[Iterable[str]], Awaitable[None]],
         restored_agents: Iterable[str] = (),
+        deployments: Callable[[], Container[str]] = frozenset,
     ) -> None:
+        self._deployments = deployments
         self._registry = registry
         self._settings = settings
         self._clock = clock
@@ -76,6 +82,7 @@ class ReportIntake:
         self._allowed_hosts: set[str] = set()
         self._settling_agents = set(restored_agents)
         self._settle_deadline = clock.monotonic() + settings.lease_ttl_s
+        self._aged = AgedEngines(settings.stopped_engine_retention_s)
 
     @property
     def settling(self) -> bool:
@@ -122,7 +129,7 @@ class ReportIntake:
             )
             raise
         for note in outcome.notes:
-            log.info("agent %s: %s", agent_id, note)
+            log.info("agent %s: %s", safe_log_value(agent_id), safe_log_value(note, 512))
         if outcome.agent_changed:
             self._writer.put(
                 AgentRecord(report.agent_id, report.url, report.host, report.incarnation)
@@ -148,10 +155,22 @@ class ReportIntake:
                 log.exception("lease sweep failed; retrying next interval")
 
     async def sweep(self) -> None:
-        """Mark agents whose lease lapsed as lost, delete engines past retention, publish."""
+        """Mark agents whose lease lapsed as lost, delete engines past retention, audit those
+        that age out of the listings, publish."""
         outcome = self._registry.expire()
         for agent_id in outcome.lost_agents:
             await self._auditor.record("coordinator", "agent.lost", agent_id, "lease expired")
+        aged = self._aged.newly_aged(
+            self._registry.engines(), self._clock.time(), self._deployments()
+        )
+        for engine in aged:
+            await self._auditor.record(
+                "coordinator",
+                "engine.aged_out",
+                engine.id,
+                f"{engine.state.value} on {engine.agent_id} since {engine.state_changed_at:.0f} "
+                f"({engine.reason}); no longer listed",
+            )
         if outcome.deleted_engines:
             log.info("deleted engines of lost hosts: %s", ", ".join(outcome.deleted_engines))
         if outcome.changed:

@@ -25,10 +25,13 @@ from sage.unified.coordinator._api import LocalSession
 from sage.unified.coordinator._audit import Auditor
 from sage.unified.coordinator._backend import ControlPlaneBackend, LeaderTask, StoreStatus
 from sage.unified.coordinator._errors import AuthenticationError, SettlingError
-from sage.unified.coordinator._local import LocalBackend
+from sage.unified.coordinator._fleet_service import FleetService
+from sage.unified.coordinator._local import LocalBackend, LocalParts
 from sage.unified.coordinator._metrics import CoordinatorMetrics
 from sage.unified.coordinator._publisher import TablePublisher
+from sage.unified.coordinator._reconciler import Reconciler
 from sage.unified.coordinator._registry import Registry
+from sage.unified.coordinator._retention import aged_out
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import MemoryStore, SqliteStore, StartRequestRecord, Store
 from sage.unified.sdk.auth import bearer_token
@@ -119,7 +122,7 @@ class Coordinator:
                 leader_tasks=self._leader_tasks,
             )
         self.backend = backend
-        self._running = False
+        self._started = False
         self._stack: AsyncExitStack | None = None
 
     def add_leader_task(self, task: LeaderTask) -> None:
@@ -139,13 +142,13 @@ class Coordinator:
             raise RuntimeError("Coordinator is already running")
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(self.backend)
-            self._running = True
+            self._started = True
             stack.callback(self._stopped)
             self._stack = stack.pop_all()
         return self
 
     def _stopped(self) -> None:
-        self._running = False
+        self._started = False
 
     async def __aexit__(
         self,
@@ -161,13 +164,13 @@ class Coordinator:
     def ready(self) -> bool:
         """Whether the coordinator is started (store open, or etcd read once; loops
         running)."""
-        return self._running and self.backend.ready
+        return self._started and self.backend.ready
 
     @property
     def settling(self) -> bool:
         """Just restarted and waiting (at most one lease TTL) for known agents to report
         again; see :attr:`ReportIntake.settling`."""
-        return self._running and self.backend.settling
+        return self._started and self.backend.settling
 
     @property
     def store_status(self) -> StoreStatus:
@@ -178,7 +181,7 @@ class Coordinator:
     @property
     def is_leader(self) -> bool:
         """Whether work that must happen once runs in this process now."""
-        return self._running and self.backend.is_leader
+        return self._started and self.backend.is_leader
 
     # -------------------------------------------------------------- the table
 
@@ -243,13 +246,41 @@ class Coordinator:
     # ---------------------------------------------------------------- queries
 
     def engines(self) -> list[EngineInfo]:
-        return self.registry.engines()
+        """Every engine, but those aged out of the listings (``stopped_engine_retention_s``)."""
+        now = self.clock.time()
+        retention = self.settings.stopped_engine_retention_s
+        names = self.backend.fleet.names() if self._started else frozenset[str]()
+        return [e for e in self.registry.engines() if not aged_out(e, now, retention, names)]
 
     def engine(self, engine_id: str) -> EngineInfo:
         return self.registry.engine(engine_id)
 
     def agents(self) -> list[AgentSummary]:
-        return self.registry.agent_summaries()
+        summaries = self.registry.agent_summaries()
+        if not self._started:
+            return summaries
+        return [self.backend.fleet.summary(a) for a in summaries]
+
+    @property
+    def fleet(self) -> FleetService:
+        """Deployments, rollouts, cordon and drain, GPU clear (needs the context entered)."""
+        self._require_running()
+        return self.backend.fleet
+
+    @property
+    def reconciler(self) -> Reconciler:
+        self._require_running()
+        return self.backend.reconciler
+
+    def _require_running(self) -> None:
+        if not self._started:
+            raise RuntimeError("Coordinator is not started")
+
+    def _running(self) -> LocalParts:
+        """The local backend's parts (tests drive its sweep directly)."""
+        if not isinstance(self.backend, LocalBackend):
+            raise RuntimeError("the coordinator's store is not local")
+        return self.backend._running()
 
     def gpu_hosts(self) -> list[HostGpus]:
         return [

@@ -35,6 +35,7 @@ from sage.unified.coordinator._etcd._errors import EtcdConfigError
 from sage.unified.coordinator._netcheck import DEFAULT_ALLOWED_NETWORKS, IPNetwork, parse_networks
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
+from sage.unified.sdk.protocol import BrowserPolicy
 
 __all__ = ["CONFIG_ENV", "DEFAULT_TOML_FILES", "CoordinatorSettings", "default_db_path"]
 
@@ -60,7 +61,11 @@ class CoordinatorSettings(SageSettings):
     admin_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Tokens for ``/v1/management/*``. None configured (and no agent tokens): auth off."""
     agent_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    """Tokens agents present on ``PUT /v1/agents/{id}``; also sent to agents' APIs."""
+    """Tokens agents present on ``PUT /v1/agents/{id}``; the first is also sent to agents'
+    APIs (unless ``agent_command_token`` is set)."""
+    agent_command_token: str | None = None
+    """Sent to agents' APIs instead of the first agent token (a gateway gives its embedded
+    coordinator the local agent's token this way)."""
     host: str = "127.0.0.1"
     port: int = Field(default=8100, ge=1, le=65535)
     insecure: bool = False
@@ -69,6 +74,14 @@ class CoordinatorSettings(SageSettings):
     heartbeat_interval_s: float = Field(default=3.0, gt=0)
     restart_grace_s: float = Field(default=30.0, ge=0)
     lost_engine_retention_s: float = Field(default=300.0, ge=0)
+    stopped_engine_retention_s: float = Field(default=3600.0, ge=0)
+    """How long an engine of no deployment stays listed once STOPPED or ERROR (the audit
+    log keeps it)."""
+    reconcile_interval_s: float = Field(default=2.0, gt=0)
+    """How often the reconciler compares deployments with what runs (also on every change)."""
+    replica_error_timeout_s: float = Field(default=600.0, gt=0)
+    """A deployment replica ERROR for this long is replaced (at once when its restarts are
+    exhausted or its GPU is quarantined)."""
     sweep_interval_s: float = Field(default=1.0, gt=0)
     load_publish_interval_s: float = Field(default=1.0, ge=0)
     probe_interval_s: float = Field(default=2.0, gt=0)
@@ -79,6 +92,12 @@ class CoordinatorSettings(SageSettings):
     probe_successes_to_start: int = Field(default=1, ge=1)
     """Good probes that make a newly registered engine READY."""
     agent_timeout_s: float = Field(default=10.0, gt=0)
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names this server is reached by besides its bind address (checked against ``Host``
+    on the control APIs; on a loopback bind, loopback names are always allowed)."""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (``https://ops.example``) that may change state through the control
+    APIs from a browser; the server's own origin always may."""
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(DEFAULT_ALLOWED_NETWORKS)
     )
@@ -114,7 +133,14 @@ class CoordinatorSettings(SageSettings):
     """Watchers are woken at most once per this window (0: on every revision)."""
     log_level: str = "info"
 
-    @field_validator("admin_tokens", "agent_tokens", "allowed_networks", mode="before")
+    @field_validator(
+        "admin_tokens",
+        "agent_tokens",
+        "allowed_networks",
+        "allowed_hosts",
+        "allowed_origins",
+        mode="before",
+    )
     @classmethod
     def _parse_lists(cls, value: Any) -> Any:
         return split_list(value)
@@ -201,6 +227,12 @@ class CoordinatorSettings(SageSettings):
     def auth_enabled(self) -> bool:
         """Whether any token is configured (otherwise every request is accepted)."""
         return bool(self.admin_tokens or self.agent_tokens)
+
+    def browser_policy(self, bind_host: str | None = None) -> BrowserPolicy:
+        """Who may call the control APIs from a web browser (see ``BrowserPolicy``)."""
+        return BrowserPolicy.of(
+            self.host if bind_host is None else bind_host, self.allowed_hosts, self.allowed_origins
+        )
 
     def admin_token_set(self) -> TokenSet:
         return TokenSet(self.admin_tokens)

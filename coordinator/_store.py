@@ -2,7 +2,8 @@
 
 What is kept: engines registered directly (no agent), start requests not yet seen in
 an agent report, the revision counter, known agents (so their leases are re-armed with
-grace after a restart) and an audit log of control actions. Everything else is
+grace after a restart), deployments (spec, revisions, rollout), cordoned hosts and an
+audit log of control actions. Everything else is
 rebuilt from the agents' next reports (anti-entropy). An etcd store would implement
 the same protocol; the registry never sees it.
 
@@ -14,6 +15,7 @@ thread; the caller just stops waiting.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +24,17 @@ from typing import Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
+import msgspec
 
+from sage.unified.coordinator._fleet_records import CordonRecord, DeploymentRecord
 from sage.unified.coordinator._registry import AgentRecord
 from sage.unified.sdk.models import EngineInfo, EngineSpec, decode, encode
 
 __all__ = ["AuditEntry", "MemoryStore", "SqliteStore", "StartRequestRecord", "Store", "StoredState"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("sage.unified.coordinator")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +68,8 @@ class StoredState:
     agents: list[AgentRecord] = field(default_factory=list)
     registered: list[EngineInfo] = field(default_factory=list)
     start_requests: list[StartRequestRecord] = field(default_factory=list)
+    deployments: list[DeploymentRecord] = field(default_factory=list)
+    cordons: list[CordonRecord] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -79,6 +87,10 @@ class Store(Protocol):
     async def delete_start_request(self, engine_id: str) -> None: ...
     async def audit(self, entry: AuditEntry) -> None: ...
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
+    async def put_deployment(self, record: DeploymentRecord) -> None: ...
+    async def delete_deployment(self, name: str) -> None: ...
+    async def put_cordon(self, record: CordonRecord) -> None: ...
+    async def delete_cordon(self, agent_id: str) -> None: ...
 
 
 class MemoryStore:
@@ -91,6 +103,8 @@ class MemoryStore:
         self._starts: dict[str, StartRequestRecord] = {}
         self._audit: list[AuditEntry] = []
         self._audit_limit = audit_limit
+        self._deployments: dict[str, DeploymentRecord] = {}
+        self._cordons: dict[str, CordonRecord] = {}
 
     async def open(self) -> StoredState:
         return StoredState(
@@ -98,6 +112,8 @@ class MemoryStore:
             agents=list(self._agents.values()),
             registered=list(self._registered.values()),
             start_requests=list(self._starts.values()),
+            deployments=list(self._deployments.values()),
+            cordons=list(self._cordons.values()),
         )
 
     async def close(self) -> None:
@@ -133,6 +149,18 @@ class MemoryStore:
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         return list(reversed(self._audit[-limit:]))
 
+    async def put_deployment(self, record: DeploymentRecord) -> None:
+        self._deployments[record.name] = record
+
+    async def delete_deployment(self, name: str) -> None:
+        self._deployments.pop(name, None)
+
+    async def put_cordon(self, record: CordonRecord) -> None:
+        self._cordons[record.agent_id] = record
+
+    async def delete_cordon(self, agent_id: str) -> None:
+        self._cordons.pop(agent_id, None)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -143,6 +171,8 @@ CREATE TABLE IF NOT EXISTS registered_engines (engine_id TEXT PRIMARY KEY, info 
 CREATE TABLE IF NOT EXISTS start_requests (
     engine_id TEXT PRIMARY KEY, agent_id TEXT NOT NULL, spec BLOB NOT NULL, requested_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS deployments (name TEXT PRIMARY KEY, record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS cordons (agent_id TEXT PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL,
     action TEXT NOT NULL, target TEXT NOT NULL, result TEXT NOT NULL
@@ -262,6 +292,24 @@ class SqliteStore:
 
         return await self._run(run)
 
+    async def put_deployment(self, record: DeploymentRecord) -> None:
+        await self._execute(
+            "INSERT OR REPLACE INTO deployments(name, record) VALUES(?, ?)",
+            (record.name, encode(record)),
+        )
+
+    async def delete_deployment(self, name: str) -> None:
+        await self._execute("DELETE FROM deployments WHERE name = ?", (name,))
+
+    async def put_cordon(self, record: CordonRecord) -> None:
+        await self._execute(
+            "INSERT OR REPLACE INTO cordons(agent_id, record) VALUES(?, ?)",
+            (record.agent_id, encode(record)),
+        )
+
+    async def delete_cordon(self, agent_id: str) -> None:
+        await self._execute("DELETE FROM cordons WHERE agent_id = ?", (agent_id,))
+
 
 def _load(conn: sqlite3.Connection) -> StoredState:
     row = conn.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
@@ -272,13 +320,34 @@ def _load(conn: sqlite3.Connection) -> StoredState:
             "SELECT agent_id, url, host, incarnation FROM agents"
         )
     ]
-    state.registered = [
-        decode(info, EngineInfo) for (info,) in conn.execute("SELECT info FROM registered_engines")
-    ]
-    state.start_requests = [
-        StartRequestRecord(engine_id, agent_id, decode(spec, EngineSpec), float(at))
-        for engine_id, agent_id, spec, at in conn.execute(
-            "SELECT engine_id, agent_id, spec, requested_at FROM start_requests"
-        )
-    ]
+    # One record that no longer decodes (written by a newer version, or damaged) must not
+    # keep the store closed: it is logged and left out; the rest is served.
+    for (info,) in conn.execute("SELECT info FROM registered_engines"):
+        try:
+            state.registered.append(decode(info, EngineInfo))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("skipping a stored registered engine that does not decode: %s", exc)
+    for engine_id, agent_id, spec, at in conn.execute(
+        "SELECT engine_id, agent_id, spec, requested_at FROM start_requests"
+    ):
+        try:
+            state.start_requests.append(
+                StartRequestRecord(engine_id, agent_id, decode(spec, EngineSpec), float(at))
+            )
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("skipping stored start request %r that does not decode: %s", engine_id, exc)
+    state.deployments = _decoded(conn, "SELECT name, record FROM deployments", DeploymentRecord)
+    state.cordons = _decoded(conn, "SELECT agent_id, record FROM cordons", CordonRecord)
     return state
+
+
+def _decoded(conn: sqlite3.Connection, sql: str, type_: type[T]) -> list[T]:
+    """Rows decoded as ``type_``; one that does not decode (written by a newer version, or
+    damaged) is logged and left in the table, and the coordinator starts without it."""
+    records: list[T] = []
+    for key, blob in conn.execute(sql):
+        try:
+            records.append(decode(blob, type_))
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+            log.error("ignoring stored %s %r that does not decode: %s", type_.__name__, key, exc)
+    return records

@@ -8,11 +8,12 @@ upstream the way httpx's ``MockTransport`` tests a client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from sage.unified.gateway._asgi import Message, Receive, is_event_stream
 from sage.unified.gateway._retry_rules import FailureKind
+from sage.unified.gateway._stalls import EngineHung, StallTicket
+from sage.unified.gateway._upstream_api import Origin, Upstream, UpstreamReply
 from sage.unified.gateway.upstream import (
     PoolTimeout,
     UpstreamConnectError,
@@ -33,38 +34,9 @@ __all__ = [
     "send_attempt",
 ]
 
-Origin = tuple[str, str, int]
-"""``(scheme, host, port)``."""
-
 RETRYABLE_STATUS = frozenset({502, 503})
 WATCH_AFTER_S = 0.05
 """A request older than this gets a task that watches for its client leaving."""
-
-
-class UpstreamReply(Protocol):
-    """A response whose head has arrived; the body is read or iterated, then closed."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-    async def read(self) -> bytes: ...
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    def close(self) -> None: ...
-
-
-class Upstream(Protocol):
-    """Sends one request to an engine (``gateway.upstream.UpstreamPool`` is one)."""
-
-    async def request(
-        self,
-        method: bytes,
-        origin: Origin,
-        target: bytes,
-        headers: Iterable[tuple[bytes, bytes]],
-        body: bytes = b"",
-    ) -> UpstreamReply: ...
 
 
 def classify(error: UpstreamError) -> FailureKind:
@@ -86,7 +58,7 @@ class Attempt:
     client left (``client_left``).
     """
 
-    __slots__ = ("client_left", "error", "failure", "payload", "response")
+    __slots__ = ("client_left", "error", "failure", "payload", "prefix", "response")
 
     def __init__(
         self,
@@ -95,6 +67,7 @@ class Attempt:
         failure: FailureKind | None = None,
         error: UpstreamError | None = None,
         payload: bytes | None = None,
+        prefix: list[bytes] | None = None,
         client_left: bool = False,
     ) -> None:
         self.response = response
@@ -102,6 +75,9 @@ class Attempt:
         self.error = error
         self.payload = payload
         """The whole body of a non-streamed response (read before anything is relayed)."""
+        self.prefix = prefix
+        """The first chunks of a non-streamed body too large to hold: relayed, then the
+        rest streams through."""
         self.client_left = client_left
 
     def describe(self, backend: str) -> str:
@@ -162,6 +138,12 @@ class ClientWatch:
             self._task.cancel()
 
 
+def _ours(task: asyncio.Task[Any] | None, flag: bool) -> bool:
+    """Whether a cancellation came from us (``flag`` set where we cancelled) and is
+    taken back: the task's only pending cancellation."""
+    return flag and task is not None and task.uncancel() == 0
+
+
 async def send_attempt(
     upstream: Upstream,
     origin: Origin,
@@ -169,18 +151,23 @@ async def send_attempt(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     watch: ClientWatch,
+    ticket: StallTicket | None = None,
+    buffer_limit: int = 1 << 20,
 ) -> Attempt:
     """Send the request to one backend and read a non-streamed answer in full.
 
     Nothing reaches the client here, so any failure is still safe to retry elsewhere
-    (generation has no side effects). A client that leaves meanwhile ends the attempt.
+    (generation has no side effects). A client that leaves meanwhile ends the attempt;
+    an engine found hung (``ticket.stalled``) fails it as ``STALLED``.
     """
     task = watch.waiting = asyncio.current_task()
     try:
         response = await upstream.request(b"POST", origin, path, headers, body)
     except asyncio.CancelledError:
-        if watch.gone and task is not None and task.uncancel() == 0:
+        if _ours(task, watch.gone):
             return Attempt(client_left=True)  # cancelled by us: the client left
+        if _ours(task, ticket is not None and ticket.stalled):
+            return _stalled()
         raise
     except UpstreamError as exc:
         if watch.gone:
@@ -191,18 +178,46 @@ async def send_attempt(
         return Attempt(failure=FailureKind.BROKEN, error=error)
     finally:
         watch.waiting = None
+    if ticket is not None:
+        ticket.progress()
     watch.attach(response)
     if response.status in RETRYABLE_STATUS:
         return Attempt(response, failure=FailureKind.REFUSED)
     if is_event_stream(response.headers):
         return Attempt(response)
     # A non-streamed body is read in full before the client sees a byte, so an engine
-    # dying mid-answer is still a retryable failure, not a broken response.
+    # dying mid-answer is still a retryable failure, not a broken response; one larger
+    # than ``buffer_limit`` is relayed as it comes instead of held in memory.
     try:
-        payload = await response.read()
+        payload, prefix = await _read_up_to(response, buffer_limit)
+        if prefix is not None:
+            return Attempt(response, prefix=prefix)
     except UpstreamError as exc:
         response.close()
         if watch.gone:  # our own close: the client left, the engine did nothing wrong
             return Attempt(error=exc, client_left=True)
         return Attempt(failure=FailureKind.BROKEN, error=exc)
+    except asyncio.CancelledError:
+        response.close()
+        if _ours(task, ticket is not None and ticket.stalled):
+            return _stalled()
+        raise
     return Attempt(response, payload=payload)
+
+
+async def _read_up_to(response: UpstreamReply, limit: int) -> tuple[bytes, list[bytes] | None]:
+    """The whole body, or (when it passes ``limit``) the chunks read so far."""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"", parts
+    return (parts[0] if len(parts) == 1 else b"".join(parts)), None
+
+
+def _stalled() -> Attempt:
+    return Attempt(
+        failure=FailureKind.STALLED, error=EngineHung("no answer, and /health timed out")
+    )

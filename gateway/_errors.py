@@ -9,6 +9,7 @@
     ├── PayloadTooLargeError           413 body over the limit
     ├── HeadersTooLargeError           431 too many or too large headers
     ├── NoBackendAvailableError        503 + Retry-After: the model has no READY backend
+    ├── LoopDetectedError              508: the request already passed this gateway
     └── UpstreamFailedError            502/504: every attempt failed before a response
 """
 
@@ -23,6 +24,7 @@ __all__ = [
     "BadRequestError",
     "GatewayError",
     "HeadersTooLargeError",
+    "LoopDetectedError",
     "ModelNotFoundError",
     "NoBackendAvailableError",
     "PayloadTooLargeError",
@@ -76,6 +78,12 @@ class NoBackendAvailableError(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "no_backend_available"
+
+
+class LoopDetectedError(GatewayError):
+    status = 508
+    type = "invalid_request_error"
+    code = "loop_detected"
 
 
 class UpstreamFailedError(GatewayError):

@@ -14,8 +14,10 @@ from collections.abc import Iterable, Sequence
 
 __all__ = [
     "HOP_BY_HOP",
+    "OWN_VIA",
     "RequestHeaderInfo",
     "downstream_headers",
+    "loop_detected",
     "scan_request_headers",
     "upstream_headers",
 ]
@@ -48,6 +50,7 @@ _REPLACED_UPSTREAM: frozenset[bytes] = frozenset(
         b"x-real-ip",
         b"x-request-id",
         b"expect",
+        b"via",
     }
 )
 _REPLACED_DOWNSTREAM: frozenset[bytes] = frozenset(
@@ -65,11 +68,14 @@ class RequestHeaderInfo:
         "authorization",
         "connection_tokens",
         "content_length",
+        "content_type",
+        "continue_stream",
         "count",
         "host",
         "request_id",
         "session_id",
         "size",
+        "via",
     )
 
     def __init__(self) -> None:
@@ -79,6 +85,11 @@ class RequestHeaderInfo:
         self.session_id: bytes | None = None
         self.host: bytes | None = None
         self.connection_tokens: frozenset[bytes] = frozenset()
+        self.content_type: bytes | None = None
+        self.via: bytes | None = None
+        """The ``Via`` chain so far (the gateways this request already passed)."""
+        self.continue_stream = False
+        """``X-Sage-Continue: 1``: continue this stream elsewhere if its engine fails."""
         self.count = 0
         self.size = 0
 
@@ -107,11 +118,28 @@ def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
             info.connection_tokens = frozenset(
                 t.strip().lower() for t in value.split(b",") if t.strip()
             )
+        elif name == b"content-type":
+            info.content_type = value
+        elif name == b"via":
+            info.via = value if info.via is None else info.via + b", " + value
+        elif name == b"x-sage-continue":
+            info.continue_stream = value.strip().lower() in (b"1", b"true", b"yes")
     return info
 
 
 _ID_PREFIX = os.urandom(8).hex()
 _id_counter = itertools.count(1)
+OWN_VIA = f"1.1 sage-{_ID_PREFIX}".encode()
+"""This gateway process's entry in ``Via`` (RFC 9110 §7.6.3): a request that already
+carries it came back to us, a loop."""
+MAX_VIA_HOPS = 8
+"""More gateways than this on one request's way is a loop among several."""
+
+
+def loop_detected(info: RequestHeaderInfo) -> bool:
+    """Whether the request already passed this gateway, or too many."""
+    via = info.via
+    return via is not None and (OWN_VIA in via or via.count(b"sage-") >= MAX_VIA_HOPS)
 
 
 def new_request_id() -> bytes:
@@ -133,6 +161,7 @@ def upstream_headers(
     dropped = _UP_DROP | info.connection_tokens if info.connection_tokens else _UP_DROP
     out = [(n, v) for n, v in headers if n not in dropped]
     out.append((b"x-request-id", request_id))
+    out.append((b"via", info.via + b", " + OWN_VIA if info.via else OWN_VIA))
     if client_host:
         out.append((b"x-forwarded-for", client_host.encode()))
     out.append((b"x-forwarded-proto", scheme.encode()))

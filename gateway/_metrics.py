@@ -144,6 +144,13 @@ class GatewayMetrics:
             ["model"],
             registry=self.registry,
         )
+        self._continued = Counter(
+            "sage_gateway_stream_continuations",
+            "Broken streams continued on another engine, by outcome (completed, broken "
+            "again, or why none could start)",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(
             _BackendCollector(
                 state,
@@ -185,6 +192,9 @@ class GatewayMetrics:
 
     def stream_interrupted(self, model: str) -> None:
         self._interrupted.labels(model).inc()
+
+    def stream_continued(self, model: str, outcome: str) -> None:
+        self._continued.labels(model, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

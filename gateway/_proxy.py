@@ -33,25 +33,29 @@ from urllib.parse import urlsplit
 
 from sage.unified.gateway._asgi import Receive, Scope, Send, read_body, send_json
 from sage.unified.gateway._attempts import Attempt, ClientWatch, Origin, Upstream, send_attempt
+from sage.unified.gateway._continuation import continuable
 from sage.unified.gateway._errors import (
     BadRequestError,
     GatewayError,
     HeadersTooLargeError,
-    ModelNotFoundError,
-    NoBackendAvailableError,
+    LoopDetectedError,
     PayloadTooLargeError,
     UnauthorizedError,
-    UpstreamFailedError,
     error_bytes,
 )
 from sage.unified.gateway._headers import (
+    loop_detected,
     new_request_id,
     scan_request_headers,
     upstream_headers,
 )
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._proxy_config import ProxyConfig
+from sage.unified.gateway._refusals import gave_up_error, gave_up_status, unroutable_error
 from sage.unified.gateway._relay import ProxyRequest, Relay
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
+from sage.unified.gateway._stalls import StallMonitor, StallTicket
+from sage.unified.gateway._upstream_api import UpstreamReply
 from sage.unified.gateway.routing import (
     BackendState,
     OutlierDetector,
@@ -60,10 +64,12 @@ from sage.unified.gateway.routing import (
     RetryThrottle,
     RoutingPolicy,
     RoutingState,
+    peek_form,
     peek_request,
 )
 from sage.unified.gateway.sessions import SessionChat
-from sage.unified.sdk.auth import TokenSet, bearer_token
+from sage.unified.gateway.upstream import UpstreamError
+from sage.unified.sdk.auth import bearer_token
 from sage.unified.sdk.models import EngineKind
 
 __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin"]
@@ -71,43 +77,9 @@ __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send", "parse_origin
 log = logging.getLogger("sage.unified.gateway")
 
 _CHAT_PATH = b"/v1/chat/completions"
+_FORM_PATH = b"/v1/audio/transcriptions"
+"""The one proxied route whose body is a form (multipart), not JSON."""
 _METHOD_NOT_ALLOWED = error_bytes("method not allowed; use POST", "invalid_request_error", 405)
-
-
-class ProxyConfig:
-    """The data plane's knobs (copied from :class:`GatewaySettings` once)."""
-
-    __slots__ = (
-        "api_keys",
-        "engine_authorization",
-        "expose_backend_header",
-        "max_body_bytes",
-        "max_header_bytes",
-        "max_headers",
-        "retries",
-        "unavailable_retry_after_s",
-    )
-
-    def __init__(
-        self,
-        *,
-        api_keys: TokenSet,
-        engine_api_key: str | None = None,
-        max_body_bytes: int = 16 * 2**20,
-        max_header_bytes: int = 64 * 1024,
-        max_headers: int = 100,
-        retries: int = 1,
-        expose_backend_header: bool = False,
-        unavailable_retry_after_s: int = 5,
-    ) -> None:
-        self.api_keys = api_keys
-        self.engine_authorization = f"Bearer {engine_api_key}".encode() if engine_api_key else None
-        self.max_body_bytes = max_body_bytes
-        self.max_header_bytes = max_header_bytes
-        self.max_headers = max_headers
-        self.retries = retries
-        self.expose_backend_header = expose_backend_header
-        self.unavailable_retry_after_s = unavailable_retry_after_s
 
 
 class _ClientGone(Exception):
@@ -165,8 +137,21 @@ class DataPlane:
             on_failure=self._failed,
             on_success=self._succeeded,
             expose_backend=config.expose_backend_header,
+            resume=self.resume,
         )
         self._origins: dict[str, Origin] = {}
+        self.stalls: StallMonitor | None = None
+        """Finds hung engines (run its ``run()`` in a task); ``None`` when turned off."""
+        if config.stall_timeout_s > 0:
+            self.stalls = StallMonitor(
+                state,
+                upstream,
+                self._origin,
+                stall_s=config.stall_timeout_s,
+                probe_timeout_s=config.stall_probe_timeout_s,
+                on_stalled=self._stalled,
+                drain_handoff_s=config.drain_handoff_s,
+            )
         self.active = 0
         metrics.active_requests = lambda: self.active
 
@@ -228,13 +213,18 @@ class DataPlane:
                 raise UnauthorizedError(
                     "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
                 )
+        if loop_detected(info):
+            raise LoopDetectedError(
+                "this request already passed this gateway (Via): an engine URL points back "
+                "at a gateway; fix the registration"
+            )
         if info.content_length is not None and info.content_length > config.max_body_bytes:
             raise PayloadTooLargeError(f"request body exceeds {config.max_body_bytes} bytes")
         body = await read_body(receive, config.max_body_bytes)
         if body is None:
             return None
         try:
-            peek = peek_request(body)
+            peek = peek_form(body, info.content_type) if path == _FORM_PATH else peek_request(body)
         except PeekError as exc:
             raise BadRequestError(str(exc)) from None
         model = peek.model
@@ -251,7 +241,7 @@ class DataPlane:
             engine_authorization=config.engine_authorization,
         )
         session_key = info.session_id.decode("latin-1") if info.session_id else peek.user
-        return ProxyRequest(
+        request = ProxyRequest(
             model,
             kind,
             path,
@@ -262,6 +252,13 @@ class DataPlane:
             started,
             info.authorization,
         )
+        if peek.stream and (info.continue_stream or self._continues(model)):
+            request.continuation = continuable(body, path)
+        return request
+
+    def _continues(self, model: str) -> bool:
+        models = self.config.continuation_models
+        return bool(models) and (model in models or "*" in models)
 
     async def _serve(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
         """Proxy ``request``; a chat with a ``session_id`` goes through the session hook
@@ -285,34 +282,26 @@ class DataPlane:
         finally:
             await prepared.finish()
 
-    def _raise_unroutable(self, model: str, kind: EngineKind) -> None:
-        # While the control plane settles after a restart, an unknown model may simply
-        # not have been re-reported yet: "try again" is the honest answer, not 404.
-        if (
-            model in self._unavailable_models()
-            or self.state.model_backends(model)
-            or self._settling()
-        ):
-            raise NoBackendAvailableError(
-                f"model '{model}' has no ready backend right now; retry shortly",
-                headers={"retry-after": str(self.config.unavailable_retry_after_s)},
-            )
-        served = self.state.models(kind)
-        listing = ", ".join(served) if served else "none"
-        raise ModelNotFoundError(
-            f"The model '{model}' does not exist or is not served here. Served models: {listing}.",
-            param="model",
+    def _raise_unroutable(self, model: str, kind: EngineKind, path: bytes) -> None:
+        may_come_back = model in self._unavailable_models() or self._settling()
+        raise unroutable_error(
+            self.state,
+            model,
+            kind,
+            path,
+            may_come_back=may_come_back,
+            retry_after_s=self.config.unavailable_retry_after_s,
         )
 
     async def _proxy(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
         candidates = self.state.candidates(request.model, request.kind, now=request.started)
         if not candidates:
-            self._raise_unroutable(request.model, request.kind)
+            self._raise_unroutable(request.model, request.kind, request.path)
         tried: list[str] = []
+        failures: list[FailureKind] = []
         last_error = "no backend tried"
         attempts_left = 1 + self.config.retries
         holding_slot = False  # one retry-budget slot, held until this request is done
-        unreachable_only = True  # every attempt failed to connect
         watch = ClientWatch(receive)
         try:
             while attempts_left > 0:
@@ -323,32 +312,14 @@ class DataPlane:
                 if backend is None:
                     break
                 tried.append(backend.key)
-                probe = self.state.acquire(backend)
-                try:
-                    attempt = await send_attempt(
-                        self.upstream,
-                        self._origin(backend),
-                        request.path,
-                        request.forwarded,
-                        request.body,
-                        watch,
-                    )
-                    if attempt.client_left or watch.gone:
-                        self._client_left(attempt, request, backend)
-                    if attempt.failure is None:
-                        await self._relayer.relay(send, watch, backend, attempt, request)
-                        return
-                    failure = attempt.failure
-                    self._failed(backend)
-                    last_error = attempt.describe(backend.key)
-                    if failure is not FailureKind.UNREACHED:
-                        unreachable_only = False
-                    if attempt.response is not None:
-                        attempt.response.close()
-                finally:
-                    self.state.release(backend, probe)
+                attempt = await self._attempt(send, watch, backend, request)
+                if attempt is None:
+                    return  # relayed
+                assert attempt.failure is not None
+                failures.append(attempt.failure)
+                last_error = attempt.describe(backend.key)
                 plan = plan_retry(
-                    failure,
+                    attempt.failure,
                     attempts_left=attempts_left,
                     holding_slot=holding_slot,
                     throttle_allows=self.throttle.allows_retry(),
@@ -361,12 +332,44 @@ class DataPlane:
                     holding_slot = True
                 self.metrics.retried(request.model)
                 await asyncio.sleep(self.retry_budget.backoff_s(self._rng))
-                candidates = self.state.candidates(request.model, request.kind) or candidates
+                # Re-read: a backend found hung or removed meanwhile is no candidate.
+                candidates = self.state.candidates(request.model, request.kind)
         finally:
             watch.stop()
             if holding_slot:
                 self.retry_budget.release()
-        self._give_up(request, tried, last_error, unreachable_only)
+        self._give_up(request, tried, last_error, failures)
+
+    async def _attempt(
+        self, send: Send, watch: ClientWatch, backend: BackendState, request: ProxyRequest
+    ) -> Attempt | None:
+        """Send to ``backend`` and relay its answer (``None``), or the failed attempt."""
+        probe = self.state.acquire(backend)
+        ticket = self.stalls.begin(backend) if self.stalls is not None else None
+        try:
+            attempt = await send_attempt(
+                self.upstream,
+                self._origin(backend),
+                request.path,
+                request.forwarded,
+                request.body,
+                watch,
+                ticket,
+                self.config.max_buffered_response_bytes,
+            )
+            if attempt.client_left or watch.gone:
+                self._client_left(attempt, request, backend)
+            if attempt.failure is None:
+                await self._relayer.relay(send, watch, backend, attempt, request, ticket)
+                return None
+            self._failed(backend)
+            if attempt.response is not None:
+                attempt.response.close()
+            return attempt
+        finally:
+            if ticket is not None and self.stalls is not None:
+                self.stalls.end(ticket)
+            self.state.release(backend, probe)
 
     def _client_left(self, attempt: Attempt, request: ProxyRequest, backend: BackendState) -> None:
         if attempt.response is not None:
@@ -377,27 +380,20 @@ class DataPlane:
         raise _ClientGone
 
     def _give_up(
-        self, request: ProxyRequest, tried: list[str], last_error: str, unreachable_only: bool
+        self,
+        request: ProxyRequest,
+        tried: list[str],
+        last_error: str,
+        failures: list[FailureKind],
     ) -> None:
-        # Nothing reachable at all is "unavailable" (503); a backend that answered badly
-        # or broke mid-answer is a bad gateway hop (502).
-        status = 503 if unreachable_only else 502
+        status = gave_up_status(failures)
         self.metrics.request_done(
             request.model,
             tried[-1] if tried else "none",
             status,
             time.monotonic() - request.started,
         )
-        model = request.model
-        if status == 503:
-            raise NoBackendAvailableError(
-                f"no backend of model '{model}' is reachable ({last_error}); retry shortly",
-                headers={"retry-after": "1"},
-            )
-        raise UpstreamFailedError(
-            f"no backend of model '{model}' answered ({last_error}); retry shortly",
-            headers={"retry-after": "1"},
-        )
+        raise gave_up_error(request.model, last_error, status)
 
     def _origin(self, backend: BackendState) -> Origin:
         url = backend.backend.url
@@ -405,6 +401,68 @@ class DataPlane:
         if origin is None:
             origin = self._origins[url] = parse_origin(url)
         return origin
+
+    async def resume(
+        self,
+        request: ProxyRequest,
+        body: bytes,
+        tried: list[str],
+        watch: ClientWatch,
+        relay: Callable[[UpstreamReply, StallTicket | None], Awaitable[None]],
+    ) -> str:
+        """Continue a broken stream on a backend not in ``tried`` (see :data:`Resume`).
+
+        Each continuation holds a retry-budget slot (and passes the retry throttle): a
+        fleet in trouble does not get a storm of continuations.
+        """
+        if not self.throttle.allows_retry() or not self.retry_budget.has_room(self.active):
+            return "no_budget"
+        candidates = self.state.candidates(request.model, request.kind)
+        backend = self.policy.select(candidates, session_key=None, exclude=tried, rng=self._rng)
+        if backend is None:
+            return "no_backend"
+        tried.append(backend.key)
+        self.retry_budget.acquire()
+        probe = self.state.acquire(backend)
+        ticket = self.stalls.begin(backend) if self.stalls is not None else None
+        try:
+            attempt = await send_attempt(
+                self.upstream,
+                self._origin(backend),
+                request.path,
+                request.forwarded,
+                body,
+                watch,
+                ticket,
+            )
+            response = attempt.response
+            if attempt.client_left or watch.gone or response is None:
+                if attempt.failure is not None:
+                    self._failed(backend)
+                return "failed"
+            try:
+                if attempt.failure is not None or attempt.payload is not None:
+                    if attempt.failure is not None:
+                        self._failed(backend)
+                    return "failed"  # refused, or answered in one piece (an error)
+                try:
+                    await relay(response, ticket)
+                except UpstreamError:
+                    self._failed(backend)
+                    return "broken"
+                self._succeeded(backend)
+                return "completed"
+            finally:
+                response.close()
+        finally:
+            if ticket is not None and self.stalls is not None:
+                self.stalls.end(ticket)
+            self.state.release(backend, probe)
+            self.retry_budget.release()
+
+    def _stalled(self, backend: BackendState) -> None:
+        self.throttle.record_failure()
+        self.metrics.ejected(backend.backend.model, backend.key)
 
     def _failed(self, backend: BackendState) -> None:
         self.throttle.record_failure()

@@ -7,20 +7,43 @@ event and no ``[DONE]``; a client that left is recorded as 499.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sage.unified.gateway._asgi import Send
 from sage.unified.gateway._attempts import Attempt, ClientWatch
+from sage.unified.gateway._continuation import SpliceEditor, StreamTranscript, continuation_body
 from sage.unified.gateway._errors import sse_error_event
 from sage.unified.gateway._headers import downstream_headers
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway._stalls import EngineDrained, EngineHung, StallTicket
+from sage.unified.gateway._upstream_api import UpstreamReply
 from sage.unified.gateway.routing import BackendState
 from sage.unified.gateway.upstream import UpstreamError
 from sage.unified.sdk.models import EngineKind
 
-__all__ = ["ProxyRequest", "Relay"]
+__all__ = ["MAX_CONTINUATIONS", "ProxyRequest", "Relay", "Resume"]
+
+MAX_CONTINUATIONS = 2
+"""Times one stream may be continued on another engine."""
+
+Resume = Callable[
+    [
+        "ProxyRequest",
+        bytes,
+        list[str],
+        ClientWatch,
+        Callable[["UpstreamReply", "StallTicket | None"], Awaitable[None]],
+    ],
+    Awaitable[str],
+]
+"""``resume(request, body, tried, watch, relay)``: send ``body`` to a backend not in
+``tried`` (appending it) and run ``relay`` on its stream; ``"completed"``, ``"broken"`` (it broke
+after starting), or why it could not start (``"no_backend"``, ``"no_budget"``,
+``"failed"``)."""
 
 log = logging.getLogger("sage.unified.gateway")
 
@@ -31,6 +54,7 @@ class ProxyRequest:
     __slots__ = (
         "authorization",
         "body",
+        "continuation",
         "forwarded",
         "kind",
         "model",
@@ -62,6 +86,12 @@ class ProxyRequest:
         self.started = started
         self.authorization = authorization
         """The client's ``Authorization`` value (the session hook derives its owner)."""
+        self.continuation: dict[str, Any] | None = None
+        """The decoded body when a broken stream of this request may be continued."""
+
+    @property
+    def kind_is_chat(self) -> bool:
+        return self.path == b"/v1/chat/completions"
 
 
 class Relay:
@@ -72,6 +102,8 @@ class Relay:
         on_failure: a backend failed (5xx, or a stream broke): counts toward ejection.
         on_success: a backend answered well.
         expose_backend: add ``X-Sage-Backend`` to responses.
+        resume: sends a continuation of a broken stream to another backend (see
+            :meth:`DataPlane.resume`); ``None``: streams are never continued.
     """
 
     def __init__(
@@ -81,11 +113,13 @@ class Relay:
         on_failure: Callable[[BackendState], None],
         on_success: Callable[[BackendState], None],
         expose_backend: bool,
+        resume: Resume | None = None,
     ) -> None:
         self.metrics = metrics
         self._on_failure = on_failure
         self._on_success = on_success
         self._expose_backend = expose_backend
+        self._resume = resume
 
     async def relay(
         self,
@@ -94,7 +128,9 @@ class Relay:
         backend: BackendState,
         attempt: Attempt,
         request: ProxyRequest,
+        ticket: StallTicket | None = None,
     ) -> None:
+        """Send the answer of ``attempt`` (``ticket`` watches a stream for a hung engine)."""
         response = attempt.response
         assert response is not None
         status = response.status
@@ -106,7 +142,9 @@ class Relay:
         payload = attempt.payload
         try:
             if payload is None:
-                await self._relay_stream(send, watch, backend, attempt, out_headers, request)
+                await self._relay_stream(
+                    send, watch, backend, attempt, out_headers, request, ticket
+                )
                 return
             out_headers.append((b"content-length", str(len(payload)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
@@ -124,27 +162,40 @@ class Relay:
         attempt: Attempt,
         out_headers: list[tuple[bytes, bytes]],
         request: ProxyRequest,
+        ticket: StallTicket | None,
     ) -> None:
         response = attempt.response
         assert response is not None
         status = response.status
         out_headers.append((b"x-accel-buffering", b"no"))
         await send({"type": "http.response.start", "status": status, "headers": out_headers})
-        first = True
+        for chunk in attempt.prefix or ():  # the start of a body too large to hold
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        transcript = None
+        if request.continuation is not None:
+            # Whole events only: a continued stream must never leave half an event.
+            transcript = StreamTranscript(request.kind_is_chat)
+            if ticket is not None:
+                ticket.continuable = True
         try:
-            async for chunk in response:
-                if first:
-                    first = False
-                    self.metrics.first_token(request.model, time.monotonic() - request.started)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self._pump(
+                send, response, request, ticket, transcript.feed if transcript else None
+            )
         except UpstreamError as exc:
             if watch.gone:
                 # The client left; closing the upstream connection was our own doing.
                 self._done(request, backend, 499)
                 return
-            self._on_failure(backend)
+            if not isinstance(exc, EngineDrained):
+                self._on_failure(backend)
+                log.warning("stream from %s broke after the response started: %s", backend.key, exc)
+            if transcript is not None and await self._continue(
+                send, watch, request, backend, transcript
+            ):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                self._done(request, backend, status)
+                return
             self.metrics.stream_interrupted(request.model)
-            log.warning("stream from %s broke after the response started: %s", backend.key, exc)
             await send(
                 {
                     "type": "http.response.body",
@@ -163,6 +214,81 @@ class Relay:
         self._finished(backend, status)
         self._done(request, backend, status)
 
+    async def _pump(
+        self,
+        send: Send,
+        response: UpstreamReply,
+        request: ProxyRequest,
+        ticket: StallTicket | None,
+        shape: Callable[[bytes], bytes] | None = None,
+        *,
+        first: bool = True,
+    ) -> None:
+        """Relay the stream's chunks (through ``shape`` when given); a hung engine (the
+        stall monitor cancelled us) raises :class:`EngineHung` like any broken stream."""
+        try:
+            async for chunk in response:
+                if ticket is not None:
+                    ticket.progress()
+                if first:
+                    first = False
+                    self.metrics.first_token(request.model, time.monotonic() - request.started)
+                if shape is not None:
+                    chunk = shape(chunk)
+                    if not chunk:
+                        continue
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            ours = ticket is not None and (ticket.stalled or ticket.handoff)
+            if ours and task is not None and task.uncancel() == 0:
+                assert ticket is not None
+                if ticket.handoff:
+                    raise EngineDrained("the engine was drained; the stream moves on") from None
+                raise EngineHung("the engine stopped sending and /health timed out") from None
+            raise
+
+    async def _continue(
+        self,
+        send: Send,
+        watch: ClientWatch,
+        request: ProxyRequest,
+        broken: BackendState,
+        transcript: StreamTranscript,
+    ) -> bool:
+        """Continue a broken stream on other engines; whether it reached its end."""
+        body = request.continuation
+        if self._resume is None or body is None or transcript.finished or transcript.done:
+            return False
+        transcripts = [transcript]
+        tried = [broken.key]
+        for continued in range(1, MAX_CONTINUATIONS + 1):
+            chat = request.kind_is_chat
+            text = "".join(t.text for t in transcripts)
+            tokens = sum(t.tokens for t in transcripts)
+            following = StreamTranscript(chat)
+            editor = SpliceEditor(chat, transcript.stream_id, transcript.created, continued)
+
+            shape = _spliced(editor, following)
+
+            async def relay(
+                reply: UpstreamReply,
+                ticket: StallTicket | None,
+                shape: Callable[[bytes], bytes] = shape,
+            ) -> None:
+                await self._pump(send, reply, request, ticket, shape, first=False)
+
+            outcome = await self._resume(
+                request, continuation_body(body, chat, text, tokens), tried, watch, relay
+            )
+            self.metrics.stream_continued(request.model, outcome)
+            if outcome == "completed":
+                return True
+            if outcome != "broken":
+                return False
+            transcripts.append(following)
+        return False
+
     def _done(self, request: ProxyRequest, backend: BackendState, status: int) -> None:
         self.metrics.request_done(
             request.model, backend.key, status, time.monotonic() - request.started
@@ -173,3 +299,8 @@ class Relay:
             self._on_failure(backend)
         else:
             self._on_success(backend)
+
+
+def _spliced(editor: SpliceEditor, transcript: StreamTranscript) -> Callable[[bytes], bytes]:
+    """Whole events of the next engine, followed by ``transcript``, as the client sees them."""
+    return lambda data: editor.edit(transcript.feed(data))

@@ -20,11 +20,20 @@ from sage.unified.sdk.client import (
     SageClientError,
 )
 from sage.unified.sdk.errors import WireError, error_type_for
+from sage.unified.sdk.fleet import (
+    Deployment,
+    DeploymentPlan,
+    DeploymentPlanRequest,
+    DeploymentSpec,
+    DeploymentStatus,
+    HostDrain,
+)
 from sage.unified.sdk.models import (
     AgentSummary,
     EngineInfo,
     EngineStartRequest,
     EngineStopRequest,
+    GpuInfo,
     RegisterEngineRequest,
     encode,
 )
@@ -130,6 +139,48 @@ class RemoteSession:
 
     async def audit_log(self, limit: int) -> list[AuditRecord]:
         return await self._client.audit(limit)
+
+    async def deployments(self) -> list[Deployment]:
+        return await self._client.deployments()
+
+    async def deployment(self, name: str) -> Deployment:
+        return await self._client.deployment(name)
+
+    async def apply_deployment(self, name: str, spec: DeploymentSpec) -> Deployment:
+        if spec.name != name:
+            # Carried as is, the body would be applied under its own name.
+            raise CoordinatorAnswerError(
+                f"the body's name {spec.name!r} is not the path's {name!r}",
+                status=422,
+                type_="invalid_request_error",
+                code="invalid_request",
+                param="name",
+            )
+        return await self._client.apply_deployment(spec)
+
+    async def delete_deployment(self, name: str) -> Deployment:
+        return await self._client.delete_deployment(name)
+
+    async def plan_deployments(self, request: DeploymentPlanRequest) -> DeploymentPlan:
+        return await self._client.plan_deployments(request.deployments, request.delete)
+
+    async def rollout_status(self, name: str) -> DeploymentStatus:
+        return await self._client.rollout_status(name)
+
+    async def rollout_undo(self, name: str, to_revision: int | None) -> Deployment:
+        return await self._client.rollout_undo(name, to_revision)
+
+    async def cordon(self, host: str) -> AgentSummary:
+        return await self._client.cordon(host)
+
+    async def uncordon(self, host: str) -> AgentSummary:
+        return await self._client.uncordon(host)
+
+    async def drain_host(self, host: str) -> HostDrain:
+        return await self._client.drain_host(host)
+
+    async def clear_gpu(self, host: str, index: int) -> GpuInfo:
+        return await self._client.clear_gpu(host, index)
 
     async def refused(self, action: str, error: WireError) -> None:
         # The body never reached the coordinator, so there is nothing to audit there.

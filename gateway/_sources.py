@@ -186,6 +186,11 @@ class StaticSource(_Base):
         self._refresh_s = refresh_s
         self._known: dict[str, list[str]] = {}
 
+    def settling(self) -> bool:
+        # A backend whose model list was never read may serve any model: until each has
+        # answered once, an unknown model is "retry shortly" (503), not "not served" (404).
+        return len(self._known) < len(self._urls)
+
     async def run(self, state: RoutingState) -> None:
         revision = 0
         while True:

@@ -18,6 +18,7 @@ import httpx
 from litestar import Litestar, Request, Response, Router
 from litestar.handlers import asgi
 from litestar.openapi.config import OpenAPIConfig
+from litestar.params import FromPath
 
 from sage.unified.coordinator import (
     Coordinator,
@@ -28,6 +29,7 @@ from sage.unified.coordinator import (
 from sage.unified.gateway._errors import UnauthorizedError, exception_handlers
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, Send
+from sage.unified.gateway._refusals import model_not_found
 from sage.unified.gateway._remote_plane import RemoteControlPlane
 from sage.unified.gateway._sources import EmbeddedSource, RemoteSource, StaticSource, TableSource
 from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
@@ -35,7 +37,7 @@ from sage.unified.gateway.sessions import SessionChat, SqliteSessionStore, creat
 from sage.unified.gateway.settings import GatewaySettings
 from sage.unified.gateway.studio import create_studio_router
 from sage.unified.gateway.upstream import UpstreamPool
-from sage.unified.sdk.auth import bearer_token
+from sage.unified.sdk.auth import TokenSet, bearer_token
 from sage.unified.sdk.client import AsyncGatewayManagementClient, async_http_pool
 from sage.unified.sdk.models import EngineKind, RoutingTable
 from sage.unified.sdk.protocol import (
@@ -46,7 +48,7 @@ from sage.unified.sdk.protocol import (
     ModelCard,
     ModelList,
 )
-from sage.unified.sdk.protocol.server import route
+from sage.unified.sdk.protocol.server import browser_guard, metrics_response, route
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
@@ -54,6 +56,20 @@ _PROXIED: tuple[tuple[Endpoint[Any, Any], EngineKind], ...] = (
     (GatewayApi.CHAT, EngineKind.LLM),
     (GatewayApi.COMPLETIONS, EngineKind.LLM),
     (GatewayApi.EMBEDDINGS, EngineKind.EMBEDDING),
+    # vLLM's other endpoints, by what serves them: generative models (vLLM's "generate"
+    # runner, Whisper included) and pooling models (embedding, classification, scoring
+    # and reranking models all run as vLLM's "pooling" runner, our "embedding" kind).
+    (GatewayApi.RESPONSES, EngineKind.LLM),
+    (GatewayApi.TOKENIZE, EngineKind.LLM),
+    (GatewayApi.DETOKENIZE, EngineKind.LLM),
+    (GatewayApi.TRANSCRIPTIONS, EngineKind.LLM),
+    (GatewayApi.POOLING, EngineKind.EMBEDDING),
+    (GatewayApi.CLASSIFY, EngineKind.EMBEDDING),
+    (GatewayApi.SCORE, EngineKind.EMBEDDING),
+    (GatewayApi.SCORE_V1, EngineKind.EMBEDDING),
+    (GatewayApi.RERANK, EngineKind.EMBEDDING),
+    (GatewayApi.RERANK_V1, EngineKind.EMBEDDING),
+    (GatewayApi.RERANK_V2, EngineKind.EMBEDDING),
 )
 
 
@@ -77,6 +93,7 @@ def embedded_coordinator_settings(settings: GatewaySettings) -> CoordinatorSetti
     return CoordinatorSettings(
         admin_tokens=[t.get_secret_value() for t in settings.admin_tokens],
         agent_tokens=[t.get_secret_value() for t in settings.agent_tokens],
+        agent_command_token=settings.local_agent_token(),
         host=settings.host,
         port=settings.port,
         insecure=settings.insecure,
@@ -139,6 +156,9 @@ class GatewayRuntime:
         self.local_agent_pending = False
         """Set by the server while the embedded local agent has not registered yet, so
         ``/readyz`` only turns 200 once an engine can be started."""
+        self.ready_revision = 0
+        """The coordinator's revision when the local agent registered: the routing state
+        must have caught up with it before the gateway is ready."""
 
     @property
     def data_plane(self) -> DataPlane:
@@ -182,21 +202,42 @@ class GatewayRuntime:
                     max_headers=settings.max_headers,
                     retries=settings.retries,
                     expose_backend_header=settings.expose_backend_header,
+                    stall_timeout_s=settings.stall_timeout_s,
+                    stall_probe_timeout_s=settings.stall_probe_timeout_s,
+                    continuation_models=frozenset(settings.continuation_models),
+                    drain_handoff_s=settings.drain_handoff_s,
+                    max_buffered_response_bytes=settings.max_buffered_response_bytes,
                 ),
                 unavailable_models=self.source.unavailable_models,
-                settling=self.source.settling,
+                settling=lambda: self.source.settling() or not self.is_ready(),
                 sessions=SessionChat(self.sessions, keys_enabled=bool(settings.api_keys))
                 if self.sessions is not None
                 else None,
             )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self.source.run, self.state)
+            if self._data_plane.stalls is not None:
+                task_group.start_soon(self._data_plane.stalls.run)
             stack.callback(task_group.cancel_scope.cancel)
             yield
 
+    def is_ready(self) -> bool:
+        """A routing table arrived (embedded: one at least as new as the moment the local
+        agent registered, so its engines are in it). Until then unknown models are 503,
+        never 404: they may simply not have been seen yet."""
+        if self.source.status.get("last_update") is None:
+            return False
+        if self.coordinator is None:
+            return True
+        return (
+            self.coordinator.ready
+            and not self.local_agent_pending
+            and self.state.revision >= self.ready_revision
+        )
+
     def ready(self) -> tuple[bool, dict[str, Any]]:
         status = self.source.status
-        has_table = status.get("last_update") is not None
+        has_table = self.is_ready()
         body: dict[str, Any] = {
             "mode": self.settings.mode,
             "control_plane_reachable": bool(status.get("reachable")),
@@ -207,7 +248,6 @@ class GatewayRuntime:
         if status.get("error"):
             body["control_plane_error"] = status["error"]
         if self.coordinator is not None:
-            has_table = has_table and self.coordinator.ready and not self.local_agent_pending
             store = self.coordinator.store_status
             body["store"] = store.kind
             if store.kind == "etcd":
@@ -253,47 +293,15 @@ def create_gateway_app(
         # could rewrite the scope; copying it would cost a dict copy per request.
         return asgi(endpoint.path, name=endpoint.name, copy_scope=False)(handler)
 
-    @route(GatewayApi.MODELS, sync_to_thread=False)
-    def list_models(request: Request[Any, Any, Any]) -> ModelList:
-        if api_keys and not api_keys.verify(bearer_token(request.headers.get("authorization"))):
-            raise UnauthorizedError(
-                "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
-            )
-        created = int(runtime.started_at)
-        return ModelList(
-            data=[ModelCard(id=model, created=created) for model in runtime.state.models()]
-        )
-
-    @route(GatewayApi.HEALTH, sync_to_thread=False)
-    def health() -> HealthStatus:
-        return HealthStatus(status="ok")
-
-    @route(GatewayApi.READYZ, sync_to_thread=False)
-    def readyz() -> Response[dict[str, Any]]:
-        ok, body = runtime.ready()
-        return Response(content=body, status_code=200 if ok else 503)
-
-    @route(GatewayApi.METRICS, sync_to_thread=False)
-    def metrics() -> Response[bytes]:
-        text = runtime.metrics.render()
-        if runtime.coordinator is not None:
-            text += runtime.coordinator.metrics_text()
-        return Response(content=text, media_type="text/plain; version=0.0.4; charset=utf-8")
-
     handlers: list[Any] = [proxy_handler(endpoint, kind) for endpoint, kind in _PROXIED]
-    handlers += [list_models, health, readyz, metrics]
+    handlers += _plain_handlers(runtime, api_keys)
     if runtime.sessions is not None:
-        handlers.append(create_sessions_router(runtime.sessions, api_keys=api_keys))
-    handlers.append(create_studio_router(refusal=settings.studio_refusal()))
-    if runtime.coordinator is not None:
-        handlers += [
-            create_management_router(runtime.coordinator),
-            create_agents_router(runtime.coordinator),
-        ]
-    elif runtime.remote_plane is not None:
-        handlers.append(create_management_router(runtime.remote_plane))
-    else:
-        handlers.append(_static_management(runtime))
+        handlers.append(
+            create_sessions_router(
+                runtime.sessions, api_keys=api_keys, browser=settings.browser_policy()
+            )
+        )
+    handlers += _control_handlers(runtime)
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
@@ -315,10 +323,67 @@ def create_gateway_app(
     return app
 
 
+def _plain_handlers(runtime: GatewayRuntime, api_keys: TokenSet) -> list[Any]:
+    """The gateway's own OpenAI routes (models) and its health, readiness and metrics."""
+
+    def require_key(request: Request[Any, Any, Any]) -> None:
+        if api_keys and not api_keys.verify(bearer_token(request.headers.get("authorization"))):
+            raise UnauthorizedError(
+                "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
+            )
+
+    @route(GatewayApi.MODELS, sync_to_thread=False)
+    def list_models(request: Request[Any, Any, Any]) -> ModelList:
+        require_key(request)
+        return ModelList(data=[_card(runtime, model) for model in runtime.state.models()])
+
+    @route(GatewayApi.MODEL, sync_to_thread=False)
+    def get_model(request: Request[Any, Any, Any], model: FromPath[str]) -> ModelCard:
+        require_key(request)
+        if model not in runtime.state.models():
+            raise model_not_found(model, runtime.state.models())
+        return _card(runtime, model)
+
+    @route(GatewayApi.HEALTH, sync_to_thread=False)
+    def health() -> HealthStatus:
+        return HealthStatus(status="ok")
+
+    @route(GatewayApi.READYZ, sync_to_thread=False)
+    def readyz() -> Response[dict[str, Any]]:
+        ok, body = runtime.ready()
+        return Response(content=body, status_code=200 if ok else 503)
+
+    @route(GatewayApi.METRICS, sync_to_thread=False)
+    def metrics() -> Response[bytes]:
+        text = runtime.metrics.render()
+        if runtime.coordinator is not None:
+            text += runtime.coordinator.metrics_text()
+        return metrics_response(text)
+
+    return [list_models, get_model, health, readyz, metrics]
+
+
+def _control_handlers(runtime: GatewayRuntime) -> list[Any]:
+    """Studio, and the management API of whichever control plane the gateway uses."""
+    settings = runtime.settings
+    handlers: list[Any] = [create_studio_router(refusal=settings.studio_refusal())]
+    browser = settings.browser_policy()
+    if runtime.coordinator is not None:
+        handlers += [
+            create_management_router(runtime.coordinator, browser),
+            create_agents_router(runtime.coordinator, browser),
+        ]
+    elif runtime.remote_plane is not None:
+        handlers.append(create_management_router(runtime.remote_plane, browser))
+    else:
+        handlers.append(_static_management(runtime))
+    return handlers
+
+
 def fast_path(
     app: Litestar, runtime: GatewayRuntime
 ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    """The ASGI app the server runs: the three proxy paths go straight to the data plane,
+    """The ASGI app the server runs: the proxy paths go straight to the data plane,
     everything else (and every other method on them, for the 405) to Litestar.
 
     The proxy routes are also Litestar ``asgi`` handlers, so ``app`` alone serves them
@@ -340,6 +405,11 @@ def fast_path(
     return serve
 
 
+def _card(runtime: GatewayRuntime, model: str) -> ModelCard:
+    kinds = [kind.value for kind in runtime.state.kinds_of(model)]
+    return ModelCard(id=model, created=int(runtime.started_at), kinds=kinds)
+
+
 def _static_management(runtime: GatewayRuntime) -> Router:
     """Static mode has no control plane: only the backend table is served."""
 
@@ -349,4 +419,8 @@ def _static_management(runtime: GatewayRuntime) -> Router:
         assert isinstance(source, StaticSource)
         return source.table(runtime.state.revision)
 
-    return Router(path="/", route_handlers=[backends])
+    return Router(
+        path="/",
+        route_handlers=[backends],
+        guards=[browser_guard(runtime.settings.browser_policy())],
+    )

@@ -158,7 +158,7 @@ async def _run_local_agent(
     from sage.unified.agent.service import Agent
     from sage.unified.agent.settings import AgentSettings
 
-    agent_token = settings.agent_tokens[0].get_secret_value() if settings.agent_tokens else None
+    agent_token = settings.local_agent_token()
     overrides: dict[str, Any] = {
         "coordinator_url": settings.url,
         "port": settings.agent_port,
@@ -184,6 +184,8 @@ async def _until_registered(runtime: GatewayRuntime, agent_id: str, shutdown: an
         # The coordinator's registry has no per-agent event; it turns true within
         # milliseconds of the agent's first report.
         if coordinator is None or any(a.agent_id == agent_id for a in coordinator.agents()):
+            if coordinator is not None:
+                runtime.ready_revision = coordinator.revision
             runtime.local_agent_pending = False
             return
         await anyio.sleep(0.05)

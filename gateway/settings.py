@@ -10,10 +10,11 @@ Secrets also come from the shared variables ``SAGE_API_KEYS`` (comma-separated),
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import (
     NoDecode,
     SettingsConfigDict,
@@ -21,6 +22,7 @@ from pydantic_settings import (
 
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
+from sage.unified.sdk.protocol import BrowserPolicy
 
 if TYPE_CHECKING:
     from sage.unified.gateway.sessions import SessionLimits
@@ -41,6 +43,7 @@ class GatewaySettings(SageSettings):
     model_config = SettingsConfigDict(
         env_prefix="SAGE_GATEWAY_", env_nested_delimiter="__", extra="forbid"
     )
+    _local_agent_token: str | None = PrivateAttr(default=None)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -58,6 +61,12 @@ class GatewaySettings(SageSettings):
     etcd_password: SecretStr | None = None
     """From the environment (``SAGE_GATEWAY_ETCD_PASSWORD``) or TOML; never a flag."""
     etcd_password_file: Path | None = None
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names this server is reached by besides its bind address (checked against ``Host``
+    on the control APIs; on a loopback bind, loopback names are always allowed)."""
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Web origins (``https://ops.example``) that may change state through the control
+    APIs from a browser; the server's own origin always may."""
     backends: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Static backend base URLs (no control plane at all), like vllm-router's --worker-urls."""
     local_agent: bool = True
@@ -75,6 +84,9 @@ class GatewaySettings(SageSettings):
 
     routing_policy: Literal["least_load", "round_robin", "session"] = "least_load"
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    max_buffered_response_bytes: int = Field(2**20, ge=1024)
+    """A non-streamed answer is held in memory (so a failure is still retried elsewhere)
+    up to this size; a larger one is relayed as it arrives."""
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     max_headers: int = Field(100, ge=8)
     retries: int = Field(1, ge=0, le=3)
@@ -86,6 +98,17 @@ class GatewaySettings(SageSettings):
     connect_timeout_s: float = Field(2.0, gt=0)
     first_byte_timeout_s: float = Field(300.0, gt=0)
     read_idle_timeout_s: float = Field(300.0, gt=0)
+    stall_timeout_s: float = Field(10.0, ge=0)
+    """No byte from an engine for this long makes the gateway ask it ``/health``; an engine
+    that does not answer within ``stall_probe_timeout_s`` hangs: it leaves routing and its
+    requests are retried elsewhere (if nothing was sent yet). 0 turns this off."""
+    stall_probe_timeout_s: float = Field(2.0, gt=0)
+    drain_handoff_s: float = Field(10.0, ge=0)
+    """How long a continuable stream may stay on an engine that is draining before it is
+    continued on another one, so a drain is not held by long streams (0: at once)."""
+    continuation_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Models whose broken streams are continued on another engine (``*``: all). Off by
+    default; a request can also ask with ``X-Sage-Continue: 1``."""
     keepalive_expiry_s: float = Field(4.0, gt=0, lt=5.0)
     """Below vLLM's (uvicorn's) 5 s keep-alive, so a pooled connection is never reused as
     the engine closes it."""
@@ -130,6 +153,11 @@ class GatewaySettings(SageSettings):
     """Most all sessions keep together; the least recently active go first."""
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
+    @field_validator("continuation_models", "allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        return split_list(value)
+
     @field_validator("backends", mode="before")
     @classmethod
     def _split_backends(cls, value: Any) -> Any:
@@ -150,6 +178,23 @@ class GatewaySettings(SageSettings):
             if raw and not getattr(self, field):
                 setattr(self, field, [SecretStr(v) for v in split_list(raw)])
 
+    def local_agent_token(self) -> str | None:
+        """The token of the local agent's API (and of the control plane's calls to it).
+
+        The configured agent token; without one, when any other credential is configured
+        (API keys or an admin token), a random one made for this process: the local agent's
+        API is never open while the rest of the gateway is locked. Only this process knows
+        it (the agent and the control plane it embeds); agents on other hosts need
+        ``SAGE_AGENT_TOKEN``. ``None``: no credential at all (loopback only).
+        """
+        if self.agent_tokens:
+            return self.agent_tokens[0].get_secret_value()
+        if not (self.api_keys or self.admin_tokens):
+            return None
+        if self._local_agent_token is None:
+            self._local_agent_token = secrets.token_urlsafe(32)
+        return self._local_agent_token
+
     @property
     def mode(self) -> Literal["embedded", "remote", "static"]:
         if self.backends:
@@ -160,6 +205,10 @@ class GatewaySettings(SageSettings):
     def url(self) -> str:
         host = "127.0.0.1" if self.host in {"0.0.0.0", "::", ""} else self.host
         return f"http://{host}:{self.port}"
+
+    def browser_policy(self) -> BrowserPolicy:
+        """Who may call the control APIs from a web browser (see ``BrowserPolicy``)."""
+        return BrowserPolicy.of(self.host, self.allowed_hosts, self.allowed_origins)
 
     def api_key_set(self) -> TokenSet:
         return TokenSet(k.get_secret_value() for k in self.api_keys)

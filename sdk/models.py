@@ -21,10 +21,12 @@ from msgspec import Meta, Struct
 from sage.unified.sdk.states import EngineState, is_routable
 
 __all__ = [
+    "LABEL_PATTERN",
     "AgentReport",
     "AgentReportReply",
     "AgentSummary",
     "Backend",
+    "DeploymentName",
     "EngineInfo",
     "EngineKind",
     "EngineLoad",
@@ -37,6 +39,7 @@ __all__ = [
     "GpuInfo",
     "GpuProcess",
     "HostMetrics",
+    "Label",
     "RegisterEngineRequest",
     "RoutingTable",
     "Runtime",
@@ -61,6 +64,12 @@ ModelPath = Annotated[str, Meta(pattern=MODEL_PATH_PATTERN, max_length=257)]
 """A model id, or an absolute path to a local model directory (the agent's allowlist
 decides which paths may be used)."""
 EngineId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")]
+DEPLOYMENT_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+DeploymentName = Annotated[str, Meta(pattern=DEPLOYMENT_NAME_PATTERN)]
+"""A deployment's name: a DNS label (lower-case letters, digits and ``-``, 63 at most)."""
+LABEL_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]{0,61}[A-Za-z0-9])?$"
+Label = Annotated[str, Meta(pattern=LABEL_PATTERN)]
+"""A host label's key or value (``gpu``, ``h100``, ``zone``, ``eu-west-1a``)."""
 
 
 class EngineKind(enum.StrEnum):
@@ -125,6 +134,13 @@ class EngineSpecView(Struct, kw_only=True):
     startup_timeout_s: Seconds = 900.0
     drain_timeout_s: Seconds = 300.0
     simulator: SimulatorOptions | None = None
+    deployment: DeploymentName | None = None
+    """The deployment this engine is a replica of (set by the control plane's reconciler;
+    the agent passes it through untouched)."""
+    deployment_revision: Annotated[int, Meta(ge=1)] | None = None
+    """The deployment revision the replica was started from."""
+    replica: Annotated[str, Meta(pattern=r"^[a-z0-9]{1,32}$")] | None = None
+    """The replica's id within its deployment (chosen by the reconciler)."""
 
     def __post_init__(self) -> None:
         for name in (self.model, self.served_model_name):
@@ -252,6 +268,9 @@ class AgentReport(Struct, kw_only=True):
     gpu_free_runtimes: list[Runtime] = msgspec.field(default_factory=list)
     """Runtimes this agent runs without GPUs (``simulated`` always; ``vllm`` with a CPU
     build), so placement does not require GPUs for them here."""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    """The host's labels (``SAGE_AGENT_LABELS=gpu=h100,zone=a``), for deployments'
+    placement constraints."""
 
 
 class AgentReportReply(Struct, kw_only=True):
@@ -278,6 +297,11 @@ class AgentSummary(Struct, kw_only=True):
     gpu_error: str | None = None
     host_metrics: HostMetrics | None = None
     gpu_free_runtimes: list[Runtime] = msgspec.field(default_factory=list)
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    cordoned: bool = False
+    """No new engine is placed on this host (``sage agent cordon``)."""
+    draining: bool = False
+    """Cordoned, and its deployment replicas are being moved elsewhere (``sage agent drain``)."""
 
 
 class Backend(Struct, kw_only=True):

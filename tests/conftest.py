@@ -188,12 +188,16 @@ def start_simulator(processes, wait_http) -> Callable[..., Server]:  # type: ign
 
 @pytest.fixture
 def start_gateway(processes, wait_http, sage_home: Path) -> Callable[..., Server]:  # type: ignore[no-untyped-def]
-    """``start_gateway(*cli_flags, env={...})``: ``sage gateway run`` on a free port, ready."""
+    """``start_gateway(*cli_flags, env={...}, port=None)``: ``sage gateway run`` on ``port``
+    (a free one by default), ready."""
 
     def start(
-        *flags: str, env: dict[str, str] | None = None, ready_path: str = "/readyz"
+        *flags: str,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/readyz",
+        port: int | None = None,
     ) -> Server:
-        port = _free_port()
+        port = port or _free_port()
         merged = {
             "SAGE_HOME": str(sage_home),
             "SAGE_GATEWAY_EXPOSE_BACKEND_HEADER": "true",

@@ -5,8 +5,11 @@ One per gateway (or standalone coordinator) of a highly available deployment. It
 - the state mirror (read, then watch) feeding a
   :class:`~sage.unified.coordinator._mirrored.MirroredRegistry`, and the table publisher;
 - the store probe (:class:`~._mirror.StoreHealth`) and the batched lease renewals;
-- the election, and on the leader: the start executor, the prober of registered engines
-  and the upkeep, plus the caller's leader tasks.
+- the election, and on the leader: the start executor, the prober of registered engines,
+  the upkeep and the deployments' reconciler, plus the caller's leader tasks.
+
+Deployments and cordons are etcd keys too (:mod:`._fleet`): every gateway's fleet is
+reloaded from its mirror, so any gateway answers the fleet API and plans statuses.
 
 Reports and commands go through :class:`~._intake.EtcdReportIntake` and
 :class:`~._commands.EtcdEngineCommands`. Entering does not wait for etcd longer than one
@@ -31,8 +34,11 @@ from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
 from sage.unified.coordinator._backend import LeaderTask, StoreStatus
 from sage.unified.coordinator._etcd import EtcdClient, EtcdError, EtcdTls
+from sage.unified.coordinator._fleet import Fleet
+from sage.unified.coordinator._fleet_service import FleetService
 from sage.unified.coordinator._ha._audit import EtcdAuditStore
 from sage.unified.coordinator._ha._commands import EtcdEngineCommands
+from sage.unified.coordinator._ha._fleet import EtcdFleetStore, fleet_records
 from sage.unified.coordinator._ha._housekeeping import Housekeeper, RegisteredStateWriter
 from sage.unified.coordinator._ha._intake import EtcdReportIntake
 from sage.unified.coordinator._ha._leader import LeaderElection
@@ -45,6 +51,7 @@ from sage.unified.coordinator._metrics import CoordinatorMetrics
 from sage.unified.coordinator._mirrored import MirroredRegistry
 from sage.unified.coordinator._prober import RegisteredEngineProber
 from sage.unified.coordinator._publisher import TablePublisher
+from sage.unified.coordinator._reconciler import Reconciler
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.coordinator._store import StartRequestRecord
 from sage.unified.sdk.client import async_http_pool
@@ -117,7 +124,7 @@ class EtcdBackend:
         self.publisher = TablePublisher(self._registry, settings.watch_coalesce_s)
         self.state = MirrorState(self.keys, self._registry)
         self.mirror = StateMirror(
-            self.etcd, self.keys, self.state, self.health, self.publisher.notify,
+            self.etcd, self.keys, self.state, self.health, self._state_changed,
             settings.etcd_timeout_s,
         )  # fmt: skip
         self.audit_store = EtcdAuditStore(self.etcd, self.keys, settings.etcd_timeout_s)
@@ -136,13 +143,33 @@ class EtcdBackend:
         self.election = LeaderElection(
             self.etcd, self.keys.leader, self.identity, settings.leader_lease_ttl_s, ()
         )
+        self._fleet = Fleet(
+            EtcdFleetStore(self.etcd, self.keys, self.mirror, self.health),
+            self.auditor,
+            clock,
+            changed=self._kick_reconciler,
+        )
         self.intake: EtcdReportIntake | None = None
         self.commands: EtcdEngineCommands | None = None
+        self._reconciler: Reconciler | None = None
+        self._fleet_service: FleetService | None = None
         self._stack: AsyncExitStack | None = None
 
     @property
     def registry(self) -> MirroredRegistry:
         return self._registry
+
+    @property
+    def fleet(self) -> FleetService:
+        if self._fleet_service is None:
+            raise RuntimeError("Coordinator is not started")
+        return self._fleet_service
+
+    @property
+    def reconciler(self) -> Reconciler:
+        if self._reconciler is None:
+            raise RuntimeError("Coordinator is not started")
+        return self._reconciler
 
     @property
     def settling(self) -> bool:
@@ -195,7 +222,17 @@ class EtcdBackend:
         self.commands = EtcdEngineCommands(
             self.etcd, self.keys, self.mirror, self.health,
             settings=settings, clock=self.clock, addresses=self._addresses,
-            auditor=self.auditor, http=http,
+            auditor=self.auditor, http=http, is_cordoned=self._fleet.is_cordoned,
+        )  # fmt: skip
+        self._reconciler = Reconciler(
+            self._registry, self._fleet, self.commands, _PendingStarts(self),
+            settings=settings, clock=self.clock, auditor=self.auditor,
+            # A leader that cannot reach etcd decides nothing (it will not lead for long).
+            settling=lambda: not self.health.reachable,
+        )  # fmt: skip
+        self._fleet_service = FleetService(
+            self._registry, self._fleet, self._reconciler, self.commands, self.auditor,
+            self.clock,
         )  # fmt: skip
         fence = self.election.fence
         prober = RegisteredEngineProber(
@@ -215,10 +252,21 @@ class EtcdBackend:
             self.etcd, self.keys, self.mirror, self.audit_store, fence,
             settings=settings, clock=self.clock,
         )  # fmt: skip
-        self.election._tasks = [starts, prober, upkeep, *self._leader_tasks]
+        self.election._tasks = [starts, prober, upkeep, self._reconciler, *self._leader_tasks]
 
     async def _no_publish(self, revision: int) -> None:
         """The prober's sink writes to etcd; the mirror publishes what comes back."""
+
+    def _state_changed(self) -> None:
+        """The mirror applied changes: wake the watchers, reload the fleet, wake the
+        reconciler."""
+        self.publisher.notify()
+        self._fleet.load(*fleet_records(self.state))
+        self._kick_reconciler()
+
+    def _kick_reconciler(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.kick()
 
     async def __aexit__(self, *exc_info: object) -> None:
         stack, self._stack = self._stack, None
@@ -250,3 +298,13 @@ class EtcdBackend:
 
     async def stop_engine(self, request: EngineStopRequest, who: str) -> EngineInfo:
         return await self._running()[1].stop(request, who)
+
+
+class _PendingStarts:
+    """The start intents no report has shown yet, as the reconciler reads them."""
+
+    def __init__(self, backend: EtcdBackend) -> None:
+        self._backend = backend
+
+    def list(self) -> list[StartRequestRecord]:
+        return self._backend.pending_starts()

@@ -19,6 +19,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -26,8 +27,8 @@ import msgspec
 
 from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
-from sage.unified.coordinator._commands import agent_error
-from sage.unified.coordinator._errors import ConflictError, CoordinatorError
+from sage.unified.coordinator._commands import agent_error, is_own_address
+from sage.unified.coordinator._errors import ConflictError, CoordinatorError, UrlPolicyError
 from sage.unified.coordinator._etcd import Compare, DeleteOp, EtcdClient, PutOp
 from sage.unified.coordinator._ha._mirror import StateMirror, StoreHealth
 from sage.unified.coordinator._ha._records import KeySpace, StartError, StartIntent
@@ -60,7 +61,9 @@ def new_engine_id(name: str) -> str:
     return f"{slug}-{secrets.token_hex(3)}"
 
 
-def candidates(registry: Registry) -> list[Candidate]:
+def candidates(
+    registry: Registry, is_cordoned: Callable[[str], bool] = lambda _agent_id: False
+) -> list[Candidate]:
     """Every agent as placement sees it."""
     return [
         Candidate(
@@ -72,6 +75,7 @@ def candidates(registry: Registry) -> list[Candidate]:
             engines=len(engines),
             gpu_error=summary.gpu_error,
             gpu_free_runtimes=summary.gpu_free_runtimes,
+            cordoned=is_cordoned(summary.agent_id),
         )
         for summary, engines in registry.live_agents()
     ]
@@ -95,6 +99,7 @@ class EtcdEngineCommands:
         addresses: the policy registered URLs must pass.
         auditor: every outcome is audited.
         http: the connection pool agent calls use.
+        is_cordoned: whether an agent takes no new engines.
     """
 
     def __init__(
@@ -109,7 +114,9 @@ class EtcdEngineCommands:
         addresses: AddressPolicy,
         auditor: Auditor,
         http: httpx.AsyncClient,
+        is_cordoned: Callable[[str], bool] = lambda _agent_id: False,
     ) -> None:
+        self.is_cordoned = is_cordoned
         self._etcd = etcd
         self._keys = keys
         self._mirror = mirror
@@ -125,7 +132,10 @@ class EtcdEngineCommands:
         return self._mirror.state.registry
 
     def agent(self, agent_url: str) -> AsyncAgentClient:
-        token = self._settings.agent_tokens[0] if self._settings.agent_tokens else None
+        settings = self._settings
+        token = settings.agent_command_token or (
+            settings.agent_tokens[0] if settings.agent_tokens else None
+        )
         return AsyncAgentClient(
             agent_url,
             token,
@@ -145,6 +155,12 @@ class EtcdEngineCommands:
         try:
             self._health.require()
             parsed = parse_engine_url(request.url)
+            if is_own_address(parsed.host, parsed.port, (self._settings.host, self._settings.port)):
+                raise UrlPolicyError(
+                    f"engine url {parsed.url!r} is this gateway (or control plane) itself: "
+                    "every request would loop back here",
+                    param="url",
+                )
             await self._addresses.check(parsed.host, parsed.port)
             engine_id = request.id or f"reg-{uuid.uuid4().hex[:12]}"
             if self._registry.has_engine(engine_id):
@@ -197,7 +213,7 @@ class EtcdEngineCommands:
         target = request.spec.name
         try:
             self._health.require()
-            place(request.spec, candidates(self._registry), request.host)
+            place(request.spec, candidates(self._registry, self.is_cordoned), request.host)
             engine_id = new_engine_id(request.spec.name)
             intent = StartIntent(
                 engine_id=engine_id,

@@ -120,7 +120,8 @@ class StateMirror:
         keys: the deployment's key space.
         state: what is kept (and the registry it feeds).
         health: told when etcd fails or answers.
-        on_change: called after each batch that changed the registry (wakes watchers).
+        on_change: called after each batch that changed the registry or another kind of
+            state (deployments, cordons): wakes the watchers and the reconciler.
         timeout_s: deadline of the full read; the watch's idle timeout.
     """
 
@@ -212,7 +213,8 @@ class StateMirror:
     def _batch_applied(self, changed: bool, revision: int | None = None) -> None:
         if changed and revision is not None:
             self.state.registry.stamp(revision)
-        if changed:
+        if changed or self.state.other_changed:
+            self.state.other_changed = False
             self._on_change()
         applied, self._applied = self._applied, anyio.Event()
         applied.set()

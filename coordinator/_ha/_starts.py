@@ -139,7 +139,8 @@ class StartExecutor:
         self, engine_id: str, revision: int, intent: StartIntent
     ) -> StartIntent | None:
         try:
-            chosen = place(intent.spec, candidates(self._mirror.state.registry), intent.host)
+            known = candidates(self._mirror.state.registry, self._commands.is_cordoned)
+            chosen = place(intent.spec, known, intent.host)
         except CoordinatorError as exc:
             await self._finish(engine_id, revision, intent, error=exc)
             return None

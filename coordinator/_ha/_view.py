@@ -58,6 +58,8 @@ class MirrorState:
         self.starts: dict[str, tuple[KeyValue, StartIntent]] = {}
         self.other: dict[str, dict[str, KeyValue]] = {}
         """Kinds this module does not interpret (deployments, cordons...), by kind."""
+        self.other_changed = False
+        """One of :attr:`other` changed since the flag was last cleared."""
 
     # ------------------------------------------------------------------ queries
 
@@ -94,6 +96,7 @@ class MirrorState:
             self._put(kv)
         self.revision = revision
         self.registry.stamp(revision)
+        self.other_changed = True
 
     def apply(self, event: WatchEvent) -> bool:
         """Apply one change; returns whether the registry changed (stamp it then)."""
@@ -134,6 +137,7 @@ class MirrorState:
             self.starts[name] = (kv, decode(kv.value, StartIntent))
             return False
         self.other.setdefault(kind, {})[name] = kv
+        self.other_changed = True
         return False
 
     def _delete(self, key: bytes) -> bool:
@@ -156,5 +160,5 @@ class MirrorState:
         if kind == "starts":
             self.starts.pop(name, None)
             return False
-        self.other.get(kind, {}).pop(name, None)
+        self.other_changed |= self.other.get(kind, {}).pop(name, None) is not None
         return False

@@ -34,6 +34,7 @@ from sage.unified.gateway.routing._peek import (
     MAX_JSON_DEPTH,
     PeekError,
     RequestPeek,
+    peek_form,
     peek_request,
 )
 from sage.unified.gateway.routing._policies import (
@@ -65,6 +66,7 @@ __all__ = [
     "SessionAffinityPolicy",
     "UnknownPolicyError",
     "get_policy",
+    "peek_form",
     "peek_request",
     "policy_names",
 ]

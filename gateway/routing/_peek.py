@@ -11,8 +11,14 @@ The whole body is still checked to be valid JSON, and to nest no deeper than
 from __future__ import annotations
 
 import msgspec
+from multipart import (  # type: ignore[import-untyped]
+    MultipartError,
+    MultipartSegment,
+    PushMultipartParser,
+    parse_options_header,
+)
 
-__all__ = ["MAX_JSON_DEPTH", "PeekError", "RequestPeek", "peek_request"]
+__all__ = ["MAX_JSON_DEPTH", "PeekError", "RequestPeek", "peek_form", "peek_request"]
 
 MAX_JSON_DEPTH = 64
 """No value of a request body may sit inside more than this many arrays and objects (the
@@ -133,3 +139,42 @@ def _check_depth(body: bytes) -> None:
         raise PeekError(
             f"request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
         )
+
+
+def peek_form(body: bytes, content_type: bytes | None) -> RequestPeek:
+    """The routing fields of a ``multipart/form-data`` body (audio transcriptions): only
+    its ``model`` field is read; file parts are skipped, never copied.
+
+    Raises:
+        PeekError: not multipart with a boundary, malformed, or no ``model`` field.
+    """
+    media, options = parse_options_header((content_type or b"").decode("latin-1"))
+    boundary = options.get("boundary")
+    if media != "multipart/form-data" or not boundary:
+        raise PeekError("the body must be multipart/form-data (with a boundary)")
+    model = _form_field(body, boundary, "model")
+    if model is None:
+        raise PeekError("the form has no model field")
+    return RequestPeek(model=model, stream=False, user=None, include_usage=False)
+
+
+def _form_field(body: bytes, boundary: str, wanted: str) -> str | None:
+    parser = PushMultipartParser(boundary.encode("latin-1"), max_header_size=8192)
+    found: str | None = None
+    name: str | None = None
+    value = bytearray()
+    try:
+        # An empty chunk tells the parser the body is complete.
+        for chunk in (body, b""):
+            for event in parser.parse(chunk):
+                if isinstance(event, MultipartSegment):
+                    name, value = event.name, bytearray()
+                elif event is None:  # the end of a part
+                    if name == wanted and found is None:
+                        found = value.decode("utf-8", "replace").strip()
+                    name = None
+                elif name == wanted and len(value) + len(event) <= 512:
+                    value += event
+    except MultipartError as exc:
+        raise PeekError(f"malformed multipart body: {exc}") from None
+    return found

@@ -60,6 +60,9 @@ class BackendState:
         ejection_count: Times ejected, decayed while healthy (outlier detector).
         restored_at: Monotonic time the last ejection ended with a success.
         probing: A half-open probe request is in flight.
+        stalled: The engine went silent and failed a liveness probe (it hangs): out of
+            routing, even when every backend of its model is ejected, until a probe
+            answers again.
         hrw_a: Rendezvous-hashing multiplier derived from ``key``.
         hrw_b: Rendezvous-hashing offset derived from ``key``.
     """
@@ -74,6 +77,7 @@ class BackendState:
     ejection_count: int = 0
     restored_at: float = 0.0
     probing: bool = False
+    stalled: bool = False
     hrw_a: int = field(default=0, repr=False)
     hrw_b: int = field(default=0, repr=False)
 
@@ -92,7 +96,10 @@ class BackendState:
         self.waiting = backend.load.waiting or 0
 
     def available(self, now: float) -> bool:
-        """Not ejected, or half-open (ejection over) with no probe in flight."""
+        """Not ejected, or half-open (ejection over) with no probe in flight; never while
+        stalled."""
+        if self.stalled:
+            return False
         return not self.ejected or (now >= self.ejected_until and not self.probing)
 
 
@@ -173,7 +180,8 @@ class RoutingState:
         Ejected backends are left out (a half-open one with no probe in flight is
         included, so the next pick can probe it) unless *every* backend of the model
         is ejected: then all are returned, because routing to a suspect backend beats
-        answering 503 (Envoy's panic mode, in small).
+        answering 503 (Envoy's panic mode, in small). A stalled backend (it hangs) is
+        never returned: waiting on it again would only delay the 503.
 
         Args:
             model: The ``model`` field of the request.
@@ -192,7 +200,10 @@ class RoutingState:
         if now is None:
             now = time.monotonic()
         healthy = tuple(s for s in states if s.available(now))
-        return healthy if healthy else states
+        if healthy:
+            return healthy
+        # Panic mode: suspects beat a 503, but an engine known to hang never does.
+        return tuple(s for s in states if not s.stalled)
 
     def acquire(self, state: BackendState) -> bool:
         """Count a request sent to ``state``; pair with exactly one :meth:`release`.
@@ -229,6 +240,10 @@ class RoutingState:
         """Sorted model names with at least one backend (of ``kind``, if given)."""
         return list(self._models[kind])
 
+    def kinds_of(self, model: str) -> list[EngineKind]:
+        """What ``model`` is served as (its backends' kinds), in :class:`EngineKind` order."""
+        return [kind for kind in EngineKind if model in self._by_kind[kind]]
+
     def backends(self) -> list[BackendState]:
         """Every backend of the current table (static ones first)."""
         return list(self._by_key.values())
@@ -249,6 +264,19 @@ class RoutingState:
     def __len__(self) -> int:
         return len(self._by_key)
 
+    # -- stalls (engines that hang) -----------------------------------------------------
+
+    def mark_stalled(self, state: BackendState, until: float) -> None:
+        """Take a hung backend out of routing (see :attr:`BackendState.stalled`)."""
+        self._set_ejected(state, until)
+        state.stalled = True
+
+    def clear_stalled(self, state: BackendState) -> None:
+        """A hung backend answered a liveness probe: it may take requests again."""
+        if state.stalled:
+            state.stalled = False
+            self._clear_ejected(state)
+
     # -- used by the outlier detector --------------------------------------------------
 
     def _set_ejected(self, state: BackendState, until: float) -> None:
@@ -259,6 +287,8 @@ class RoutingState:
         state.probing = False
 
     def _clear_ejected(self, state: BackendState) -> None:
+        if state.stalled:
+            return  # only a liveness probe that answers lifts a stall (clear_stalled)
         if state.ejected and self._by_key.get(state.key) is state:
             self._ejected -= 1
         state.ejected = False

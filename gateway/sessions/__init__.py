@@ -12,7 +12,6 @@ from __future__ import annotations
 from sage.unified.gateway.sessions._answer import Answer, AnswerCollector
 from sage.unified.gateway.sessions._chat import PreparedChat, SessionChat, request_owner
 from sage.unified.gateway.sessions._errors import (
-    CrossOriginError,
     InvalidSessionError,
     SessionMessageTooLargeError,
     SessionNotFoundError,
@@ -37,7 +36,6 @@ __all__ = [
     "TITLE_MAX_CHARS",
     "Answer",
     "AnswerCollector",
-    "CrossOriginError",
     "InvalidSessionError",
     "Message",
     "PreparedChat",

@@ -6,7 +6,6 @@
     ├── SessionNotFoundError       404 no session with that id for this API key
     ├── InvalidSessionError        400 a malformed session id, title or chat body
     ├── SessionMessageTooLargeError 413 a message over ``max_message_bytes``
-    ├── CrossOriginError           403 a state-changing request from another web origin
     └── UnsupportedMediaTypeError  415 a request body that is not JSON
 """
 
@@ -15,7 +14,6 @@ from __future__ import annotations
 from sage.unified.gateway._errors import GatewayError
 
 __all__ = [
-    "CrossOriginError",
     "InvalidSessionError",
     "SessionMessageTooLargeError",
     "SessionNotFoundError",
@@ -39,12 +37,6 @@ class SessionMessageTooLargeError(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "session_message_too_large"
-
-
-class CrossOriginError(GatewayError):
-    status = 403
-    type = "permission_error"
-    code = "cross_origin"
 
 
 class UnsupportedMediaTypeError(GatewayError):

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from litestar import Request, Router
 from litestar.params import FromPath
 
 from sage.unified.gateway._errors import UnauthorizedError
 from sage.unified.gateway.sessions._errors import (
-    CrossOriginError,
     InvalidSessionError,
     SessionNotFoundError,
     UnsupportedMediaTypeError,
@@ -27,8 +25,8 @@ from sage.unified.gateway.sessions._errors import (
 from sage.unified.gateway.sessions._model import owner_of, valid_session_id
 from sage.unified.gateway.sessions._store import SessionStore
 from sage.unified.sdk.auth import TokenSet, bearer_token
-from sage.unified.sdk.protocol import SessionsApi
-from sage.unified.sdk.protocol.server import route
+from sage.unified.sdk.protocol import BrowserPolicy, SessionsApi
+from sage.unified.sdk.protocol.server import browser_guard, route
 
 __all__ = ["create_sessions_router"]
 
@@ -44,15 +42,6 @@ def _owner(request: AnyRequest, api_keys: TokenSet) -> str:
             "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
         )
     return owner_of(token)
-
-
-def _same_origin(request: AnyRequest) -> None:
-    site = request.headers.get("sec-fetch-site")
-    if site is not None and site not in {"same-origin", "none"}:
-        raise CrossOriginError("requests from another web site may not change sessions")
-    origin = request.headers.get("origin")
-    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise CrossOriginError(f"requests from {origin[:100]} may not change sessions")
 
 
 async def _json_body(request: AnyRequest) -> dict[str, Any]:
@@ -98,8 +87,14 @@ def _int_query(request: AnyRequest, name: str, default: int, low: int, high: int
     return value
 
 
-def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router:
-    """The ``/sessions`` routes over ``store``; ``api_keys`` empty means no keys needed."""
+def create_sessions_router(
+    store: SessionStore, *, api_keys: TokenSet, browser: BrowserPolicy | None = None
+) -> Router:
+    """The ``/sessions`` routes over ``store``; ``api_keys`` empty means no keys needed.
+
+    ``browser``: which ``Host`` names and web origins may reach them from a browser
+    (loopback names and the page's own origin when omitted).
+    """
 
     @route(SessionsApi.LIST)
     async def list_sessions(request: AnyRequest) -> dict[str, Any]:
@@ -111,7 +106,6 @@ def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router
     @route(SessionsApi.CREATE)
     async def create_session(request: AnyRequest) -> dict[str, Any]:
         owner = _owner(request, api_keys)
-        _same_origin(request)
         title = (await _json_body(request)).get("title")
         if title is not None and not isinstance(title, str):
             raise InvalidSessionError("title must be a string", param="title")
@@ -129,7 +123,6 @@ def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router
     @route(SessionsApi.DELETE)
     async def delete_session(request: AnyRequest, session_id: FromPath[str]) -> dict[str, Any]:
         owner = _owner(request, api_keys)
-        _same_origin(request)
         if not await store.delete(owner, _checked_id(session_id)):
             raise _not_found(session_id)
         return {"status": "deleted", "session_id": session_id}
@@ -137,7 +130,6 @@ def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router
     @route(SessionsApi.CLEAR)
     async def clear_session(request: AnyRequest, session_id: FromPath[str]) -> dict[str, Any]:
         owner = _owner(request, api_keys)
-        _same_origin(request)
         if not await store.clear(owner, _checked_id(session_id)):
             raise _not_found(session_id)
         return {"status": "cleared", "session_id": session_id}
@@ -145,7 +137,6 @@ def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router
     @route(SessionsApi.TITLE)
     async def set_title(request: AnyRequest, session_id: FromPath[str]) -> dict[str, Any]:
         owner = _owner(request, api_keys)
-        _same_origin(request)
         title = (await _json_body(request)).get("title")
         if not isinstance(title, str) or not title.strip():
             raise InvalidSessionError("title must be a non-empty string", param="title")
@@ -158,7 +149,6 @@ def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router
     @route(SessionsApi.CLEANUP)
     async def cleanup(request: AnyRequest) -> dict[str, Any]:
         owner = _owner(request, api_keys)
-        _same_origin(request)
         minutes = _int_query(request, "max_age_minutes", 30, 0, 10_000_000)
         removed = await store.cleanup(owner, minutes * 60.0)
         return {"status": "cleaned", "removed_sessions": removed}
@@ -175,4 +165,5 @@ def create_sessions_router(store: SessionStore, *, api_keys: TokenSet) -> Router
             cleanup,
         ],
         tags=["sessions"],
+        guards=[browser_guard(browser or BrowserPolicy.of("127.0.0.1"))],
     )

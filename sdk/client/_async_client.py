@@ -213,6 +213,9 @@ class AsyncUnifiedInferenceClient:
         watch: long-poll the table (changes are seen at once).
         default_llm_model / default_embedding_model: used when ``model`` is omitted.
         trust_env: let httpx read proxy settings and certificates from the environment.
+        stall_timeout_s: the longest silence from a gateway or engine before a call gives
+            up on it (fails over if nothing was received yet); ``None`` turns it off. In
+            direct mode, stream answers that may take longer than this to start.
         on_retry: called before each retry with the failed attempt and the wait.
         transport: an httpx transport (tests use ``httpx.MockTransport``).
 
@@ -235,6 +238,7 @@ class AsyncUnifiedInferenceClient:
         default_llm_model: str | None = None,
         default_embedding_model: str | None = None,
         trust_env: bool = False,
+        stall_timeout_s: float | None = 30.0,
         on_retry: Callable[[RetryEvent], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -251,6 +255,7 @@ class AsyncUnifiedInferenceClient:
             default_llm_model=default_llm_model,
             default_embedding_model=default_embedding_model,
             trust_env=trust_env,
+            stall_timeout_s=stall_timeout_s,
         )
         self._core = ClientCore(config, on_retry=on_retry)
         self._http = httpx.AsyncClient(

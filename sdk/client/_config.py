@@ -41,6 +41,10 @@ class ClientConfig:
     default_llm_model: str | None = None
     default_embedding_model: str | None = None
     trust_env: bool = False
+    stall_timeout_s: float | None = 30.0
+    """The longest silence from a server before a call gives up on it: before the answer
+    starts, the call moves on to the next target (which is tried last for a while); after,
+    :class:`StreamInterruptedError`. ``None``: only ``timeout`` applies."""
 
     @property
     def direct(self) -> bool:
@@ -90,6 +94,7 @@ def resolve_config(
     default_llm_model: str | None = None,
     default_embedding_model: str | None = None,
     trust_env: bool = False,
+    stall_timeout_s: float | None = 30.0,
     environ: Mapping[str, str] | None = None,
 ) -> ClientConfig:
     """Combine constructor arguments with ``SAGE_GATEWAY_URL`` / ``SAGE_API_KEY``.
@@ -149,4 +154,7 @@ def resolve_config(
         default_llm_model=default_llm_model,
         default_embedding_model=default_embedding_model,
         trust_env=trust_env,
+        stall_timeout_s=None
+        if stall_timeout_s is None
+        else _positive("stall_timeout_s", stall_timeout_s),
     )

@@ -24,10 +24,16 @@ PERMANENT_ERRORS = (AuthenticationError, PermissionDeniedError, NotFoundError)
 
 
 def request_timeout(core: ClientCore, remaining: float) -> httpx.Timeout:
-    """The httpx timeout of one attempt with ``remaining`` seconds of the call's deadline."""
+    """The httpx timeout of one attempt with ``remaining`` seconds of the call's deadline.
+
+    Reads also stop at the stall deadline: an engine that hangs (SIGSTOPped, wedged) keeps
+    its connection open and would otherwise hold the call for the whole deadline.
+    """
+    stall = core.config.stall_timeout_s
+    read = remaining if stall is None else min(remaining, stall)
     return httpx.Timeout(
         connect=min(core.config.connect_timeout, remaining),
-        read=remaining,
+        read=read,
         write=remaining,
         pool=remaining,
     )

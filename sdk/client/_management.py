@@ -23,6 +23,7 @@ from sage.unified.sdk.client._discovery import DiscoveryPolicy
 from sage.unified.sdk.client._errors import SageClientError
 from sage.unified.sdk.client._executor import AsyncCaller, ErrorTranslator, SyncCaller
 from sage.unified.sdk.client._http import PERMANENT_ERRORS
+from sage.unified.sdk.client._management_fleet import AsyncFleetMethods, SyncFleetMethods
 from sage.unified.sdk.models import (
     AgentReport,
     AgentReportReply,
@@ -184,7 +185,7 @@ class _AsyncClient:
         await self.aclose()
 
 
-class GatewayManagementClient(_SyncClient):
+class GatewayManagementClient(SyncFleetMethods, _SyncClient):
     __doc__ = (
         "Sync client of the control plane (``/v1/management/*`` on a gateway or a "
         "standalone coordinator)." + _CLIENT_DOC
@@ -245,7 +246,7 @@ class GatewayManagementClient(_SyncClient):
         return self._caller.send(_CP.READYZ, expect=_READY).status < 300
 
 
-class AsyncGatewayManagementClient(_AsyncClient):
+class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
     __doc__ = (
         "Async client of the control plane (same methods as the sync one, plus "
         ":meth:`watch_table`)." + _CLIENT_DOC
@@ -381,6 +382,10 @@ class AgentClient(_SyncClient):
     def gpus(self) -> list[GpuInfo]:
         return self._caller.call(AgentApi.GPUS).gpus
 
+    def clear_gpu(self, index: int) -> GpuInfo:
+        """Lift GPU ``index``'s fault quarantine (idempotent)."""
+        return self._caller.call(AgentApi.CLEAR_GPU, path={"index": index})
+
     def healthz(self) -> dict[str, Any]:
         return _health_dict(self._caller.send(AgentApi.HEALTHZ).content)
 
@@ -423,6 +428,10 @@ class AsyncAgentClient(_AsyncClient):
 
     async def gpus(self) -> list[GpuInfo]:
         return (await self._caller.call(AgentApi.GPUS)).gpus
+
+    async def clear_gpu(self, index: int) -> GpuInfo:
+        """Lift GPU ``index``'s fault quarantine (idempotent)."""
+        return await self._caller.call(AgentApi.CLEAR_GPU, path={"index": index})
 
     async def healthz(self) -> dict[str, Any]:
         return _health_dict((await self._caller.send(AgentApi.HEALTHZ)).content)

@@ -24,6 +24,7 @@ from sage.unified.sdk.protocol._bodies import (
     ModelList,
     OpenAIBody,
 )
+from sage.unified.sdk.protocol._browser import BrowserPolicy, Refusal, browser_refusal
 from sage.unified.sdk.protocol._catalog import (
     ENDPOINTS,
     AgentApi,
@@ -43,6 +44,7 @@ __all__ = [
     "AgentList",
     "AuditLog",
     "AuditRecord",
+    "BrowserPolicy",
     "Component",
     "ControlPlaneApi",
     "CoordinatorReadiness",
@@ -57,9 +59,11 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "OpenAIBody",
+    "Refusal",
     "Retry",
     "Scope",
     "SessionsApi",
     "StudioApi",
+    "browser_refusal",
     "endpoints_of",
 ]

@@ -97,6 +97,9 @@ class ModelCard(msgspec.Struct, kw_only=True):
     object: str = "model"
     created: int = 0
     owned_by: str = "sage"
+    kinds: list[str] | None = None
+    """What the model serves (``llm``, ``embedding``), so a client can tell chat models
+    from embedding models (a SAGE extension; OpenAI clients ignore it)."""
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -6,7 +6,6 @@ and a test checks that each server serves exactly the endpoints declared for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sage.unified.sdk.models import (
@@ -29,10 +28,12 @@ from sage.unified.sdk.protocol._bodies import (
     EngineLogs,
     GpuHostList,
     HealthStatus,
+    ModelCard,
     ModelList,
     OpenAIBody,
 )
-from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope
+from sage.unified.sdk.protocol._catalog_fleet import FleetApi
+from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope, declarer
 
 __all__ = [
     "ENDPOINTS",
@@ -49,27 +50,18 @@ _MGMT = "/v1/management"
 _ANY = dict[str, Any]
 
 
-def _declarer(server: Component, prefix: str, scope: Scope) -> Callable[..., Endpoint[Any, Any]]:
-    """A function declaring endpoints of ``server``, with ``scope`` and ``Retry.SAFE`` by default."""
-
-    def declare(
-        name: str, method: str, path: str, request: Any, reply: Any, **kw: Any
-    ) -> Endpoint[Any, Any]:
-        kw.setdefault("scope", scope)
-        kw.setdefault("retry", Retry.SAFE)
-        return Endpoint(f"{prefix}.{name}", server, method, path, request, reply, **kw)
-
-    return declare
+_cp = declarer(Component.CONTROL_PLANE, "control_plane", Scope.ADMIN)
+_agent = declarer(Component.AGENT, "agent", Scope.AGENT)
+_gw = declarer(Component.GATEWAY, "gateway", Scope.INFERENCE)
+_engine = declarer(Component.ENGINE, "engine", Scope.PUBLIC)
 
 
-_cp = _declarer(Component.CONTROL_PLANE, "control_plane", Scope.ADMIN)
-_agent = _declarer(Component.AGENT, "agent", Scope.AGENT)
-_gw = _declarer(Component.GATEWAY, "gateway", Scope.INFERENCE)
-_engine = _declarer(Component.ENGINE, "engine", Scope.PUBLIC)
+class ControlPlaneApi(FleetApi):
+    """The coordinator: agents' reports and the management API (``/v1/management``).
 
-
-class ControlPlaneApi:
-    """The coordinator: agents' reports and the management API (``/v1/management``)."""
+    The fleet's endpoints (deployments, rollouts, cordon and drain, GPU clear) are
+    declared in :class:`~._catalog_fleet.FleetApi` and inherited here.
+    """
 
     REPORT: Endpoint[AgentReport, AgentReportReply] = _cp(
         "report",
@@ -284,6 +276,52 @@ class GatewayApi:
     MODELS: Endpoint[None, ModelList] = _gw(
         "models", "GET", "/v1/models", None, ModelList, summary="Models with a routable engine."
     )
+    MODEL: Endpoint[None, ModelCard] = _gw(
+        "model", "GET", "/v1/models/{model}", None, ModelCard, summary="One served model."
+    )
+    RESPONSES: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "responses",
+        "POST",
+        "/v1/responses",
+        _ANY,
+        _ANY,
+        summary="OpenAI Responses API (stateless pass-through), routed by model.",
+    )
+    TOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "tokenize", "POST", "/tokenize", _ANY, _ANY, summary="vLLM's tokenizer, by model."
+    )
+    DETOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "detokenize", "POST", "/detokenize", _ANY, _ANY, summary="vLLM's detokenizer, by model."
+    )
+    TRANSCRIPTIONS: Endpoint[None, OpenAIBody] = _gw(
+        "transcriptions",
+        "POST",
+        "/v1/audio/transcriptions",
+        None,
+        _ANY,
+        summary="Speech to text (multipart/form-data with model and file), by model.",
+    )
+    POOLING: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "pooling", "POST", "/pooling", _ANY, _ANY, summary="vLLM's pooling, by model."
+    )
+    CLASSIFY: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "classify", "POST", "/classify", _ANY, _ANY, summary="Classification, by model."
+    )
+    SCORE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "score", "POST", "/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+    )
+    SCORE_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "score_v1", "POST", "/v1/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+    )
+    RERANK: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "rerank", "POST", "/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+    )
+    RERANK_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "rerank_v1", "POST", "/v1/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+    )
+    RERANK_V2: Endpoint[OpenAIBody, OpenAIBody] = _gw(
+        "rerank_v2", "POST", "/v2/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+    )
     HEALTH: Endpoint[None, HealthStatus] = _gw(
         "health", "GET", "/health", None, HealthStatus, scope=Scope.PUBLIC, summary="Liveness."
     )
@@ -409,7 +447,12 @@ class StudioApi:
 
 
 def _declared(namespace: type) -> list[Endpoint[Any, Any]]:
-    return [value for value in vars(namespace).values() if isinstance(value, Endpoint)]
+    found: dict[str, Endpoint[Any, Any]] = {}
+    for klass in namespace.__mro__:
+        for attr, value in vars(klass).items():
+            if isinstance(value, Endpoint):
+                found.setdefault(attr, value)
+    return list(found.values())
 
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = tuple(

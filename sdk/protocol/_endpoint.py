@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
-__all__ = ["Component", "Endpoint", "Retry", "Scope"]
+__all__ = ["Component", "Endpoint", "Retry", "Scope", "declarer"]
 
 BodyT = TypeVar("BodyT")
 ReplyT = TypeVar("ReplyT")
@@ -119,3 +119,16 @@ class Endpoint(Generic[BodyT, ReplyT]):
     def litestar_path(self) -> str:
         """The path in Litestar's syntax (``{engine_id:str}``, ``{file_path:path}``)."""
         return _PARAM.sub(lambda m: "{" + m.group(1) + (m.group(2) or ":str") + "}", self.path)
+
+
+def declarer(server: Component, prefix: str, scope: Scope) -> Callable[..., Endpoint[Any, Any]]:
+    """A function declaring endpoints of ``server``, with ``scope`` and ``Retry.SAFE`` by default."""
+
+    def declare(
+        name: str, method: str, path: str, request: Any, reply: Any, **kw: Any
+    ) -> Endpoint[Any, Any]:
+        kw.setdefault("scope", scope)
+        kw.setdefault("retry", Retry.SAFE)
+        return Endpoint(f"{prefix}.{name}", server, method, path, request, reply, **kw)
+
+    return declare

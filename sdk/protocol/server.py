@@ -20,20 +20,26 @@ from typing import Any, TypeVar
 import msgspec
 from litestar import Request, Response
 from litestar import route as litestar_route
+from litestar.connection import ASGIConnection
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ExceptionHandlersMap
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from sage.unified.sdk.errors import WireError, error_type_for, wire_error_bytes
+from sage.unified.sdk.protocol._browser import BrowserPolicy, browser_refusal
 from sage.unified.sdk.protocol._endpoint import Endpoint
 
 __all__ = [
     "BadBodyError",
+    "BrowserRefusedError",
     "InvalidBodyError",
+    "browser_guard",
     "decode_body",
     "error_response",
     "exception_handlers",
+    "metrics_response",
     "route",
 ]
 
@@ -67,6 +73,46 @@ class InvalidBodyError(WireError):
     status = 422
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class BrowserRefusedError(WireError):
+    """A request a web browser may not make (see :mod:`sage.unified.sdk.protocol._browser`)."""
+
+    status = 403
+    type = "permission_error"
+    code = "cross_origin"
+
+
+def browser_guard(
+    policy: BrowserPolicy,
+) -> Callable[[ASGIConnection[Any, Any, Any, Any], Any], None]:
+    """A Litestar guard refusing foreign ``Host``s, cross-origin writes and non-JSON bodies."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: Any) -> None:
+        headers = connection.headers
+        length = headers.get("content-length")
+        has_body = bool(length and length.strip() not in ("", "0")) or (
+            "chunked" in headers.get("transfer-encoding", "").lower()
+        )
+        refusal = browser_refusal(
+            policy,
+            method=str(connection.scope.get("method", "GET")),
+            scheme=str(connection.scope.get("scheme", "http")),
+            host=headers.get("host"),
+            origin=headers.get("origin"),
+            fetch_site=headers.get("sec-fetch-site"),
+            content_type=headers.get("content-type"),
+            has_body=has_body,
+        )
+        if refusal is not None:
+            raise BrowserRefusedError(
+                refusal.message,
+                status=refusal.status,
+                code=refusal.code,
+                type_="invalid_request_error" if refusal.status == 415 else "permission_error",
+            )
+
+    return guard
 
 
 def route(endpoint: Endpoint[Any, Any], **options: Any) -> Callable[[Any], HTTPRouteHandler]:
@@ -115,6 +161,17 @@ def error_response(
         media_type="application/json",
         headers=headers,
     )
+
+
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+"""The Prometheus text format prometheus_client writes, without the charset: Litestar adds
+``charset`` to every ``text/*`` type, and a second one makes strict parsers (Prometheus 3)
+refuse the scrape."""
+
+
+def metrics_response(payload: bytes) -> Response[bytes]:
+    """A ``/metrics`` answer with one well-formed Content-Type."""
+    return Response(payload, media_type=METRICS_MEDIA_TYPE)
 
 
 def _wire_error(_: Request[Any, Any, Any], exc: WireError) -> Response[bytes]:

@@ -4,6 +4,9 @@ and every rejected control action leaves an audit entry."""
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from typing import Any
 
 import httpx
@@ -160,3 +163,90 @@ def test_launch_abuse_spawns_nothing_and_is_audited(start_gateway) -> None:  # t
     starts = [e for e in entries if e["action"] == "engine.start"]
     assert len([e for e in starts if e["result"].startswith("rejected")]) >= len(bodies), entries
     assert len([e for e in entries if e["who"] == "unauthenticated"]) >= 3, entries
+
+
+def test_admin_token_only_setup_leaves_no_open_agent_api(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    # As docs/operations.md describes "admin token only": API keys and an admin token, no
+    # agent token. The embedded agent's own port used to take launches with no token.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        agent_port = probe.getsockname()[1]
+    env = {
+        "SAGE_ADMIN_TOKEN": "admin-secret",
+        "SAGE_API_KEYS": "key-1",
+        "SAGE_GATEWAY_AGENT_PORT": str(agent_port),
+    }
+    gateway = start_gateway(env=env)
+    agent = f"http://127.0.0.1:{agent_port}"
+    spec = {"model": "tiny", "runtime": "simulated"}
+    for method, path in (("POST", "/v1/engines"), ("DELETE", "/v1/engines/anything")):
+        response = httpx.request(method, f"{agent}{path}", json=spec, timeout=10)
+        assert response.status_code == 401, (method, path, response.text)
+        _assert_openai_error(response)
+    assert _engines(gateway.url) == []
+    # The control plane still commands its own agent (it knows the agent's token).
+    started = httpx.post(
+        f"{gateway.url}/v1/management/engines/start", json={"spec": spec}, headers=ADMIN, timeout=15
+    )
+    assert started.status_code == 202, started.text
+    assert [e["id"] for e in _engines(gateway.url)] == [started.json()["id"]]
+
+
+def test_a_web_page_cannot_drive_a_token_less_gateway_or_agent(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        agent_port = probe.getsockname()[1]
+    gateway = start_gateway(env={"SAGE_GATEWAY_AGENT_PORT": str(agent_port)})
+    spec = json.dumps({"spec": {"model": "tiny", "runtime": "simulated"}})
+    page = {"origin": "http://evil.example", "content-type": "text/plain"}
+    # What a <form> or fetch(..., {mode: "no-cors"}) on any web page can send: no preflight.
+    start = httpx.post(
+        f"{gateway.url}/v1/management/engines/start", content=spec, headers=page, timeout=10
+    )
+    assert start.status_code == 403, start.text
+    _assert_openai_error(start)
+    launch = httpx.post(
+        f"http://127.0.0.1:{agent_port}/v1/engines",
+        content=json.dumps({"model": "tiny", "runtime": "simulated"}),
+        headers=page,
+        timeout=10,
+    )
+    assert launch.status_code == 403, launch.text
+    rebound = httpx.get(
+        f"{gateway.url}/v1/management/engines", headers={"host": "evil.example"}, timeout=10
+    )
+    assert rebound.status_code == 403, rebound.text
+    not_json = httpx.post(
+        f"{gateway.url}/v1/management/engines/start",
+        content=spec,
+        headers={"content-type": "text/plain"},
+        timeout=10,
+    )
+    assert not_json.status_code == 415, not_json.text
+    assert _engines(gateway.url) == []
+
+
+def test_a_gateway_never_proxies_to_itself_or_in_a_loop(start_gateway) -> None:  # type: ignore[no-untyped-def]
+    one = start_gateway()
+    two = start_gateway()
+    register = "/v1/management/engines/register"
+    itself = httpx.post(f"{one.url}{register}", json={"model": "loop", "url": one.url}, timeout=10)
+    assert itself.status_code == 422, itself.text
+    assert "itself" in itself.json()["error"]["message"]
+    # Each registers the other as an engine (an operator's mistake): one client request
+    # used to become hundreds of proxied ones.
+    for here, there in ((one, two), (two, one)):
+        response = httpx.post(
+            f"{here.url}{register}", json={"model": "loop", "url": there.url}, timeout=10
+        )
+        assert response.status_code == 201, response.text
+    deadline = time.monotonic() + 20
+    while "loop" not in {b["model"] for b in _table(one.url)} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    answer = httpx.post(
+        f"{one.url}/v1/chat/completions",
+        json={"model": "loop", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert answer.status_code == 508, answer.text
+    assert answer.json()["error"]["code"] == "loop_detected"

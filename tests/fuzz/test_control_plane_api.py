@@ -42,6 +42,7 @@ from sage.unified.coordinator import (
     create_coordinator_app,
     create_management_router,
 )
+from sage.unified.sdk.fleet import DeploymentPlanRequest, DeploymentSpec, RolloutUndoRequest
 from sage.unified.sdk.models import (
     AgentReport,
     EngineInfo,
@@ -165,13 +166,18 @@ def _coordinator_settings(tmp: Path) -> CoordinatorSettings:
         agent_timeout_s=0.5,
         probe_timeout_s=0.5,
         probe_interval_s=5,
+        # The in-process test client calls itself "testserver".
+        allowed_hosts=["testserver"],
     )
 
 
 def _coordinator_document(tmp: Path) -> Document:
     twin = Coordinator(_coordinator_settings(tmp))
     app = Litestar(
-        [create_management_router(twin), create_agents_router(twin)],
+        [
+            create_management_router(twin, twin.settings.browser_policy()),
+            create_agents_router(twin, twin.settings.browser_policy()),
+        ],
         openapi_config=OpenAPIConfig(title="coordinator", version="1"),
     )
     management = "/v1/management"
@@ -182,6 +188,9 @@ def _coordinator_document(tmp: Path) -> Document:
             ("post", f"{management}/engines/start"): EngineStartRequest,
             ("post", f"{management}/engines/stop"): EngineStopRequest,
             ("put", "/v1/agents/{agent_id}"): AgentReport,
+            ("put", f"{management}/deployments/{{name}}"): DeploymentSpec,
+            ("post", f"{management}/deployments/plan"): DeploymentPlanRequest,
+            ("post", f"{management}/deployments/{{name}}/rollout/undo"): RolloutUndoRequest,
         },
         responses={
             ("get", f"{management}/backends", "200"): RoutingTable,
@@ -246,6 +255,7 @@ def _agent_settings(tmp: Path) -> AgentSettings:
         coordinator_url=None,
         model_allowlist=["__nothing_is_allowed__"],
         port=8299,
+        allowed_hosts=["testserver"],
     )
 
 

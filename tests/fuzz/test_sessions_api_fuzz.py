@@ -61,7 +61,7 @@ async def _exercise(
                 exception_handlers=exception_handlers,
             )
             async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://gw"
+                transport=httpx.ASGITransport(app=app), base_url="http://gw.localhost"
             ) as client:
                 mine = await client.post(
                     "/sessions", json={"title": "mine"}, headers={"authorization": "Bearer k1"}

@@ -22,6 +22,7 @@ from sage.unified.sdk.states import EngineState
 
 ADMIN = {"authorization": "Bearer admin-t"}
 AGENT = {"authorization": "Bearer agent-t"}
+JSON = {"content-type": "application/json"}
 GiB = 1024**3
 
 
@@ -111,7 +112,10 @@ def coordinator() -> Coordinator:
 async def client(coordinator: Coordinator) -> AsyncIterator[httpx.AsyncClient]:
     app = create_coordinator_app(coordinator=coordinator)
     transport = httpx.ASGITransport(app=app)
-    async with app.lifespan(), httpx.AsyncClient(transport=transport, base_url="http://coord") as c:
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(transport=transport, base_url="http://coord.localhost") as c,
+    ):
         yield c
 
 
@@ -136,7 +140,7 @@ async def report(
             for i in range(engines)
         ],
     )
-    r = await client.put(f"/v1/agents/{agent_id}", content=encode(body), headers=AGENT)
+    r = await client.put(f"/v1/agents/{agent_id}", content=encode(body), headers={**AGENT, **JSON})
     assert r.status_code == 200, r.text
 
 
@@ -170,7 +174,7 @@ async def test_start_goes_to_agent_with_most_free_memory(
             )
         ],
     )
-    await client.put("/v1/agents/a1", content=encode(snapshot), headers=AGENT)
+    await client.put("/v1/agents/a1", content=encode(snapshot), headers={**AGENT, **JSON})
     assert coordinator.pending_starts() == []
 
 

@@ -97,6 +97,10 @@ def test_wheel_holds_only_the_namespace_and_no_init_of_it(tmp_path: Path) -> Non
         if p.is_file()
     }
     assert shipped == source, "Studio's static files must all be package data"
+    presets = {n for n in names if n.startswith("sage/unified/cli/presets/")}
+    assert presets == {
+        f"sage/unified/cli/presets/{p.name}" for p in (REPO / "cli" / "presets").glob("*.toml")
+    }, "the deployment presets must all be package data"
 
 
 def test_studio_files_are_installed_with_the_package() -> None:
@@ -107,6 +111,18 @@ def test_studio_files_are_installed_with_the_package() -> None:
     assert installed == source
     for name in ("index.html", "studio.css", "favicon.svg"):
         assert (STATIC_FILES / name).is_file(), name
+
+
+def test_deployment_presets_are_installed_with_the_package() -> None:
+    from sage.unified.cli._fleet_file import preset_names, read_preset
+
+    source = {p.stem for p in (REPO / "cli" / "presets").glob("*.toml")}
+    assert set(preset_names()) == source
+    assert {"qwen-lite", "qwen-mini-with-embeddings", "simulated-demo"} <= source
+    for name in preset_names():
+        preset = read_preset(name)  # every shipped preset is a valid fleet
+        assert preset.name == name
+        assert preset.deployments
 
 
 def test_public_names_of_the_gateway_server() -> None:

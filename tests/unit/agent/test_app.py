@@ -116,7 +116,7 @@ async def _api(settings: AgentSettings, gpus: FakeGpus | None = None) -> AsyncIt
         async with (
             app.lifespan(),
             httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://agent"
+                transport=httpx.ASGITransport(app=app), base_url="http://agent.localhost"
             ) as client,
         ):
             yield Api(client, agent, launches)

@@ -327,7 +327,7 @@ async def _rig(tmp_path: Path, nvml: FakeNvml) -> AsyncIterator[Rig]:
         transport = httpx.ASGITransport(app=app)
         async with (
             app.lifespan(),
-            httpx.AsyncClient(transport=transport, base_url="http://agent") as client,
+            httpx.AsyncClient(transport=transport, base_url="http://agent.localhost") as client,
         ):
             yield Rig(agent, client, launches)
 

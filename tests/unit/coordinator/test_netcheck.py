@@ -5,6 +5,7 @@ import pytest
 from sage.unified.coordinator._errors import UrlPolicyError
 from sage.unified.coordinator._netcheck import (
     DEFAULT_ALLOWED_NETWORKS,
+    canonical_host,
     check_addresses,
     parse_engine_url,
     parse_networks,
@@ -59,3 +60,34 @@ def test_link_local_refused_even_when_configured() -> None:
     with pytest.raises(UrlPolicyError, match="link-local"):
         check_addresses("x", ["169.254.169.254"], allowed)
     check_addresses("x", ["8.8.8.8"], allowed)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.01",  # octal to a C resolver, refused by the HTTP client
+        "10.0.0.05",
+        "0177.0.0.1",
+        "127.1",
+        "0x7f.0.0.1",
+        "2130706433",
+        "exa mple.com",
+        "under_score.example",
+        "bücher.example",
+        "-lead.example",
+        "a" * 64 + ".example",
+    ],
+)
+def test_only_canonical_hosts_are_accepted(host: str) -> None:
+    with pytest.raises(UrlPolicyError, match="canonical"):
+        canonical_host(host)
+    with pytest.raises(UrlPolicyError):
+        parse_engine_url(f"http://{host}:9/")
+
+
+def test_canonical_spellings() -> None:
+    assert canonical_host("LocalHost.") == "localhost"
+    assert canonical_host("[::1]") == "::1"
+    assert canonical_host("xn--bcher-kva.example") == "xn--bcher-kva.example"
+    assert canonical_host("10.0.0.5") == "10.0.0.5"
+    assert parse_engine_url("http://GPU-Node-1:8901").url == "http://gpu-node-1:8901"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,10 +17,18 @@ from sage.unified.coordinator import (
     Coordinator,
     CoordinatorSettings,
     MemoryStore,
+    SqliteStore,
     create_coordinator_app,
 )
 from sage.unified.sdk.clock import FakeClock
-from sage.unified.sdk.models import AgentReport, EngineInfo, RoutingTable, decode, encode
+from sage.unified.sdk.models import (
+    AgentReport,
+    EngineInfo,
+    RegisterEngineRequest,
+    RoutingTable,
+    decode,
+    encode,
+)
 from sage.unified.sdk.states import EngineState
 
 ADMIN = {"authorization": "Bearer admin-t"}
@@ -84,7 +94,9 @@ async def env() -> AsyncIterator[Env]:
     app = create_coordinator_app(coordinator=coordinator)
     async with app.lifespan():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://coord") as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://coord.localhost"
+        ) as client:
             yield Env(coordinator, client, clock, store)
 
 
@@ -93,7 +105,11 @@ async def test_requests_without_or_with_wrong_token_get_401_and_are_audited(env:
     r = await env.client.get("/v1/management/engines")
     assert r.status_code == 401
     assert r.json()["error"]["type"] == "authentication_error"
-    r = await env.client.put("/v1/agents/a1", content=snapshot()["content"], headers=ADMIN)
+    r = await env.client.put(
+        "/v1/agents/a1",
+        content=snapshot()["content"],
+        headers={**ADMIN, "content-type": "application/json"},
+    )
     assert r.status_code == 401  # admin token is not an agent token
     log = await env.store.audit_log()
     assert len(log) == 2
@@ -135,7 +151,11 @@ async def test_report_for_other_agent_id_rejected(env: Env) -> None:
 
 @pytest.mark.anyio
 async def test_body_errors(env: Env) -> None:
-    r = await env.client.post("/v1/management/engines/start", content=b"{not json", headers=ADMIN)
+    r = await env.client.post(
+        "/v1/management/engines/start",
+        content=b"{not json",
+        headers={**ADMIN, "content-type": "application/json"},
+    )
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error"
     r = await env.client.post(
@@ -230,6 +250,12 @@ async def test_lease_expiry_via_sweep(env: Env) -> None:
         "http://metadata.google.internal",
         "http://8.8.8.8:8000",
         "http://does-not-resolve.invalid:8000",
+        # Read as octal by a C resolver (into an allowed network) but refused by the HTTP
+        # client: accepted, they crashed the prober and the coordinator with it.
+        "http://127.0.0.01:9/",
+        "http://10.0.0.05:9/",
+        "http://0177.0.0.1:9/",
+        "http://127.1:9/",
     ],
 )
 async def test_register_rejections_are_422_and_audited(env: Env, url: str) -> None:
@@ -373,3 +399,68 @@ async def test_a_restarted_coordinator_withholds_its_table_until_known_agents_re
         assert again.settling
         clock.advance(settings.lease_ttl_s)
         assert not again.settling  # bounded by one lease TTL even if the agent never returns
+
+
+@pytest.mark.anyio
+async def test_a_probe_that_fails_badly_marks_its_engine_and_the_loop_goes_on() -> None:
+    broken: set[str] = set()
+
+    async def resolver(host: str, port: int) -> list[str]:
+        if host in broken:
+            raise RuntimeError("a resolver bug")
+        return ["10.1.2.3"]
+
+    settings = CoordinatorSettings(db_path=None, probe_interval_s=0.05)
+    store = MemoryStore()
+    async with Coordinator(settings, store=store, resolver=resolver) as coordinator:
+        for engine_id, url in (("bad", "http://broken.local:9"), ("ok", "http://good.local:9")):
+            await coordinator.register_engine(
+                RegisterEngineRequest(model="m", url=url, id=engine_id)
+            )
+        broken.add("broken.local")  # from now on probing this one raises
+        with anyio.fail_after(10):
+            while coordinator.engine("bad").state is not EngineState.ERROR:  # noqa: ASYNC110
+                await anyio.sleep(0.05)
+        # The loop survived the bad record: it still probes (the good engine's probe
+        # fails to connect and counts up) and the coordinator still answers.
+        assert "RuntimeError" in coordinator.engine("bad").reason
+        assert coordinator.ready
+        assert await coordinator.audit_log(5)
+
+
+@pytest.mark.anyio
+async def test_a_store_holding_a_bad_record_still_opens(tmp_path: Path) -> None:
+    db = tmp_path / "coordinator.db"
+    store = SqliteStore(db)
+    await store.open()
+    bad = EngineInfo(id="octal", model="m", url="http://127.0.0.01:9", host="127.0.0.01", port=9)
+    await store.put_registered(bad)
+    await store.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO registered_engines(engine_id, info) VALUES('junk', X'7b6e6f74')")
+    settings = CoordinatorSettings(db_path=db, probe_interval_s=0.05)
+    async with Coordinator(settings) as coordinator:
+        assert coordinator.ready
+        engine = coordinator.engine("octal")
+        assert engine.state is EngineState.ERROR
+        assert "stored URL refused" in engine.reason
+        assert [e.id for e in coordinator.engines()] == ["octal"]
+
+
+@pytest.mark.anyio
+async def test_a_hostile_engine_id_cannot_forge_log_lines(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    hostile = "x%0A2026-01-01 INFO audit who=admin action=engine.start result=ok" + "y" * 7000
+    with caplog.at_level("INFO", logger="sage.unified.coordinator"):
+        r = await env.client.get(f"/v1/management/engines/{hostile}")
+    assert r.status_code == 401
+    lines = [
+        rec.getMessage()
+        for rec in caplog.records
+        if rec.name == "sage.unified.coordinator" and "audit" in rec.getMessage()
+    ]
+    assert lines
+    for line in lines:
+        assert "\n" not in line
+        assert len(line) < 1200

@@ -72,3 +72,40 @@ async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     await second.close()
     assert state.revision == 42
     assert state.agents == [AgentRecord("a1", "http://h:8200", "h", 2)]
+
+
+@pytest.mark.anyio
+async def test_deployments_and_cordons_round_trip(store: Store) -> None:
+    from sage.unified.coordinator._fleet_records import CordonRecord, applied
+    from sage.unified.sdk.fleet import DeploymentSpec
+
+    chat, _ = applied(None, DeploymentSpec(name="chat", engine=EngineSpec(model="m")), 1.0)
+    chat, _ = applied(chat, DeploymentSpec(name="chat", engine=EngineSpec(model="m2")), 2.0)
+    embed, _ = applied(None, DeploymentSpec(name="embed", engine=EngineSpec(model="e")), 1.0)
+    await store.put_deployment(chat)
+    await store.put_deployment(embed)
+    await store.delete_deployment("embed")
+    await store.put_cordon(CordonRecord(agent_id="a1", draining=True, at=3.0, who="admin"))
+    await store.put_cordon(CordonRecord(agent_id="a2"))
+    await store.delete_cordon("a2")
+    state = await store.open()
+    assert state.deployments == [chat]
+    assert state.deployments[0].engine_of(1) == EngineSpec(model="m")
+    assert state.cordons == [CordonRecord(agent_id="a1", draining=True, at=3.0, who="admin")]
+
+
+@pytest.mark.anyio
+async def test_a_stored_deployment_that_does_not_decode_is_skipped(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "c.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO deployments(name, record) VALUES('bad', '{\"spec\": 1}')")
+    state = await store.open()
+    try:
+        assert state.deployments == []
+    finally:
+        await store.close()

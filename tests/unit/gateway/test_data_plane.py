@@ -51,6 +51,7 @@ class FakeReply:
         self.chunks = body if isinstance(body, list) else [body]
         self.break_after = break_after
         self.closed = False
+        self._stream: AsyncIterator[bytes] | None = None
 
     async def read(self) -> bytes:
         if self.break_after >= 0:
@@ -58,7 +59,10 @@ class FakeReply:
         return b"".join(self.chunks)
 
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+        # One body, read once: iterating again goes on where the last read stopped.
+        if self._stream is None:
+            self._stream = self._iterate()
+        return self._stream
 
     async def _iterate(self) -> AsyncIterator[bytes]:
         for index, chunk in enumerate(self.chunks):
@@ -132,7 +136,15 @@ class Exchange:
         self.messages: list[dict[str, Any]] = []
         self.leave = asyncio.Event()
 
-    async def run(self, dp: DataPlane, body: bytes = CHAT) -> Exchange:
+    async def run(
+        self,
+        dp: DataPlane,
+        body: bytes = CHAT,
+        *,
+        kind: EngineKind = EngineKind.LLM,
+        path: bytes = b"/v1/chat/completions",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> Exchange:
         delivered = False
 
         async def receive() -> dict[str, Any]:
@@ -146,8 +158,13 @@ class Exchange:
         async def send(message: dict[str, Any]) -> None:
             self.messages.append(dict(message))
 
-        scope = {"type": "http", "method": "POST", "headers": [], "client": ("127.0.0.1", 1)}
-        await dp.handle(scope, receive, send, EngineKind.LLM, b"/v1/chat/completions")
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "headers": headers or [],
+            "client": ("127.0.0.1", 1),
+        }
+        await dp.handle(scope, receive, send, kind, path)
         return self
 
     @property
@@ -298,3 +315,306 @@ def test_plan_retry(
     )
     assert (plan.retry, plan.take_budget_slot) == (retry, slot)
     assert plan.reason
+
+
+# -- hung engines (stall detection) ----------------------------------------------------
+
+
+class Hang:
+    """An engine that accepts the request and never answers (SIGSTOPped)."""
+
+    def __init__(self) -> None:
+        self.forever = asyncio.Event()
+
+    async def wait(self) -> FakeReply:
+        await self.forever.wait()
+        raise AssertionError("unreachable")
+
+
+class HangingUpstream(FakeUpstream):
+    """Like FakeUpstream, but ports in ``hung`` never answer (requests nor /health), and
+    ``health`` says what /health answers on the others."""
+
+    def __init__(self, script: dict[int, Any], hung: set[int], slow_s: float = 0.0) -> None:
+        super().__init__(script)
+        self.hung = hung
+        self.slow_s = slow_s
+        self.health_calls: list[int] = []
+
+    async def request(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes = b"",
+    ) -> FakeReply:
+        port = origin[2]
+        if target == b"/health":
+            self.health_calls.append(port)
+            if port in self.hung:
+                return await Hang().wait()
+            return FakeReply(200, b"")
+        if port in self.hung:
+            self.calls.append(port)
+            return await Hang().wait()
+        if self.slow_s:
+            await asyncio.sleep(self.slow_s)
+        return await super().request(method, origin, target, headers, body)
+
+
+def stalling_plane(upstream: FakeUpstream, *ports: int, stall_s: float = 0.3) -> DataPlane:
+    dp = plane(upstream, *ports)
+    dp.config.stall_timeout_s = stall_s
+    dp.config.stall_probe_timeout_s = 0.2
+    from sage.unified.gateway._stalls import StallMonitor
+
+    dp.stalls = StallMonitor(dp.state, upstream, dp._origin, stall_s=stall_s, probe_timeout_s=0.2)
+    return dp
+
+
+async def test_a_hung_engine_is_found_and_its_request_moves_on() -> None:
+    up = HangingUpstream({2: FakeReply(200, OK)}, hung={1})
+    dp = stalling_plane(up, 1, 2)
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        started = asyncio.get_running_loop().time()
+        result = await asyncio.wait_for(Exchange().run(dp), 5)
+        took = asyncio.get_running_loop().time() - started
+    finally:
+        monitor.cancel()
+    assert (result.status, result.body) == (200, OK)
+    assert up.calls == [1, 2]
+    assert 1 in up.health_calls
+    assert took < 2.0  # the stall deadline and the probe, not a read timeout of minutes
+    hung = dp.state.get("e1")
+    assert hung is not None
+    assert hung.stalled
+    assert [b.key for b in dp.state.candidates("m")] == ["e2"]
+
+
+async def test_every_engine_hung_is_a_503_within_the_stall_deadline() -> None:
+    up = HangingUpstream({}, hung={1, 2})
+    dp = stalling_plane(up, 1, 2)
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        first = await asyncio.wait_for(Exchange().run(dp), 5)
+        second = await asyncio.wait_for(Exchange().run(dp), 5)
+    finally:
+        monitor.cancel()
+    assert first.status == 503
+    assert first.json()["error"]["code"] == "no_backend_available"
+    assert first.header(b"retry-after") is not None
+    # Both are known to hang now: the next request is refused at once, not sent.
+    assert second.status == 503
+    assert up.calls.count(1) + up.calls.count(2) <= 2
+
+
+async def test_a_slow_but_live_engine_is_waited_for() -> None:
+    up = HangingUpstream({1: FakeReply(200, OK)}, hung=set(), slow_s=0.8)
+    dp = stalling_plane(up, 1)
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        result = await asyncio.wait_for(Exchange().run(dp), 5)
+    finally:
+        monitor.cancel()
+    assert (result.status, result.body) == (200, OK)
+    assert up.health_calls  # it was asked, answered, and the request went on
+    live = dp.state.get("e1")
+    assert live is not None
+    assert not live.stalled
+
+
+async def test_a_stream_whose_engine_hangs_ends_with_an_error_event() -> None:
+    reply = FakeReply(200, SSE, stream=True)
+    hang = asyncio.Event()
+
+    async def then_hang() -> AsyncIterator[bytes]:
+        yield SSE[0]
+        await hang.wait()
+
+    reply._iterate = then_hang  # type: ignore[method-assign]
+    up = HangingUpstream({1: reply}, hung=set())
+    dp = stalling_plane(up, 1)
+    up.hung = {1}  # requests already sent; /health now hangs too
+    assert dp.stalls is not None
+    monitor = asyncio.create_task(dp.stalls.run())
+    try:
+        # The request itself must reach the engine: let the first call through.
+        up.hung = set()
+        task = asyncio.create_task(Exchange().run(dp))
+        await asyncio.sleep(0.05)
+        up.hung = {1}
+        result = await asyncio.wait_for(task, 5)
+    finally:
+        monitor.cancel()
+    assert result.status == 200
+    assert b"[DONE]" not in result.body
+    last = json.loads(result.messages[-1]["body"].removeprefix(b"data: "))
+    assert last["error"]["code"] == "stream_interrupted"
+
+
+async def test_an_engine_killed_under_load_fails_over_outside_the_retry_budget() -> None:
+    # A budget that allows no retry at all: only requests that never reached an engine,
+    # or whose engine died, may still move on.
+    budget = RetryBudget(budget_percent=0, min_retry_concurrency=0, backoff_base_s=0.0)
+    up = FakeUpstream({1: UpstreamDisconnected("reset"), 2: FakeReply(200, OK)})
+    result = await Exchange().run(plane(up, 1, 2, budget=budget))
+    assert (result.status, up.calls) == (200, [1, 2])
+    up = FakeUpstream({1: FirstByteTimeout("slow"), 2: FakeReply(200, OK)})
+    result = await Exchange().run(plane(up, 1, 2, budget=budget))
+    assert (result.status, up.calls) == (503, [1])  # a timeout may be overload: budgeted
+
+
+# -- continuation of interrupted streams ------------------------------------------------
+
+
+def sse(content: str | None = None, *, role: bool = False, finish: bool = False) -> bytes:
+    delta: dict[str, str] = {"role": "assistant"} if role else {}
+    if content is not None:
+        delta["content"] = content
+    body = {
+        "id": "chatcmpl-x",
+        "created": 1,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": "stop" if finish else None}],
+    }
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+class Recording(FakeUpstream):
+    def __init__(self, script: dict[int, Any]) -> None:
+        super().__init__(script)
+        self.bodies: list[bytes] = []
+
+    async def request(
+        self,
+        method: bytes,
+        origin: Origin,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        body: bytes = b"",
+    ) -> FakeReply:
+        self.bodies.append(body)
+        return await super().request(method, origin, target, headers, body)
+
+
+STREAM_CHAT = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+).encode()
+
+
+async def test_a_broken_stream_is_continued_on_another_engine() -> None:
+    first = FakeReply(
+        200, [sse("", role=True), sse("Once"), sse(" upon"), sse(" a")], stream=True, break_after=3
+    )
+    second = FakeReply(
+        200,
+        [sse("", role=True), sse(" time"), sse(finish=True), b"data: [DONE]\n\n"],
+        stream=True,
+    )
+    up = Recording({1: first, 2: second})
+    dp = plane(up, 1, 2)
+    dp.config.continuation_models = frozenset({"m"})
+    result = await Exchange().run(dp, STREAM_CHAT)
+    assert result.status == 200
+    continued = json.loads(up.bodies[1])
+    assert continued["messages"][-1] == {"role": "assistant", "content": "Once upon"}
+    assert continued["continue_final_message"] is True
+    text = ""
+    final: dict[str, Any] = {}
+    for line in result.body.split(b"\n\n"):
+        if line.startswith(b"data: {"):
+            event = json.loads(line.removeprefix(b"data: "))
+            text += event["choices"][0]["delta"].get("content") or ""
+            if event["choices"][0]["finish_reason"]:
+                final = event
+    assert text == "Once upon time"
+    assert final["sage"] == {"continued": 1}
+    assert b'"error"' not in result.body
+    assert result.body.rstrip().endswith(b"data: [DONE]")
+
+
+async def test_without_opt_in_a_broken_stream_ends_with_an_error_event() -> None:
+    first = FakeReply(200, [sse("", role=True), sse("Once")], stream=True, break_after=1)
+    up = Recording({1: first, 2: FakeReply(200, [sse(" time")], stream=True)})
+    result = await Exchange().run(plane(up, 1, 2), STREAM_CHAT)
+    assert up.calls == [1]
+    assert b"stream_interrupted" in result.body
+
+
+async def test_a_large_answer_is_relayed_as_it_comes_not_held() -> None:
+    big = [b"x" * 600_000, b"y" * 600_000, b"z" * 600_000]
+    up = FakeUpstream({1: FakeReply(200, big)})
+    dp = plane(up, 1)
+    dp.config.max_buffered_response_bytes = 1 << 20
+    result = await Exchange().run(dp)
+    assert result.status == 200
+    bodies = [m["body"] for m in result.messages[1:] if m.get("body")]
+    assert bodies == big  # chunk by chunk, never joined into one 1.8 MB buffer
+    small = FakeUpstream({1: FakeReply(200, [b"a" * 1000, b"b" * 1000])})
+    result = await Exchange().run(plane(small, 1))
+    assert [m["body"] for m in result.messages[1:]] == [b"a" * 1000 + b"b" * 1000]
+
+
+async def test_a_model_of_the_wrong_kind_is_a_400_naming_what_serves_the_endpoint() -> None:
+    up = FakeUpstream({1: FakeReply(200, OK)})
+    dp = plane(up, 1)  # "m" is an llm
+    state_with_embedder = table(1)
+    state_with_embedder.backends.append(
+        Backend(id="e2", model="emb", kind=EngineKind.EMBEDDING, url="http://127.0.0.1:2")
+    )
+    dp.state.update(state_with_embedder)
+    body = json.dumps({"model": "m", "input": "hi"}).encode()
+    result = await Exchange().run(dp, body, kind=EngineKind.EMBEDDING, path=b"/v1/embeddings")
+    assert result.status == 400  # not 503: a retry cannot help
+    error = result.json()["error"]
+    assert (error["code"], error["param"]) == ("model_wrong_kind", "model")
+    assert "m' is llm" in error["message"]
+    assert "emb" in error["message"]
+    assert up.calls == []
+
+
+def _form(boundary: str, model: str | None) -> bytes:
+    parts = []
+    if model is not None:
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        )
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\nRIFF....\r\n"
+    )
+    return ("".join(parts) + f"--{boundary}--\r\n").encode()
+
+
+async def test_a_transcription_form_is_routed_by_its_model_field_and_relayed_whole() -> None:
+    up = FakeUpstream({1: FakeReply(200, b'{"text": "hi"}')})
+    dp = plane(up, 1)
+    form = _form("XyZ", "m")
+    headers = [(b"content-type", b"multipart/form-data; boundary=XyZ")]
+    result = await Exchange().run(dp, form, path=b"/v1/audio/transcriptions", headers=headers)
+    assert (result.status, result.body, up.calls) == (200, b'{"text": "hi"}', [1])
+
+
+@pytest.mark.parametrize(
+    ("form", "content_type", "says"),
+    [
+        (_form("XyZ", None), b"multipart/form-data; boundary=XyZ", "no model field"),
+        (_form("XyZ", "m"), b"application/json", "multipart/form-data"),
+        (b"--XyZ\r\ngarbage", b"multipart/form-data; boundary=XyZ", "malformed"),
+    ],
+)
+async def test_a_bad_transcription_form_is_a_400(
+    form: bytes, content_type: bytes, says: str
+) -> None:
+    up = FakeUpstream({1: FakeReply(200, OK)})
+    headers = [(b"content-type", content_type)]
+    result = await Exchange().run(
+        plane(up, 1), form, path=b"/v1/audio/transcriptions", headers=headers
+    )
+    assert result.status == 400
+    assert says in result.json()["error"]["message"]
+    assert up.calls == []

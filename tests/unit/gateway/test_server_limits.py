@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from sage.unified.gateway._metrics import GatewayMetrics
+from sage.unified.gateway.main import _server_config
 from sage.unified.gateway.routing import RoutingState
-from sage.unified.gateway.serve import _server_config
 from sage.unified.gateway.server import connection_cap
 from sage.unified.gateway.server._limits import FD_RESERVE, body_too_slow
 from sage.unified.gateway.settings import GatewaySettings

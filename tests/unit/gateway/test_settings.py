@@ -82,7 +82,7 @@ async def test_a_gateway_on_an_open_address_answers_403_for_studio(tmp_path) -> 
     )
     app = create_gateway_app(settings)
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://gw"
+        transport=httpx.ASGITransport(app=app), base_url="http://gw.localhost"
     ) as client:
         response = await client.get("/studio/")
     assert response.status_code == 403

@@ -16,7 +16,9 @@ from sage.unified.gateway.studio import STATIC_FILES, create_studio_router
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     app = Litestar([create_studio_router()])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw.localhost"
+    ) as c:
         yield c
 
 
@@ -84,7 +86,9 @@ async def test_unknown_paths_are_404_pages(client: httpx.AsyncClient, path: str)
 @pytest.mark.anyio
 async def test_a_refused_console_says_why() -> None:
     app = Litestar([create_studio_router(refusal="Studio is not served on 10.0.0.5 <b>")])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://gw.localhost"
+    ) as c:
         for path in ("/studio/", "/studio/js/app.js"):
             response = await c.get(path)
             assert response.status_code == 403

@@ -24,6 +24,7 @@ def test_public_names() -> None:
             "SessionAffinityPolicy",
             "UnknownPolicyError",
             "get_policy",
+            "peek_form",
             "peek_request",
             "policy_names",
         ]

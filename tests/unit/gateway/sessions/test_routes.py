@@ -30,7 +30,7 @@ async def client_for(tmp_path: Path) -> AsyncIterator[ClientFactory]:
         apps.append(app)
         headers = {"authorization": f"Bearer {token}"} if token else {}
         return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://gw", headers=headers
+            transport=httpx.ASGITransport(app=app), base_url="http://gw.localhost", headers=headers
         )
 
     try:
@@ -136,7 +136,9 @@ async def test_bad_requests_get_a_clear_openai_shaped_error(
 async def test_the_same_origin_may_write(client_for: ClientFactory) -> None:
     async with client_for() as client:
         response = await client.post(
-            "/sessions", json={}, headers={"origin": "http://gw", "sec-fetch-site": "same-origin"}
+            "/sessions",
+            json={},
+            headers={"origin": "http://gw.localhost", "sec-fetch-site": "same-origin"},
         )
     assert response.status_code == 200
 
