@@ -233,9 +233,14 @@ class GatewayManagementClient(SyncFleetMethods, _SyncClient):
         """Control actions, newest first."""
         return self._caller.call(_CP.AUDIT, query={"limit": limit}).entries
 
-    def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
-        """Push an agent's snapshot (what agents do every heartbeat)."""
-        return self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
+    def report(
+        self, agent_id: str, report: AgentReport, *, timeout_s: float | None = None
+    ) -> AgentReportReply:
+        """Push an agent's snapshot (what agents do every heartbeat); ``timeout_s`` bounds
+        each URL's attempt (connect and read) instead of the client's timeout."""
+        return self._caller.call(
+            _CP.REPORT, report, path={"agent_id": agent_id}, read_timeout_s=timeout_s
+        )
 
     def health(self) -> dict[str, Any]:
         """``GET /health`` (liveness)."""
@@ -287,8 +292,12 @@ class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
     async def audit(self, limit: int = 100) -> list[AuditRecord]:
         return (await self._caller.call(_CP.AUDIT, query={"limit": limit})).entries
 
-    async def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
-        return await self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
+    async def report(
+        self, agent_id: str, report: AgentReport, *, timeout_s: float | None = None
+    ) -> AgentReportReply:
+        return await self._caller.call(
+            _CP.REPORT, report, path={"agent_id": agent_id}, read_timeout_s=timeout_s
+        )
 
     async def health(self) -> dict[str, Any]:
         return _health_dict((await self._caller.send(_CP.HEALTH)).content)
