@@ -9,9 +9,11 @@ changes (:mod:`sage.unified.coordinator._ha`):
   never by this process's clock: a gateway that cannot see the store keeps what it has;
 - engines of lost hosts are deleted when the store's record loses them (the leader
   applies the retention), not by a local timer;
-- changes take the store's revision (:meth:`MirroredRegistry.stamp`) and load figures
-  are published with the change that carried them, so every gateway that saw the same
-  changes publishes the same revisions.
+- changes take the store's revision (:meth:`MirroredRegistry.stamp`), so every gateway
+  that saw the same changes gives them the same revisions; load figures alone are
+  published at most once per ``load_publish_interval_s`` as on a local registry (a
+  table of 8,000 engines is not rebuilt for every agent's telemetry), at the revision of
+  the change that carried them here.
 """
 
 from __future__ import annotations
@@ -30,15 +32,23 @@ class MirroredRegistry(Registry):
     Args:
         clock: timestamps shown to people (and when an agent was seen lost).
         lease_ttl_s: shown as the lease of a live agent (the store holds the real one).
+        load_publish_interval_s: the least time between two load-only revisions.
         revision: the store's revision the registry starts at.
     """
 
-    def __init__(self, clock: Clock, *, lease_ttl_s: float = 10.0, revision: int = 0) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        lease_ttl_s: float = 10.0,
+        load_publish_interval_s: float = 1.0,
+        revision: int = 0,
+    ) -> None:
         super().__init__(
             clock,
             lease_ttl_s=lease_ttl_s,
             lost_engine_retention_s=float("inf"),
-            load_publish_interval_s=0.0,
+            load_publish_interval_s=load_publish_interval_s,
             revision=revision,
         )
         self._unstamped = False

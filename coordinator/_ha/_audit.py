@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
-from sage.unified.coordinator._etcd import DeleteOp, EtcdClient, RangeOp
+from sage.unified.coordinator._etcd import DeleteOp, EtcdClient, PutOp, RangeOp
+from sage.unified.coordinator._ha._batch import TxnBatcher
 from sage.unified.coordinator._ha._records import AuditValue, KeySpace, audit_key
 from sage.unified.coordinator._store import AuditEntry
 from sage.unified.sdk.models import decode, encode
@@ -30,12 +31,17 @@ class EtcdAuditStore:
 
     Args:
         etcd: the client.
+        batcher: joins the writes of concurrent entries (a flood of refusals is a few
+            transactions, not one call each).
         keys: the deployment's key space.
         timeout_s: deadline of one call.
     """
 
-    def __init__(self, etcd: EtcdClient, keys: KeySpace, timeout_s: float) -> None:
+    def __init__(
+        self, etcd: EtcdClient, batcher: TxnBatcher, keys: KeySpace, timeout_s: float
+    ) -> None:
         self._etcd = etcd
+        self._batcher = batcher
         self._keys = keys
         self._timeout_s = timeout_s
 
@@ -48,7 +54,7 @@ class EtcdAuditStore:
             result=entry.result,
         )
         key = audit_key(self._keys, time.time_ns())
-        await self._etcd.put(key, encode(value), idempotent=True, timeout_s=self._timeout_s)
+        await self._batcher.txn([], [PutOp(key, encode(value))])
 
     async def audit_log(self, limit: int = 100) -> list[AuditEntry]:
         result = await self._etcd.range(

@@ -28,6 +28,7 @@ from contextlib import AsyncExitStack
 from typing import Self
 
 import anyio
+import anyio.abc
 import httpx
 
 from sage.unified.coordinator._addresses import AddressPolicy
@@ -37,6 +38,7 @@ from sage.unified.coordinator._etcd import EtcdClient, EtcdError, EtcdTls
 from sage.unified.coordinator._fleet import Fleet
 from sage.unified.coordinator._fleet_service import FleetService
 from sage.unified.coordinator._ha._audit import EtcdAuditStore
+from sage.unified.coordinator._ha._batch import TxnBatcher
 from sage.unified.coordinator._ha._commands import EtcdEngineCommands
 from sage.unified.coordinator._ha._fleet import EtcdFleetStore, fleet_records
 from sage.unified.coordinator._ha._housekeeping import Housekeeper, RegisteredStateWriter
@@ -120,14 +122,21 @@ class EtcdBackend:
         self.etcd = etcd or etcd_client_for(settings)
         self.keys = KeySpace(settings.etcd_prefix)
         self.health = StoreHealth(str(self.etcd.target))
-        self._registry = MirroredRegistry(clock, lease_ttl_s=settings.lease_ttl_s)
+        self._registry = MirroredRegistry(
+            clock,
+            lease_ttl_s=settings.lease_ttl_s,
+            load_publish_interval_s=settings.load_publish_interval_s,
+        )
         self.publisher = TablePublisher(self._registry, settings.watch_coalesce_s)
         self.state = MirrorState(self.keys, self._registry)
         self.mirror = StateMirror(
             self.etcd, self.keys, self.state, self.health, self._state_changed,
             settings.etcd_timeout_s,
         )  # fmt: skip
-        self.audit_store = EtcdAuditStore(self.etcd, self.keys, settings.etcd_timeout_s)
+        self.batcher = TxnBatcher(self.etcd, settings.etcd_timeout_s)
+        self.audit_store = EtcdAuditStore(
+            self.etcd, self.batcher, self.keys, settings.etcd_timeout_s
+        )
         self.auditor = Auditor(self.audit_store, clock)
         ttl = max(1, math.ceil(settings.lease_ttl_s))
         self.leases = LeaseKeeper(
@@ -194,15 +203,16 @@ class EtcdBackend:
             http = self._given_client
             if http is None:
                 http = await stack.enter_async_context(async_http_pool())
-            self._build(http)
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(task_group.cancel_scope.cancel)
+            self._build(http, task_group)
             try:
                 await self.mirror.load()
             except EtcdError as exc:
                 self.health.failed(exc)
                 log.warning("etcd at %s cannot be read yet (%s); retrying", self.etcd.target, exc)
             self.publisher.open()
-            task_group = await stack.enter_async_context(anyio.create_task_group())
-            stack.callback(task_group.cancel_scope.cancel)
+            task_group.start_soon(self.batcher.run)
             task_group.start_soon(self.mirror.run)
             task_group.start_soon(self.publisher.run)
             task_group.start_soon(self.health.probe, self.etcd, self.keys.state, 2.0)
@@ -212,12 +222,13 @@ class EtcdBackend:
         log.info("coordinator %s started on etcd %s", self.identity, self.etcd.target)
         return self
 
-    def _build(self, http: httpx.AsyncClient) -> None:
+    def _build(self, http: httpx.AsyncClient, task_group: anyio.abc.TaskGroup) -> None:
         settings = self.settings
         self.intake = EtcdReportIntake(
-            self.etcd, self.keys, self.mirror, self.leases, self.health,
+            self.etcd, self.batcher, self.keys, self.mirror, self.leases, self.health,
             settings=settings, clock=self.clock, addresses=self._addresses,
             auditor=self.auditor, metrics=self._metrics, identity=self.identity,
+            spawn=task_group.start_soon,
         )  # fmt: skip
         self.commands = EtcdEngineCommands(
             self.etcd, self.keys, self.mirror, self.health,

@@ -6,9 +6,11 @@ written with a compare-and-swap on the snapshot key's revision as this gateway k
 so that a report checked against a stale mirror is never written over a newer one: the
 gateway catches up with etcd and checks again. What is written, and when, is
 :func:`~._records.plan_report_write`; the agent's lease is renewed by the
-:class:`~._leases.LeaseKeeper`. The reply is sent once the write is in etcd (a majority
-of its members has it), so a report that was answered 200 is never lost to a gateway or
-leader change.
+:class:`~._leases.LeaseKeeper`. The reply to a report that changed something is sent once
+the write is in etcd (a majority of its members has it) and in this gateway's mirror,
+so a report that was answered 200 is never lost to a gateway or leader change. A write
+made only because the telemetry is due is sent in the background (one at a time per
+agent): nothing depends on it, and the agent's reply does not wait for it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
@@ -26,6 +30,7 @@ from sage.unified.coordinator._errors import (
     InvalidRequestError,
 )
 from sage.unified.coordinator._etcd import Compare, EtcdClient, PutOp, TxnResult
+from sage.unified.coordinator._ha._batch import TxnBatcher
 from sage.unified.coordinator._ha._leases import LeaseKeeper
 from sage.unified.coordinator._ha._mirror import StateMirror, StoreHealth
 from sage.unified.coordinator._ha._records import (
@@ -54,7 +59,8 @@ class EtcdReportIntake:
     """Applies agents' reports through etcd.
 
     Args:
-        etcd: the client.
+        etcd: the client (lease grants).
+        batcher: joins the snapshot writes of concurrent reports.
         keys: the deployment's key space.
         mirror: this gateway's mirror of the state (checks are made against it).
         leases: renews the agents' leases.
@@ -65,11 +71,13 @@ class EtcdReportIntake:
         auditor: rejected reports are audited.
         metrics: report counters and latency.
         identity: this coordinator, written with each snapshot.
+        spawn: runs a background write (a task group's ``start_soon``).
     """
 
     def __init__(
         self,
         etcd: EtcdClient,
+        batcher: TxnBatcher,
         keys: KeySpace,
         mirror: StateMirror,
         leases: LeaseKeeper,
@@ -81,8 +89,12 @@ class EtcdReportIntake:
         auditor: Auditor,
         metrics: CoordinatorMetrics,
         identity: str,
+        spawn: Callable[..., Any],
     ) -> None:
+        self._spawn: Callable[[Callable[..., Awaitable[Any]], Any], Any] = spawn
+        self._telemetry_writes: set[str] = set()
         self._etcd = etcd
+        self._batcher = batcher
         self._keys = keys
         self._mirror = mirror
         self._leases = leases
@@ -147,15 +159,21 @@ class EtcdReportIntake:
                 now=self._clock.time(),
                 telemetry_interval_s=self._settings.telemetry_publish_interval_s,
             )
-            if not plan.writes:
+            if not plan.writes or plan.telemetry_only:
                 assert plan.renew_lease is not None
                 self._leases.renew(plan.renew_lease)
+                if plan.telemetry_only and report.agent_id not in self._telemetry_writes:
+                    self._telemetry_writes.add(report.agent_id)
+                    self._spawn(self._write_telemetry, (report, known, plan))
                 return
             with self._health.guard():
                 result = await self._commit(report, known, plan)
             if result.succeeded:
                 if plan.renew_lease is not None:
                     self._leases.renew(plan.renew_lease)
+                # Read your writes: the reply's revision, and this gateway's table,
+                # include the change (the watch delivers it within milliseconds).
+                await self._mirror.wait_for(result.header.revision, _CATCH_UP_S)
                 return
             # Another gateway wrote this agent since our mirror saw it: catch up, decide again.
             await self._mirror.wait_for(result.header.revision, _CATCH_UP_S)
@@ -164,6 +182,15 @@ class EtcdReportIntake:
             "once; its next report will be taken",
             code="report_conflict",
         )
+
+    async def _write_telemetry(self, job: tuple[AgentReport, KnownAgent | None, WritePlan]) -> None:
+        report, known, plan = job
+        try:
+            await self._commit(report, known, plan)  # a conflict: the next one is due at once
+        except Exception as exc:  # best effort: the next report tries again
+            log.debug("telemetry of agent %s not written: %s", report.agent_id, exc)
+        finally:
+            self._telemetry_writes.discard(report.agent_id)
 
     async def _commit(
         self, report: AgentReport, known: KnownAgent | None, plan: WritePlan
@@ -181,4 +208,4 @@ class EtcdReportIntake:
             marker = AliveMarker(incarnation=report.incarnation, by=self._identity)
             ops.append(PutOp(alive_key, encode(marker), lease=lease.id))
             log.info("agent %s: new etcd lease %x", report.agent_id, lease.id)
-        return await self._etcd.txn(compares, ops, timeout_s=self._settings.etcd_timeout_s)
+        return await self._batcher.txn(compares, ops)

@@ -7,7 +7,9 @@ agent's last report, and no later than one TTL and one round after it.
 
 A renewal that finds a lease gone (etcd ended it: the agent was silent for a TTL, or
 etcd could not be reached for that long) is remembered, so that the agent's next report
-is given a new lease at once.
+is given a new lease at once. etcd's JSON gateway may answer a long request for only
+some of its leases: the others are asked for again at once (a few times), then in the
+next round, and never taken for gone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = ["LeaseKeeper"]
 log = logging.getLogger("sage.unified.coordinator")
 
 _FORGET_AFTER = 10_000
+_RETRIES = 4
+"""Requests per round for leases the previous request of the round left unanswered."""
 """Expired lease ids remembered (older ones are forgotten: a gone lease is never renewed)."""
 
 
@@ -66,18 +70,22 @@ class LeaseKeeper:
 
     async def round(self) -> None:
         batch, self._queued = self._queued, set()
-        if not batch:
-            return
-        try:
-            ttls = await self._etcd.lease_keepalive_many(sorted(batch), timeout_s=self._timeout_s)
-        except EtcdError as exc:
-            self._queued |= batch
-            self._health.failed(exc)
-            log.debug("lease renewal of %d agents failed: %s", len(batch), exc)
-            return
-        self.renewed += len(batch)
-        for lease_id, ttl in ttls.items():
-            if ttl <= 0:
-                self._expired[lease_id] = None
+        for _ in range(_RETRIES):
+            if not batch:
+                break
+            try:
+                ttls = await self._etcd.lease_keepalive_many(
+                    sorted(batch), timeout_s=self._timeout_s
+                )
+            except EtcdError as exc:
+                self._health.failed(exc)
+                log.debug("lease renewal of %d agents failed: %s", len(batch), exc)
+                break
+            self.renewed += len(ttls)
+            for lease_id, ttl in ttls.items():
+                if ttl <= 0:
+                    self._expired[lease_id] = None
+            batch -= ttls.keys()
+        self._queued |= batch
         while len(self._expired) > _FORGET_AFTER:
             del self._expired[next(iter(self._expired))]

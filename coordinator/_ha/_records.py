@@ -219,6 +219,8 @@ class WritePlan:
     grant_lease: bool
     renew_lease: int | None
     """The lease to renew in the next batch (when no new one is granted)."""
+    telemetry_only: bool = False
+    """The snapshot is written only because its telemetry is due: nothing waits for it."""
 
     @property
     def writes(self) -> bool:
