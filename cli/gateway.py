@@ -244,6 +244,8 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         "status": readiness.get("status"),
         "mode": readiness.get("mode"),
         "control_plane_reachable": readiness.get("control_plane_reachable"),
+        "store": readiness.get("store"),
+        "leader": readiness.get("leader"),
         "models": readiness.get("models", []),
         "revision": readiness.get("revision"),
         "agents": [_agent_row(a) for a in agents],
@@ -260,8 +262,12 @@ def status(*, url: str | None = None, token: str | None = None, json: bool = Fal
         f"Gateway [bold]{base}[/bold]  status: {summary['status']}  mode: {summary['mode']}"
         + (f"  pid: {record.pid}" if record else "")
     )
+    store = f"  store: {summary['store']}" if summary["store"] else ""
+    if summary["leader"] is not None:
+        store += f" ({'leader' if summary['leader'] else 'follower'})"
     console.print(
-        f"Control plane reachable: {summary['control_plane_reachable']}  revision: {summary['revision']}"
+        f"Control plane reachable: {summary['control_plane_reachable']}  revision: "
+        f"{summary['revision']}{store}"
     )
     console.print(f"Models served: {', '.join(summary['models']) or 'none'}")
     _print_fleet(console, agents, deployments)

@@ -43,6 +43,9 @@ from sage.unified.sdk.states import EngineState
 
 pytestmark = pytest.mark.anyio
 
+# The code is backend-neutral; the tests that wait for leases or for etcd to come back
+# run on one backend each (some on asyncio, some on trio) to keep the suite short.
+
 
 def settings_for(url: str, prefix: str, **overrides: Any) -> CoordinatorSettings:
     values: dict[str, Any] = {
@@ -166,6 +169,7 @@ async def test_a_report_to_one_gateway_is_in_every_gateways_table_at_the_same_re
             await one.report("a1", report(EngineState.READY, incarnation=1))
 
 
+@pytest.mark.parametrize("anyio_backend", [("trio", {})], ids=["trio"])
 async def test_a_heartbeat_that_changes_nothing_writes_nothing_but_keeps_the_lease(
     shared_etcd, prefix
 ) -> None:  # type: ignore[no-untyped-def]
@@ -186,6 +190,7 @@ async def test_a_heartbeat_that_changes_nothing_writes_nothing_but_keeps_the_lea
         assert engine_ids(one) == ["a1-e0"]
 
 
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": False})], ids=["asyncio"])
 async def test_an_agent_that_stops_reporting_is_lost_everywhere_and_comes_back(
     shared_etcd, prefix
 ) -> None:  # type: ignore[no-untyped-def]
@@ -274,6 +279,7 @@ async def test_a_leader_that_dies_during_a_start_leaves_exactly_one_engine(
     assert agents.launches == {outcome[0].id: 1}  # ... and one engine was started
 
 
+@pytest.mark.parametrize("anyio_backend", [("trio", {})], ids=["trio"])
 async def test_while_etcd_is_down_tables_stay_and_writes_get_503(etcd, prefix) -> None:  # type: ignore[no-untyped-def]
     async with coordinators(etcd.etcd_url, prefix) as (one, two):
         await one.report("a1", report(EngineState.READY))
