@@ -263,7 +263,7 @@ class EtcdBackend:
             self.etcd, self.keys, self.mirror, self.audit_store, fence,
             settings=settings, clock=self.clock,
         )  # fmt: skip
-        self.election._tasks = [starts, prober, upkeep, self._reconciler, *self._leader_tasks]
+        self.election.tasks = [starts, prober, upkeep, self._reconciler, *self._leader_tasks]
 
     async def _no_publish(self, revision: int) -> None:
         """The prober's sink writes to etcd; the mirror publishes what comes back."""

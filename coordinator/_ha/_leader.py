@@ -46,7 +46,7 @@ class LeaderElection:
         prefix: the election's key prefix.
         identity: published as the leader's value (who leads, for people).
         ttl_s: the leader lease's TTL (seconds).
-        tasks: the leader tasks.
+        tasks: the leader tasks (:attr:`tasks` may be changed until the first term).
     """
 
     def __init__(
@@ -61,7 +61,7 @@ class LeaderElection:
         self._election = Election(etcd, prefix)
         self.identity = identity
         self._ttl_s = ttl_s
-        self._tasks = tasks
+        self.tasks: Sequence[LeaderTask] = tasks
         self.leadership: Leadership | None = None
         self.terms = 0
         """How many times this coordinator started to lead."""
@@ -115,7 +115,7 @@ class LeaderElection:
                         self.leadership = await self._election.campaign(self.identity, lease)
                         self.terms += 1
                         log.info("leading the control plane (%s)", self.identity)
-                        await run_leader_tasks(self._tasks)
+                        await run_leader_tasks(self.tasks)
                     except EtcdError as exc:
                         # Raised out here, not through the task group (an exception group).
                         error = exc

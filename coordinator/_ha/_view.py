@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import msgspec
 
 from sage.unified.coordinator._errors import CoordinatorError
-from sage.unified.coordinator._etcd import KeyValue, WatchEvent
+from sage.unified.coordinator._etcd._types import KeyValue, WatchEvent
 from sage.unified.coordinator._ha._records import (
     KeySpace,
     KnownAgent,

@@ -236,3 +236,34 @@ def test_the_etcd_password_comes_from_the_setting_or_its_file(tmp_path) -> None:
     missing = CoordinatorSettings(store="etcd://e1", etcd_password_file=tmp_path / "nope")
     with pytest.raises(ConfigError, match="cannot read the etcd password"):
         missing.etcd_password_value()
+
+
+def test_the_pure_modules_of_the_etcd_control_plane_import_no_io_library() -> None:
+    import subprocess
+    import sys
+
+    pure = (
+        "sage.unified.coordinator._table",
+        "sage.unified.coordinator._report_checks",
+        "sage.unified.coordinator._mirrored",
+        "sage.unified.coordinator._ha._records",
+        "sage.unified.coordinator._ha._view",
+    )
+    # Stub the packages whose __init__ imports I/O parts, then import the modules alone.
+    code = f"""
+import importlib, importlib.util, pathlib, sys, types
+root = pathlib.Path(next(iter(importlib.util.find_spec("sage.unified").submodule_search_locations)))
+for name, path in [("sage.unified.sdk", root / "sdk"),
+                   ("sage.unified.coordinator", root / "coordinator"),
+                   ("sage.unified.coordinator._etcd", root / "coordinator" / "_etcd"),
+                   ("sage.unified.coordinator._ha", root / "coordinator" / "_ha")]:
+    module = types.ModuleType(name)
+    module.__path__ = [str(path)]
+    sys.modules[name] = module
+for name in {pure!r}:
+    importlib.import_module(name)
+print(sorted({{"httpx", "anyio", "litestar"}} & set(sys.modules)))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
