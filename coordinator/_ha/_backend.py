@@ -290,12 +290,13 @@ class EtcdBackend:
         return self.intake, self.commands
 
     def pending_starts(self) -> list[StartRequestRecord]:
+        """Accepted starts no report has shown yet (a failed one is not pending)."""
         return [
             StartRequestRecord(
                 intent.engine_id, intent.agent_id or "", intent.spec, intent.requested_at
             )
             for _, intent in self.state.starts.values()
-            if not self._registry.has_engine(intent.engine_id)
+            if intent.phase != "failed" and not self._registry.has_engine(intent.engine_id)
         ]
 
     async def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:

@@ -119,6 +119,8 @@ class Housekeeper:
 
     async def run(self) -> None:
         """Until cancelled: retention every second, audit and history on their periods."""
+        # Counted afresh in every term: what this process saw while another led is stale.
+        self._lost_since.clear()
         next_trim = next_compaction = self._clock.monotonic()
         while True:
             now = self._clock.monotonic()

@@ -17,9 +17,11 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import pytest
 
 from sage.unified.coordinator import (
+    ConflictError,
     ControlPlaneUnavailableError,
     Coordinator,
     CoordinatorSettings,
@@ -307,3 +309,51 @@ def test_start_intents_round_trip() -> None:
         engine_id="m-abc123", spec=EngineSpec(model="m"), requested_at=1.0, phase="placed"
     )
     assert decode(encode(intent), StartIntent) == intent
+
+
+@pytest.mark.parametrize("anyio_backend", [("asyncio", {"use_uvloop": False})], ids=["asyncio"])
+async def test_the_leader_deletes_the_engines_of_a_host_lost_past_the_retention(
+    shared_etcd, prefix
+) -> None:  # type: ignore[no-untyped-def]
+    async with coordinators(shared_etcd.etcd_url, prefix, lost_engine_retention_s=1.0) as (
+        one,
+        two,
+    ):
+        await one.report("a1", report(EngineState.READY))
+        await wait_until(lambda: two.registry.has_engine("a1-e0"))
+        await wait_until(lambda: not two.registry.has_engine("a1-e0"), 15)
+        assert one.engines() == two.engines() == []
+        assert [(a.agent_id, a.lost) for a in two.agents()] == [("a1", True)]
+
+
+async def test_deployments_and_cordons_are_shared_and_a_concurrent_change_loses(
+    shared_etcd, prefix
+) -> None:  # type: ignore[no-untyped-def]
+    from sage.unified.sdk.fleet import DeploymentSpec
+
+    async with coordinators(shared_etcd.etcd_url, prefix) as (one, two):
+        await one.report("a1", report())
+        await wait_until(lambda: bool(two.agents()))
+        spec = DeploymentSpec(
+            name="chat", engine=EngineSpec(model="m", runtime=Runtime.SIMULATED), replicas=0
+        )
+        await one.fleet.apply("chat", spec, "admin")
+        await wait_until(lambda: [d.spec.name for d in two.fleet.deployments()] == ["chat"])
+        await two.fleet.cordon("a1", "admin")
+        await wait_until(lambda: one.agents()[0].cordoned)
+        # Both change the deployment from the same revision: one write wins, one is 409.
+        wider = msgspec.structs.replace(spec, replicas=1)
+        outcomes = []
+
+        async def apply(coordinator: Coordinator) -> None:
+            try:
+                await coordinator.fleet.apply("chat", wider, "admin")
+                outcomes.append("ok")
+            except ConflictError as exc:
+                outcomes.append(str(exc.code))
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(apply, one)
+            task_group.start_soon(apply, two)
+        assert sorted(outcomes) in (["concurrent_change", "ok"], ["ok", "ok"])
+        await wait_until(lambda: two.fleet.deployment("chat").spec.replicas == 1)
