@@ -43,7 +43,6 @@ from litestar import Litestar, Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,11 +54,13 @@ from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
 from sage.unified.sdk.models import EngineInfo, GpuInfo
 from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
 from sage.unified.sdk.protocol.server import (
+    allow_header_middleware,
     browser_guard,
     decode_body,
     error_response,
     exception_handlers,
     metrics_response,
+    openapi_config,
     route,
 )
 from sage.unified.sdk.states import EngineState
@@ -223,7 +224,7 @@ def create_agent_app(agent: Agent) -> Litestar:
 
     @route(_AGENT.CLEAR_GPU)
     async def clear_gpu(index: FromPath[str]) -> GpuInfo:
-        if not index.isdigit():
+        if not (index.isascii() and index.isdigit()):
             raise GpuNotFoundError(f"GPU index {index!r} is not a number")
         return await agent.clear_gpu(int(index))
 
@@ -247,9 +248,9 @@ def create_agent_app(agent: Agent) -> Litestar:
         ],
         guards=[browser_guard(settings.browser_policy()), auth_guard],
         exception_handlers=exception_handlers(log),
-        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
-        openapi_config=OpenAPIConfig(
-            title="SAGE Unified Gateway agent", version="1", create_examples=False
-        ),
+        # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
+        logging_config=None,
+        openapi_config=openapi_config("SAGE Unified Gateway agent"),
+        middleware=[allow_header_middleware],
         debug=False,
     )

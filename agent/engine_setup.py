@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio
 import anyio.to_thread
@@ -52,6 +53,35 @@ def build_supervisor(
 ) -> EngineSupervisor:
     """The supervisor of the engine in ``slot`` (see :class:`EngineSupervisor` for the
     arguments passed through)."""
+    return EngineSupervisor(
+        engine_id=slot.engine_id,
+        spec=slot.spec,
+        host=settings.advertise_host,
+        port=slot.port,
+        gpu_ids=slot.gpu_ids,
+        launch=launch,
+        probe=_engine_probe(settings, slot, client=client, clock=clock),
+        policy=_restart_policy(settings),
+        clock=clock,
+        timing=_supervisor_timing(settings),
+        on_change=on_change,
+        log_tail=_log_tail(engine_log_path(settings.log_dir, slot.engine_id)),
+        port_taken_by_another=_port_taken_by_another,
+        restart_gate=restart_gate,
+        process=process,
+        state=state,
+        reason=reason,
+        incarnation=incarnation,
+        restarts=restarts,
+        created_at=created_at,
+        agent_id=settings.agent_id,
+    )
+
+
+def _engine_probe(
+    settings: AgentSettings, slot: EngineSlot, *, client: httpx.AsyncClient, clock: Clock
+) -> HttpEngineProbe:
+    """The HTTP checks of the engine in ``slot``, on the paths its runtime serves."""
     s = settings
     spec = slot.spec
     plan = build_launch_plan(
@@ -66,7 +96,7 @@ def build_supervisor(
         s.engine_bind_host if s.engine_bind_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     )
     probe_host = f"[{probe_host}]" if ":" in probe_host else probe_host
-    probe = HttpEngineProbe(
+    return HttpEngineProbe(
         client,
         f"http://{probe_host}:{slot.port}",
         spec.name,
@@ -77,47 +107,37 @@ def build_supervisor(
         metrics_flavor=plan.metrics_flavor,
         clock=clock,
     )
-    log_path = engine_log_path(s.log_dir, slot.engine_id)
 
+
+def _restart_policy(settings: AgentSettings) -> RestartPolicy:
+    """A fresh restart policy (backoff and cap) for one engine."""
+    return RestartPolicy(
+        initial_s=settings.restart_backoff_initial_s,
+        max_s=settings.restart_backoff_max_s,
+        max_restarts=settings.restart_max,
+        window_s=settings.restart_window_s,
+    )
+
+
+def _supervisor_timing(settings: AgentSettings) -> SupervisorTiming:
+    """The supervisors' probe intervals, budgets and graces."""
+    s = settings
+    return SupervisorTiming(
+        probe_interval_s=s.probe_interval_s,
+        probe_timeout_s=s.probe_timeout_s,
+        probe_failures=s.probe_failures,
+        stop_grace_s=s.stop_grace_s,
+        drain_propagation_s=s.drain_propagation_s,
+        default_drain_timeout_s=s.default_drain_timeout_s,
+        restart_window_s=s.restart_window_s,
+    )
+
+
+def _log_tail(log_path: Path) -> Callable[[int], Awaitable[list[str]]]:
     async def log_tail(n: int) -> list[str]:
         return await anyio.to_thread.run_sync(tail, log_path, n)
 
-    return EngineSupervisor(
-        engine_id=slot.engine_id,
-        spec=spec,
-        host=s.advertise_host,
-        port=slot.port,
-        gpu_ids=slot.gpu_ids,
-        launch=launch,
-        probe=probe,
-        policy=RestartPolicy(
-            initial_s=s.restart_backoff_initial_s,
-            max_s=s.restart_backoff_max_s,
-            max_restarts=s.restart_max,
-            window_s=s.restart_window_s,
-        ),
-        clock=clock,
-        timing=SupervisorTiming(
-            probe_interval_s=s.probe_interval_s,
-            probe_timeout_s=s.probe_timeout_s,
-            probe_failures=s.probe_failures,
-            stop_grace_s=s.stop_grace_s,
-            drain_propagation_s=s.drain_propagation_s,
-            default_drain_timeout_s=s.default_drain_timeout_s,
-            restart_window_s=s.restart_window_s,
-        ),
-        on_change=on_change,
-        log_tail=log_tail,
-        port_taken_by_another=_port_taken_by_another,
-        restart_gate=restart_gate,
-        process=process,
-        state=state,
-        reason=reason,
-        incarnation=incarnation,
-        restarts=restarts,
-        created_at=created_at,
-        agent_id=s.agent_id,
-    )
+    return log_tail
 
 
 async def _port_taken_by_another(pid: int, port: int) -> str | None:

@@ -104,6 +104,7 @@ class GpuNotFoundError(AgentError):
     """Raised when a GPU index is neither seen by NVML nor quarantined on this agent."""
 
     status = 404
+    type = "not_found_error"
     code = "gpu_not_found"
 
 

@@ -14,7 +14,7 @@ it; unknown counts as 0), then the lowest index.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from sage.unified.agent.errors import NoFreeGpuError
@@ -71,35 +71,54 @@ def assign_gpus(
             f"no GPU visible on this host: {reason}; run the engine on a GPU host "
             "or use runtime 'simulated'"
         )
+    if spec.gpu_ids:
+        return _check_requested(spec.gpu_ids, spec, known, claims, simulated=simulated)
+    return _choose(spec, known, claims)
+
+
+def _check_requested(
+    requested: Sequence[int],
+    spec: EngineSpec,
+    known: Mapping[int, GpuInfo],
+    claims: Sequence[GpuClaim],
+    *,
+    simulated: bool,
+) -> tuple[int, ...]:
+    """``requested`` (the spec's ``gpu_ids``), once each exists, is healthy and is free."""
     fraction = spec.gpu_memory_utilization
     want = spec.tensor_parallel_size
+    if not simulated and len(requested) != want:
+        raise NoFreeGpuError(
+            f"gpu_ids {requested} has {len(requested)} GPUs but "
+            f"tensor_parallel_size is {want}; give exactly {want} ids or omit gpu_ids"
+        )
+    missing = [i for i in requested if i not in known]
+    if missing:
+        raise NoFreeGpuError(
+            f"GPU {_ids(missing)} does not exist on this host (GPUs here: "
+            f"{_ids(sorted(known))}); pick existing indices or omit gpu_ids"
+        )
+    faulty = [known[i] for i in requested if not known[i].healthy]
+    if faulty:
+        raise NoFreeGpuError(
+            f"{_quarantined(faulty)}; choose other gpu_ids, or clear the GPU once it is "
+            "fixed (sage llm gpu clear HOST:INDEX)"
+        )
+    taken = [i for i in requested if not _fits(i, fraction, claims)]
+    if taken:
+        raise NoFreeGpuError(
+            f"requested GPUs are not available: {_describe(taken, fraction, claims)}; "
+            "choose other gpu_ids, lower gpu_memory_utilization, or stop those engines"
+        )
+    return tuple(requested)
 
-    if spec.gpu_ids:
-        if not simulated and len(spec.gpu_ids) != want:
-            raise NoFreeGpuError(
-                f"gpu_ids {spec.gpu_ids} has {len(spec.gpu_ids)} GPUs but "
-                f"tensor_parallel_size is {want}; give exactly {want} ids or omit gpu_ids"
-            )
-        missing = [i for i in spec.gpu_ids if i not in known]
-        if missing:
-            raise NoFreeGpuError(
-                f"GPU {_ids(missing)} does not exist on this host (GPUs here: "
-                f"{_ids(sorted(known))}); pick existing indices or omit gpu_ids"
-            )
-        faulty = [known[i] for i in spec.gpu_ids if not known[i].healthy]
-        if faulty:
-            raise NoFreeGpuError(
-                f"{_quarantined(faulty)}; choose other gpu_ids, or clear the GPU once it is "
-                "fixed (sage llm gpu clear HOST:INDEX)"
-            )
-        taken = [i for i in spec.gpu_ids if not _fits(i, fraction, claims)]
-        if taken:
-            raise NoFreeGpuError(
-                f"requested GPUs are not available: {_describe(taken, fraction, claims)}; "
-                "choose other gpu_ids, lower gpu_memory_utilization, or stop those engines"
-            )
-        return tuple(spec.gpu_ids)
 
+def _choose(
+    spec: EngineSpec, known: Mapping[int, GpuInfo], claims: Sequence[GpuClaim]
+) -> tuple[int, ...]:
+    """``tensor_parallel_size`` healthy GPUs that can take the engine, most free memory first."""
+    fraction = spec.gpu_memory_utilization
+    want = spec.tensor_parallel_size
     healthy = [gpu for gpu in known.values() if gpu.healthy]
     candidates = sorted(
         (gpu for gpu in healthy if _fits(gpu.index, fraction, claims)),

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 __all__ = [
     "STOPPED_STATUSES",
     "HealthRule",
+    "HealthStreak",
     "ProbeResult",
     "failure_reason",
     "has_failed",
@@ -74,6 +75,38 @@ class HealthRule:
     def shortest_round_s(self) -> float:
         """The least time a round's checks are given."""
         return min(self.timeout_s, self.interval_s / 2)
+
+
+@dataclass(slots=True)
+class HealthStreak:
+    """The checks of a READY engine since it became READY: failures in a row, and when
+    the last check passed (monotonic seconds)."""
+
+    rule: HealthRule
+    last_ok: float
+    failures: int = 0
+
+    def round_budget(self, started: float) -> float:
+        """Seconds the checks of a round starting at ``started`` get."""
+        return round_budget(self.rule, since_ok_s=started - self.last_ok)
+
+    def passed(self, now: float) -> None:
+        self.failures = 0
+        self.last_ok = now
+
+    def failed(self, now: float, *, detail: str, process_status: str | None) -> str | None:
+        """Count a failed check at ``now``; the ERROR reason once the engine has failed."""
+        self.failures += 1
+        since_ok_s = now - self.last_ok
+        if not has_failed(self.rule, failures=self.failures, since_ok_s=since_ok_s):
+            return None
+        return failure_reason(
+            self.rule,
+            failures=self.failures,
+            since_ok_s=since_ok_s,
+            detail=detail,
+            process_status=process_status,
+        )
 
 
 def round_budget(rule: HealthRule, *, since_ok_s: float) -> float:

@@ -18,6 +18,7 @@ unless ``stop_engines_on_exit`` is set.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import socket
@@ -33,29 +34,67 @@ from sage.unified.agent.app import create_agent_app
 from sage.unified.agent.sdnotify import notify, watchdog_interval_s
 from sage.unified.agent.service import Agent
 from sage.unified.agent.settings import AgentSettings
+from sage.unified.sdk.config import ConfigFileError
+from sage.unified.sdk.logsetup import configure_logging
+from sage.unified.sdk.ports import (
+    PortInUseError,
+    check_port_free,
+    find_port_in_use,
+    port_error,
+)
 
-__all__ = ["main", "run", "serve", "serve_api"]
+__all__ = ["PORT_HINT", "main", "run", "serve", "serve_api"]
 
 log = logging.getLogger(__name__)
 
 _LISTEN_WAIT_S = 30.0
+PORT_HINT = "choose another port with --port (SAGE_AGENT_PORT)"
 
 
 class _Config(Config):
-    """hypercorn's configuration, with listening sockets no child process inherits.
+    """hypercorn's configuration, with a listening socket bound before hypercorn starts
+    and that no child process inherits.
 
-    hypercorn marks them inheritable for its worker processes; the agent has none, and
-    an engine holding the agent's port kept a restarted agent from binding it.
+    hypercorn marks its sockets inheritable for its worker processes; the agent has
+    none, and an engine holding the agent's port kept a restarted agent from binding it.
     """
 
+    _bound: Sockets | None = None
+
+    def bind_now(self, host: str, port: int) -> None:
+        """Bind the socket now (as hypercorn would): a taken port fails here, in one
+        clear error, before anything waits for the API to listen (and would find another
+        process's socket)."""
+        address = host.strip("[]")
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._bound = Sockets([], [sock], [])
+
+    def close_unused(self) -> None:
+        """Close a socket bound by :meth:`bind_now` that hypercorn never took."""
+        if self._bound is not None:
+            for sock in self._bound.insecure_sockets:
+                sock.close()
+            self._bound = None
+
     def create_sockets(self) -> Sockets:
+        if self._bound is not None:
+            sockets, self._bound = self._bound, None
+            return sockets
         sockets = super().create_sockets()
         for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
             sock.set_inheritable(False)
         return sockets
 
 
-def _hypercorn_config(settings: AgentSettings) -> Config:
+def _hypercorn_config(settings: AgentSettings) -> _Config:
     config = _Config()
     host = settings.bind_host
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -110,12 +149,19 @@ async def serve_api(
     ``shutdown``, open requests get the graceful timeout (5 s), then are cancelled.
 
     Raises:
-        OSError: the port is taken.
+        PortInUseError: the port is taken (the message names the holder).
     """
     if shutdown.is_set():  # stopped before it started
         task_status.started()
         return
     config = _hypercorn_config(settings)
+    try:
+        config.bind_now(settings.bind_host, settings.port)
+    except OSError as exc:
+        describe = functools.partial(
+            port_error, settings.bind_host, settings.port, exc, hint=PORT_HINT
+        )
+        raise await anyio.to_thread.run_sync(describe) from None
     app: Any = create_agent_app(agent)
     backend = sniffio.current_async_library()
     served = anyio.Event()
@@ -134,15 +180,18 @@ async def serve_api(
             served.set()
             shutdown.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(serve_http)
-        await _wait_listening(settings.bind_host, settings.port)
-        task_status.started()
-        await shutdown.wait()
-        # hypercorn returns once the trigger fired and open requests finished.
-        with anyio.move_on_after(config.graceful_timeout + 2):
-            await served.wait()
-        tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve_http)
+            await _wait_listening(settings.bind_host, settings.port)
+            task_status.started()
+            await shutdown.wait()
+            # hypercorn returns once the trigger fired and open requests finished.
+            with anyio.move_on_after(config.graceful_timeout + 2):
+                await served.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        config.close_unused()
 
 
 async def serve(
@@ -159,7 +208,7 @@ async def serve(
 
     Raises:
         ValueError: the bind address is not loopback and no token is configured.
-        OSError: the port is taken.
+        PortInUseError: the port is taken (the message names the holder).
     """
     settings.check_bind_safety()
     stop = shutdown or anyio.Event()
@@ -193,18 +242,6 @@ async def serve(
         tg.cancel_scope.cancel()
 
 
-def _port_in_use(host: str, port: int) -> str | None:
-    """Why ``host:port`` cannot be listened on, or ``None``."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), port))
-        except OSError as exc:
-            return exc.strerror or str(exc)
-    return None
-
-
 def run(settings: AgentSettings, backend: str = "asyncio") -> int:
     """Run the agent until a signal (blocking). Returns the process exit status.
 
@@ -216,13 +253,6 @@ def run(settings: AgentSettings, backend: str = "asyncio") -> int:
     except ValueError as exc:
         print(f"sage agent: {exc}", file=sys.stderr)
         return 2
-    if problem := _port_in_use(settings.bind_host, settings.port):
-        print(
-            f"sage agent: cannot listen on {settings.bind_host}:{settings.port} ({problem}); "
-            "stop what is using it (`ss -ltnp` names it) or choose another port with --port",
-            file=sys.stderr,
-        )
-        return 2
     options: dict[str, Any] = {}
     if backend == "asyncio":
         try:
@@ -231,7 +261,16 @@ def run(settings: AgentSettings, backend: str = "asyncio") -> int:
             options["use_uvloop"] = True
         except ImportError:
             pass
-    anyio.run(serve, settings, backend=backend, backend_options=options)
+    try:
+        check_port_free(settings.bind_host, settings.port, hint=PORT_HINT)
+        configure_logging(settings.log_level)
+        anyio.run(serve, settings, backend=backend, backend_options=options)
+    except (PortInUseError, BaseExceptionGroup) as exc:
+        taken = find_port_in_use(exc)
+        if taken is None:
+            raise
+        print(f"sage agent: {taken}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -242,10 +281,12 @@ def main(argv: list[str] | None = None) -> int:
     if backend not in ("asyncio", "trio"):
         print("usage: python -m sage.unified.agent [asyncio|trio]", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    return run(AgentSettings(), backend)
+    try:
+        settings = AgentSettings()
+    except ConfigFileError as exc:
+        print(f"sage agent: {exc}", file=sys.stderr)
+        return 2
+    return run(settings, backend)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import psutil
 
+from sage.unified.sdk.ports import listening_pids
+
 __all__ = ["port_taken_by_another"]
 
 
@@ -23,13 +25,9 @@ def port_taken_by_another(root_pid: int, port: int) -> str | None:
     try:
         root = psutil.Process(root_pid)
         tree = {root.pid, *(child.pid for child in root.children(recursive=True))}
-        listeners = {
-            conn.pid
-            for conn in psutil.net_connections(kind="tcp")
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port
-        }
     except (psutil.Error, OSError):
         return None
+    listeners = listening_pids(port)
     if not listeners or listeners & tree:
         return None
     # A pid psutil cannot see (None) belongs to a process of another user.

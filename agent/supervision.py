@@ -7,6 +7,7 @@ logic is tested with fakes and a fake clock.
 
 from __future__ import annotations
 
+import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from typing import Any, Protocol
 import anyio
 import anyio.to_thread
 
-from sage.unified.agent.liveness import HealthRule, ProbeResult
+from sage.unified.agent.liveness import HealthRule, ProbeResult, stop_grace
+from sage.unified.agent.supervisor_rules import port_not_the_engines_reason
 from sage.unified.sdk.models import EngineLoad
 
 __all__ = [
     "EngineProbe",
+    "PortHolderCheck",
     "ProcessHandle",
     "ProcessRecordLike",
     "RestartPolicyLike",
@@ -29,7 +32,11 @@ __all__ = [
     "event_sleep",
     "exit_reason",
     "probe_round",
+    "terminate_engine_process",
 ]
+
+# Logged under the supervisor's name, where its other lines about an engine are.
+log = logging.getLogger("sage.unified.agent.supervisor")
 
 _LOG_TAIL_LINES = 5
 
@@ -107,6 +114,42 @@ class SupervisorTiming:
             timeout_s=self.probe_timeout_s,
             failures=self.probe_failures,
         )
+
+
+class PortHolderCheck:
+    """Whether the answers on an engine's port come from another process.
+
+    Args:
+        engine_id: for the log.
+        port: the engine's port.
+        port_taken_by_another: ``(pid, port)`` -> who else holds the port, or ``None``
+            (see :class:`~sage.unified.agent.supervisor.EngineSupervisor`); ``None``: no
+            check.
+    """
+
+    def __init__(
+        self,
+        engine_id: str,
+        port: int,
+        port_taken_by_another: Callable[[int, int], Awaitable[str | None]] | None,
+    ) -> None:
+        self._engine_id = engine_id
+        self._port = port
+        self._port_taken_by_another = port_taken_by_another
+        self._warned = ""
+
+    async def someone_else_answers(self, process: ProcessHandle | None) -> str | None:
+        """Why the answers on the port are not ``process``'s, or ``None``."""
+        if self._port_taken_by_another is None or process is None:
+            return None
+        held = await self._port_taken_by_another(process.record.pid, self._port)
+        if not held:
+            return None
+        why = port_not_the_engines_reason(self._port, held)
+        if why != self._warned:  # once per holder, not every probe round
+            self._warned = why
+            log.warning("engine %s: %s", self._engine_id, why)
+        return why
 
 
 Sleep = Callable[[float, anyio.Event], Awaitable[None]]
@@ -203,3 +246,34 @@ async def probe_round(
             tg.start_soon(scrape, budget_s)
             tg.start_soon(observe)
     return health, status
+
+
+async def terminate_engine_process(
+    process: ProcessHandle, *, engine_id: str, hung: bool, timing: SupervisorTiming
+) -> None:
+    """Stop ``process`` and its tree: SIGTERM, then SIGKILL after the grace it gets.
+
+    The grace is :func:`~sage.unified.agent.liveness.stop_grace`'s: none for a process
+    the kernel stopped, one probe timeout for a ``hung`` engine, else ``stop_grace_s``.
+
+    Cancellation: shielded; the stop completes.
+    """
+    with anyio.CancelScope(shield=True):
+        status = await anyio.to_thread.run_sync(process.status)
+        grace = stop_grace(
+            process_status=status,
+            hung=hung,
+            grace_s=timing.stop_grace_s,
+            hung_grace_s=timing.probe_timeout_s,
+        )
+        if grace < timing.stop_grace_s:
+            log.warning(
+                "engine %s: pid %s is %s%s; SIGKILL after %g s, not the %g s grace",
+                engine_id,
+                process.record.pid,
+                status or "in an unknown state",
+                " and does not answer" if hung else "",
+                grace,
+                timing.stop_grace_s,
+            )
+        await process.terminate(grace)

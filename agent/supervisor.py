@@ -14,7 +14,8 @@ state by hand. The supervisor knows nothing about HTTP or processes: it is given
 ``launch`` callable, an :class:`EngineProbe`, a :class:`~sage.unified.sdk.clock.Clock`
 and a ``sleep`` function (:mod:`sage.unified.agent.supervision`), so its logic is tested
 with fakes and a fake clock. When a READY engine counts as failed, and how long a
-failed one gets to stop, is :mod:`sage.unified.agent.liveness`.
+failed one gets to stop, is :mod:`sage.unified.agent.liveness`; how a start, a drain
+or the restarts end, and the reasons given, is :mod:`sage.unified.agent.supervisor_rules`.
 
 One task (:meth:`EngineSupervisor.run`) owns all transitions. Operators' commands
 (:meth:`~EngineSupervisor.drain`, :meth:`~EngineSupervisor.stop`) only record a request
@@ -29,18 +30,12 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 
-from sage.unified.agent.liveness import (
-    ProbeResult,
-    failure_reason,
-    has_failed,
-    next_round_in,
-    round_budget,
-    stop_grace,
-)
+from sage.unified.agent.engine_status import EngineStatus
+from sage.unified.agent.liveness import HealthStreak, ProbeResult, next_round_in
 from sage.unified.agent.supervision import (
     EngineProbe,
+    PortHolderCheck,
     ProcessHandle,
     ProcessRecordLike,
     RestartPolicyLike,
@@ -49,10 +44,19 @@ from sage.unified.agent.supervision import (
     event_sleep,
     exit_reason,
     probe_round,
+    terminate_engine_process,
+)
+from sage.unified.agent.supervisor_rules import (
+    REASON_MAX,
+    drain_outcome,
+    not_restarted_reason,
+    restarts_exhausted_reason,
+    startup_timeout_reason,
+    with_cause,
 )
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.models import EngineInfo, EngineLoad, EngineSpec
-from sage.unified.sdk.states import EngineEvent, EngineState, transition
+from sage.unified.sdk.states import EngineEvent, EngineState
 
 __all__ = [
     "EngineProbe",
@@ -67,11 +71,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_REASON_MAX = 1500
 
-
-class EngineSupervisor:
+class EngineSupervisor(EngineStatus):
     """Drives one engine through its states until it is STOPPED.
+
+    What it reports (``state``, ``reason``, :meth:`info`...) is :class:`EngineStatus`'s.
 
     Args:
         engine_id: stable id (kept across restarts).
@@ -128,35 +132,30 @@ class EngineSupervisor:
         port_taken_by_another: Callable[[int, int], Awaitable[str | None]] | None = None,
         restart_gate: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.engine_id = engine_id
-        self.spec = spec
-        self.host = host
-        self.port = port
-        self.gpu_ids = gpu_ids
-        self.agent_id = agent_id
+        super().__init__(
+            engine_id=engine_id,
+            spec=spec,
+            host=host,
+            port=port,
+            gpu_ids=gpu_ids,
+            agent_id=agent_id,
+            clock=clock,
+            process=process,
+            state=state,
+            reason=reason,
+            incarnation=incarnation,
+            restarts=restarts,
+            created_at=created_at,
+        )
         self._launch = launch
         self._probe = probe
         self._policy = policy
-        self._clock = clock
         self._timing = timing
         self._on_change = on_change
         self._log_tail = log_tail
         self._sleep = sleep
-        self._port_taken_by_another = port_taken_by_another
+        self._port_holder = PortHolderCheck(engine_id, port, port_taken_by_another)
         self._restart_gate = restart_gate
-        self._port_warning = ""
-        self.process = process
-        self.state = state
-        self.reason = reason or ("adopted" if process is not None else "launching")
-        self.incarnation = incarnation
-        self.restarts = restarts
-        self.created_at = clock.time() if created_at is None else created_at
-        self.state_changed_at = clock.time()
-        self.state_changed_at_mono = clock.monotonic()
-        self.last_healthy_at: float | None = None
-        self.load = EngineLoad()
-        self.probe_failures = 0
-        """Failed readiness/health probes so far (a counter for ``/metrics``)."""
         self._hung = False
         """The last failure was checks going unanswered (shortens the stop grace)."""
         self._wake = anyio.Event()
@@ -173,45 +172,6 @@ class EngineSupervisor:
             self._stopped.set()
             self._drain_started.set()
             self.first_round_done.set()
-
-    # ---- public view -------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.record.pid if self.process is not None else None
-
-    @property
-    def stopped(self) -> bool:
-        return self.state is EngineState.STOPPED
-
-    def info(self) -> EngineInfo:
-        """A snapshot for the API and the coordinator."""
-        return EngineInfo(
-            id=self.engine_id,
-            model=self.spec.name,
-            kind=self.spec.kind,
-            runtime=self.spec.runtime,
-            host=self.host,
-            port=self.port,
-            url=self.url,
-            state=self.state,
-            reason=self.reason,
-            incarnation=self.incarnation,
-            created_at=self.created_at,
-            state_changed_at=self.state_changed_at,
-            last_heartbeat=self.last_healthy_at,
-            gpu_ids=list(self.gpu_ids),
-            pid=self.pid,
-            load=self.load,
-            agent_id=self.agent_id,
-            restarts=self.restarts,
-            spec=self.spec,
-        )
 
     # ---- commands (any task) -----------------------------------------------------
 
@@ -318,7 +278,9 @@ class EngineSupervisor:
                 await self._fail(await self._exit_reason(" while starting"))
                 return
             result = await self._probe.readiness()
-            if result.ok and (squatter := await self._someone_else_answers()):
+            if result.ok and (
+                squatter := await self._port_holder.someone_else_answers(self.process)
+            ):
                 result = ProbeResult(False, squatter)
             self.first_round_done.set()
             if not result.ok:
@@ -333,63 +295,37 @@ class EngineSupervisor:
             if self._exited():
                 continue
             if self._clock.monotonic() >= deadline:
-                await self._fail(
-                    f"not ready within the startup allowance of {self.spec.startup_timeout_s:g} s"
-                    f" (last check: {result.detail or 'failed'})"
-                )
+                await self._fail(startup_timeout_reason(self.spec.startup_timeout_s, result.detail))
                 return
             await self._pause(self._timing.probe_interval_s)
 
-    async def _someone_else_answers(self) -> str | None:
-        """Why the answers on the engine's port are not the engine's, or ``None``."""
-        process = self.process
-        if self._port_taken_by_another is None or process is None:
-            return None
-        held = await self._port_taken_by_another(process.record.pid, self.port)
-        if not held:
-            return None
-        why = f"port {self.port} answers, but it is {held}, not this engine"
-        if why != self._port_warning:  # once per holder, not every probe round
-            self._port_warning = why
-            log.warning("engine %s: %s", self.engine_id, why)
-        return why
-
     async def _ready_phase(self) -> None:
         self.first_round_done.set()
-        rule = self._timing.health_rule
-        failures = 0
-        last_ok = self._clock.monotonic()
+        streak = HealthStreak(self._timing.health_rule, last_ok=self._clock.monotonic())
         while self.state is EngineState.READY and not self._interrupted():
             if self._exited():
                 await self._fail(await self._exit_reason(""))
                 return
             started = self._clock.monotonic()
-            budget = round_budget(rule, since_ok_s=started - last_ok)
+            budget = streak.round_budget(started)
             result, status = await probe_round(self._probe, self.process, budget, self._scrape_load)
             if self._interrupted():
                 return
             now = self._clock.monotonic()
             if result.ok:
-                failures = 0
-                last_ok = now
+                streak.passed(now)
                 self.last_healthy_at = self._clock.time()
             else:
                 if self._exited():
                     continue
-                failures += 1
                 self.probe_failures += 1
-                if has_failed(rule, failures=failures, since_ok_s=now - last_ok):
+                detail = result.detail or "failed"
+                reason = streak.failed(now, detail=detail, process_status=status)
+                if reason is not None:
                     self._hung = result.timed_out
-                    reason = failure_reason(
-                        rule,
-                        failures=failures,
-                        since_ok_s=now - last_ok,
-                        detail=result.detail or "failed",
-                        process_status=status,
-                    )
                     await self._fail(reason)
                     return
-            await self._pause(next_round_in(rule, round_took_s=now - started))
+            await self._pause(next_round_in(streak.rule, round_took_s=now - started))
 
     async def _drain_phase(self) -> None:
         if self._drain_deadline is None:
@@ -420,16 +356,9 @@ class EngineSupervisor:
                 reason = "drained: " + await self._exit_reason(" while draining")
                 break
             load = await self._scrape_load()
-            # An unreadable scrape is "unknown", never "idle": keep waiting.
-            if load is not None and load.running == 0 and load.waiting == 0:
-                reason = "drained: no requests in flight"
-                break
             now = self._clock.monotonic()
-            if now >= deadline:
-                shown = (
-                    "unknown" if load is None else f"{load.running} running, {load.waiting} waiting"
-                )
-                reason = f"drain deadline reached with requests in flight ({shown}); stopped"
+            if (outcome := drain_outcome(load, now=now, deadline=deadline)) is not None:
+                reason = outcome
                 break
             await self._pause(min(self._timing.probe_interval_s, max(0.0, deadline - now)))
         await self._stop_now(
@@ -437,7 +366,7 @@ class EngineSupervisor:
         )
 
     def _why(self, text: str) -> str:
-        return f"{text} ({self._drain_why})" if self._drain_why else text
+        return with_cause(text, self._drain_why)
 
     async def _error_phase(self, tg: anyio.abc.TaskGroup) -> None:
         self.first_round_done.set()
@@ -449,8 +378,12 @@ class EngineSupervisor:
         if delay is None:
             if "restarts exhausted" not in self.reason:
                 self._set_reason(
-                    f"restarts exhausted ({self.restarts} restarts, at most "
-                    f"{self._restart_cap_text()}); last failure: {self.reason}"
+                    restarts_exhausted_reason(
+                        restarts=self.restarts,
+                        max_restarts=getattr(self._policy, "max_restarts", None),
+                        window_s=self._timing.restart_window_s,
+                        last_failure=self.reason,
+                    )
                 )
             # Stays ERROR until an operator stops (or drains) it.
             while not self._interrupted():
@@ -476,7 +409,7 @@ class EngineSupervisor:
         held = False
         while not self._interrupted() and (why := self._restart_gate()) is not None:
             held = True
-            shown = f"not restarted: {why}; last failure: {failure}"
+            shown = not_restarted_reason(why, failure)
             if self.reason != shown:
                 log.warning("engine %s: not restarted: %s", self.engine_id, why)
                 self._set_reason(shown)
@@ -484,11 +417,6 @@ class EngineSupervisor:
         if held and not self._interrupted():
             self._set_reason(failure)
         return not self._interrupted()
-
-    def _restart_cap_text(self) -> str:
-        cap = getattr(self._policy, "max_restarts", None)
-        window = self._timing.restart_window_s
-        return f"{cap} in {window:g} s" if cap is not None else f"the cap in {window:g} s"
 
     async def _launch_new(self, tg: anyio.abc.TaskGroup) -> None:
         try:
@@ -502,7 +430,7 @@ class EngineSupervisor:
         self._hung = False
         self.state_changed_at_mono = self._clock.monotonic()
         tg.start_soon(self._watch_exit, process)
-        self._on_change(self)
+        self._changed()
 
     # ---- helpers -----------------------------------------------------------------
 
@@ -516,7 +444,7 @@ class EngineSupervisor:
 
     async def _exit_reason(self, when: str) -> str:
         text = await exit_reason(self.process, when, self._exit_seen, self._log_tail)
-        return text[:_REASON_MAX]
+        return text[:REASON_MAX]
 
     async def _fail(self, reason: str) -> None:
         log.warning("engine %s: %s", self.engine_id, reason)
@@ -526,26 +454,13 @@ class EngineSupervisor:
         process = self.process
         if process is None:
             return
-        with anyio.CancelScope(shield=True):
-            status = await anyio.to_thread.run_sync(process.status)
-            grace = stop_grace(
-                process_status=status,
-                hung=hung,
-                grace_s=self._timing.stop_grace_s,
-                hung_grace_s=self._timing.probe_timeout_s,
-            )
-            if grace < self._timing.stop_grace_s:
-                log.warning(
-                    "engine %s: pid %s is %s%s; SIGKILL after %g s, not the %g s grace",
-                    self.engine_id,
-                    process.record.pid,
-                    status or "in an unknown state",
-                    " and does not answer" if hung else "",
-                    grace,
-                    self._timing.stop_grace_s,
-                )
-            await process.terminate(grace)
+        await terminate_engine_process(
+            process, engine_id=self.engine_id, hung=hung, timing=self._timing
+        )
         self.process = None
+        self._changed()
+
+    def _changed(self) -> None:
         self._on_change(self)
 
     async def _stop_now(self, reason: str) -> None:
@@ -553,20 +468,3 @@ class EngineSupervisor:
         self._apply(EngineEvent.STOPPED, reason)
         self._drain_started.set()
         self._stopped.set()
-
-    def _apply(self, event: EngineEvent, reason: str) -> None:
-        moved = transition(self.state, event, reason)
-        log.info("engine %s: %s -> %s (%s)", self.engine_id, self.state, moved.state, moved.reason)
-        self.state = moved.state
-        self.reason = moved.reason[:_REASON_MAX]
-        self.state_changed_at = self._clock.time()
-        self.state_changed_at_mono = self._clock.monotonic()
-        if moved.state is not EngineState.READY and moved.state is not EngineState.DRAINING:
-            self.load = EngineLoad()
-        if moved.state is EngineState.DRAINING:
-            self._drain_started.set()
-        self._on_change(self)
-
-    def _set_reason(self, reason: str) -> None:
-        self.reason = reason[:_REASON_MAX]
-        self._on_change(self)

@@ -10,7 +10,12 @@ its quiet moments rather than its noise):
 - ``peek_request`` on 1 KB, 2 KB and 100 KB chat bodies and on 12 KB and 32 KB
   tool-calling bodies (many brackets: the nesting check formats them), next to
   ``json.loads``;
-- ``RoutingState.update`` with a 1,000-backend table (steady state: same backends).
+- ``RoutingState.update`` with a 1,000-backend table (steady state: same backends);
+- ``cache_aware``: one pick (the prompt's chunks hashed, matched and inserted) for chat
+  bodies of 1 KB, 10 KB and 100 KB sharing a system prompt with earlier requests, with 8
+  and 64 backends;
+- the ledger's work per request, for every policy: the ``RoutingRequest``, finding the
+  usage in a non-streamed answer and ``RoutingLedger.record``.
 
 Run: ``.venv/bin/python bench/routing_overhead.py``
 """
@@ -25,8 +30,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from sage.unified.gateway.routing import (
+    CacheAwarePolicy,
+    LeastLoadPolicy,
     OutlierDetector,
+    RoutingLedger,
+    RoutingRequest,
     RoutingState,
+    find_usage,
     get_policy,
     peek_request,
 )
@@ -156,6 +166,7 @@ def bench_picks() -> None:
             ("round_robin", False),
             ("session", False),
             ("session/new", True),
+            ("cache_aware", False),
         ):
             name = label.split("/")[0]
             number = 20_000 if n < 64 else 5_000
@@ -187,8 +198,87 @@ def bench_update() -> None:
     print(f"  build from scratch                     {fresh:10.1f} us")
 
 
+def shared_prompt_bodies(size: int, count: int) -> list[bytes]:
+    """Chat bodies of about ``size`` bytes: a common system prompt, then a distinct question."""
+    system = "You are a careful assistant. Answer briefly. " * max(1, size // 2 // 45)
+    question = "tell me more about item # please " * max(1, size // 2 // 35)
+    return [
+        json.dumps(
+            {
+                "model": "model-1",
+                "stream": True,
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": question.replace("#", str(i))},
+                ],
+            }
+        ).encode()
+        for i in range(count)
+    ]
+
+
+def _pick(
+    policy: CacheAwarePolicy,
+    cands: tuple[object, ...],
+    bodies: Iterator[bytes],
+    rng: random.Random,
+) -> None:
+    request = RoutingRequest("model-1", b"/v1/chat/completions", next(bodies))
+    policy.select(cands, rng=rng, request=request)  # type: ignore[arg-type]
+    request.release()
+
+
+def bench_cache_aware() -> None:
+    print("cache_aware pick (us), warm index     8 backends  64 backends")
+    for label, size in (("1 KB", 1024), ("10 KB", 10 * 1024), ("100 KB", 100 * 1024)):
+        bodies = shared_prompt_bodies(size, 64)
+        row = []
+        for n in (8, 64):
+            state = RoutingState(make_table(models=4, per_model=n))
+            pick = functools.partial(
+                _pick,
+                CacheAwarePolicy(),
+                state.candidates("model-1", EngineKind.LLM),
+                itertools.cycle(bodies),
+                random.Random(0),
+            )
+            for _ in range(200):
+                pick()
+            row.append(best_us(pick, 2_000 if size < 50_000 else 200))
+        print(f"  {label:<8}                           {row[0]:10.2f}  {row[1]:11.2f}")
+
+
+def bench_ledger() -> None:
+    answer = json.dumps(
+        {
+            "id": "cmpl-1",
+            "choices": [{"index": 0, "message": {"content": "y" * 180}}],
+            "usage": {
+                "prompt_tokens": 812,
+                "total_tokens": 828,
+                "completion_tokens": 16,
+                "prompt_tokens_details": {"cached_tokens": 768},
+            },
+        }
+    ).encode()
+    body = chat_body(1024)
+    ledger = RoutingLedger(LeastLoadPolicy())
+
+    def per_request() -> None:
+        request = RoutingRequest("model-0", b"/v1/chat/completions", body, None)
+        request.first_byte(0.01)
+        request.usage = find_usage(answer)
+        ledger.record(request, "m0-e1", 200)
+
+    print("ledger per request (us): RoutingRequest + find_usage + record")
+    print(f"  any policy                       {best_us(per_request, 20_000):8.2f}")
+    print(f"  find_usage alone                 {best_us(lambda: find_usage(answer), 20_000):8.2f}")
+
+
 def main() -> None:
     bench_picks()
+    bench_cache_aware()
+    bench_ledger()
     bench_peek()
     bench_update()
 

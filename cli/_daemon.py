@@ -1,8 +1,9 @@
 """Background processes the CLI starts: pid/state files under ``SAGE_HOME``, start, stop.
 
 A started process is recorded in ``<SAGE_HOME>/<name>/<name>.json`` with its pid, the
-process start time (so a recycled pid is never mistaken for it) and its URL; its
-output goes to ``<SAGE_HOME>/<name>/<name>.log``.
+process start time (so a recycled pid is never mistaken for it), its URL and what the
+command that started it wants to remember (``config``: never a secret); its output goes
+to ``<SAGE_HOME>/<name>/<name>.log`` until the process sets up its own (rotated) log there.
 """
 
 from __future__ import annotations
@@ -13,16 +14,27 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 
 from sage.unified.sdk.config import sage_home
 
-__all__ = ["DaemonFiles", "DaemonRecord", "running_record", "sage_home", "spawn", "terminate"]
+__all__ = [
+    "DaemonFiles",
+    "DaemonRecord",
+    "python_argv",
+    "running_record",
+    "sage_home",
+    "spawn",
+    "tail_lines",
+    "terminate",
+    "wait_ready",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,8 @@ class DaemonRecord:
     url: str
     argv: list[str]
     started_at: float
+    config: dict[str, Any] | None = None
+    """What the starting command recorded about the process's configuration (no secret)."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +102,19 @@ def running_record(files: DaemonFiles) -> DaemonRecord | None:
 
 
 def spawn(
-    files: DaemonFiles, argv: Sequence[str], *, url: str, env: dict[str, str] | None = None
+    files: DaemonFiles,
+    argv: Sequence[str],
+    *,
+    url: str,
+    env: Mapping[str, str] | None = None,
+    config: dict[str, Any] | None = None,
 ) -> DaemonRecord:
-    """Start ``argv`` detached (own session), output appended to the log, and record it."""
+    """Start ``argv`` detached (own session), output appended to the log, and record it.
+
+    Args:
+        env: the whole environment of the process (default: this one's).
+        config: kept in the record (see :class:`DaemonRecord`).
+    """
     files.directory.mkdir(parents=True, exist_ok=True)
     with open(files.log, "ab") as log:
         log.write(
@@ -103,23 +127,40 @@ def spawn(
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, **(env or {})},
+            env=dict(os.environ if env is None else env),
             close_fds=True,
         )
     create_time = psutil.Process(proc.pid).create_time()
     record = DaemonRecord(
-        pid=proc.pid, create_time=create_time, url=url, argv=list(argv), started_at=time.time()
+        pid=proc.pid,
+        create_time=create_time,
+        url=url,
+        argv=list(argv),
+        started_at=time.time(),
+        config=config,
     )
     files.write(record)
     return record
 
 
-def wait_ready(record: DaemonRecord, files: DaemonFiles, path: str, timeout_s: float) -> str | None:
-    """Poll ``record.url + path`` until 200. Returns ``None`` when ready, else why not."""
+def wait_ready(
+    record: DaemonRecord,
+    path: str,
+    timeout_s: float,
+    *,
+    on_poll: Callable[[str], None] | None = None,
+) -> str | None:
+    """Poll ``record.url + path`` until 200. Returns ``None`` when ready, else why not.
+
+    ``on_poll`` gets the latest status (``"not listening yet"``, ``"/readyz answered 503"``)
+    after every poll, for a progress display.
+    """
     deadline = time.monotonic() + timeout_s
-    last = "no answer yet"
+    last = "not listening yet"
     with httpx.Client(timeout=1.0, trust_env=False) as client:
         while time.monotonic() < deadline:
+            if on_poll is not None:
+                on_poll(last)
             if not _alive(record):
                 return "the process exited during start-up"
             try:
@@ -127,6 +168,8 @@ def wait_ready(record: DaemonRecord, files: DaemonFiles, path: str, timeout_s: f
                 if response.status_code == 200:
                     return None
                 last = f"{path} answered {response.status_code}"
+            except httpx.ConnectError:
+                last = "not listening yet"
             except httpx.HTTPError as exc:
                 last = f"{type(exc).__name__}"
             time.sleep(0.1)

@@ -48,6 +48,7 @@ def run(
 
     from sage.unified.agent.main import run as serve
     from sage.unified.agent.settings import AgentSettings
+    from sage.unified.sdk.config import ConfigFileError
 
     given: dict[str, Any] = {
         key: value
@@ -69,7 +70,7 @@ def run(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise UsageError(f"invalid agent configuration: {problems}") from None
-    except ValueError as exc:
+    except (ConfigFileError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     return serve(settings, backend=backend)
 

@@ -37,6 +37,7 @@ def show(*, component: str | None = None) -> int:
     from sage.unified.agent.settings import AgentSettings
     from sage.unified.coordinator import CoordinatorSettings
     from sage.unified.gateway.settings import GatewaySettings
+    from sage.unified.sdk.config import ConfigFileError
 
     classes: dict[str, Any] = {
         "gateway": GatewaySettings,
@@ -53,5 +54,7 @@ def show(*, component: str | None = None) -> int:
             result[name] = _mask(cls().model_dump(mode="json"))
         except ValidationError as exc:
             result[name] = {"error": str(exc)}
+        except ConfigFileError as exc:
+            raise UsageError(str(exc)) from None
     print_json(result)
     return 0

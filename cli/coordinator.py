@@ -37,6 +37,8 @@ def run(
 
     from sage.unified.coordinator import ConfigError, CoordinatorSettings
     from sage.unified.coordinator.main import run as serve
+    from sage.unified.sdk.config import ConfigFileError
+    from sage.unified.sdk.ports import PortInUseError
 
     given: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if insecure:
@@ -47,6 +49,6 @@ def run(
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise UsageError(f"invalid coordinator configuration: {problems}") from None
-    except ConfigError as exc:
+    except (ConfigError, ConfigFileError, PortInUseError) as exc:
         raise UsageError(str(exc)) from None
     return 0

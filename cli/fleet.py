@@ -11,6 +11,8 @@ from typing import Annotated, Any
 from cyclopts import Parameter
 
 from sage.unified.cli._common import (
+    AdminTokenOpt,
+    GatewayUrlOpt,
     admin_token,
     client_errors,
     gateway_url,
@@ -30,18 +32,14 @@ __all__ = [
     "rollout_undo",
 ]
 
-_UrlOpt = Annotated[
-    str | None, Parameter(help="Gateway URL (default SAGE_GATEWAY_URL or http://127.0.0.1:8000).")
-]
-_TokenOpt = Annotated[str | None, Parameter(help="Admin token (default SAGE_ADMIN_TOKEN).")]
 _FileOpt = Annotated[Path, Parameter(name=["--file", "-f"])]
 
 
-def management_client(url: str | None, token: str | None) -> Any:
-    """The control-plane client of the CLI's gateway."""
+def management_client(base: str, token: str | None) -> Any:
+    """The control-plane client of the gateway at ``base`` (from :func:`gateway_url`)."""
     from sage.unified.sdk.client import GatewayManagementClient
 
-    return GatewayManagementClient(gateway_url(url), admin_token(token), timeout=30.0)
+    return GatewayManagementClient(base, admin_token(token), timeout=30.0)
 
 
 def _conditions(conditions: Sequence[Any]) -> str:
@@ -126,8 +124,8 @@ def apply(
     file: _FileOpt,
     dry_run: bool = False,
     rollback: bool = True,
-    url: _UrlOpt = None,
-    token: _TokenOpt = None,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
     json: bool = False,
 ) -> int:
     """Apply the deployments of a fleet file (TOML, YAML or JSON): the control plane starts,
@@ -148,7 +146,7 @@ def apply(
 
     fleet = load_fleet_file(file)
     base = gateway_url(url)
-    with client_errors(base), management_client(url, token) as client:
+    with client_errors(base), management_client(base, token) as client:
         if dry_run:
             plan = client.plan_deployments(fleet.deployments)
             if json:
@@ -169,7 +167,9 @@ def apply(
     return 0
 
 
-def deployments(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = False) -> int:
+def deployments(
+    *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None, json: bool = False
+) -> int:
     """List the deployments: desired against ready replicas, revision, rollout, why they wait.
 
     Parameters
@@ -178,7 +178,7 @@ def deployments(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = Fa
         Print JSON for scripts.
     """
     base = gateway_url(url)
-    with client_errors(base), management_client(url, token) as client:
+    with client_errors(base), management_client(base, token) as client:
         found = client.deployments()
     if json:
         print_json({"deployments": found})
@@ -217,7 +217,7 @@ def deployments(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = Fa
     return 0
 
 
-def delete(name: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
+def delete(name: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
     """Delete a deployment: its replicas are drained, then it is forgotten.
 
     Parameters
@@ -225,7 +225,8 @@ def delete(name: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
     name
         The deployment (see `sage llm deployments`).
     """
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         deployment = client.delete_deployment(name)
     print(f"{name}: deleting; draining {len(deployment.status.replicas)} replica(s)")
     return 0
@@ -236,8 +237,8 @@ def rollout_status(
     *,
     wait: bool = False,
     timeout: float = 1800.0,
-    url: _UrlOpt = None,
-    token: _TokenOpt = None,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
     json: bool = False,
 ) -> int:
     """Show a deployment's rollout: revision, replicas updated and ready, why it waits.
@@ -254,7 +255,8 @@ def rollout_status(
         Print JSON for scripts.
     """
     deadline = time.monotonic() + timeout
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         status = client.rollout_status(name)
         while wait and status.rollout.state.value == "progressing":
             if time.monotonic() >= deadline:
@@ -306,8 +308,8 @@ def rollout_undo(
     name: str,
     *,
     to_revision: int | None = None,
-    url: _UrlOpt = None,
-    token: _TokenOpt = None,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
 ) -> int:
     """Roll a deployment back to an earlier revision's engine (as a new revision).
 
@@ -318,7 +320,8 @@ def rollout_undo(
     to_revision
         The revision to go back to (default: the one before the current).
     """
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         deployment = client.rollout_undo(name, to_revision)
     print(
         f"{name}: revision {deployment.status.revision} rolls out the engine of "

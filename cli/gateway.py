@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import collections
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import httpx
 from cyclopts import Parameter
 
-from sage.unified.cli._common import admin_token, client_errors, make_console, print_json
+from sage.unified.cli._common import (
+    admin_token,
+    client_errors,
+    make_console,
+    not_sage,
+    print_json,
+    resolve_gateway,
+)
 from sage.unified.cli._daemon import (
     DaemonFiles,
+    DaemonRecord,
     python_argv,
     running_record,
     spawn,
@@ -22,6 +32,7 @@ from sage.unified.cli._daemon import (
     terminate,
     wait_ready,
 )
+from sage.unified.cli._progress import WaitProgress
 from sage.unified.cli._store import StoreOptions
 from sage.unified.cli.errors import CliError, UsageError
 
@@ -39,7 +50,9 @@ class GatewayOptions:
     """Address to listen on (default 127.0.0.1). Other addresses need API keys
     (SAGE_API_KEYS) and an admin token (SAGE_ADMIN_TOKEN), or --insecure."""
     port: int | None = None
-    """Port to listen on (default 8000)."""
+    """Port to listen on (default 8000; SAGE_GATEWAY_PORT)."""
+    agent_port: int | None = None
+    """Port of the local agent's API, on 127.0.0.1 (default 8200; SAGE_GATEWAY_AGENT_PORT)."""
     coordinator: str | None = None
     """URL of a standalone coordinator to use instead of the embedded one."""
     backend: Annotated[list[str] | None, Parameter(consume_multiple=False, negative="")] = None
@@ -48,10 +61,10 @@ class GatewayOptions:
     """Do not run an agent for this host inside the gateway."""
     insecure: Annotated[bool, Parameter(negative="")] = False
     """Allow a non-loopback address without API keys."""
-    policy: Literal["least_load", "round_robin", "session"] | None = None
-    """Routing policy (default least_load)."""
+    policy: Literal["least_load", "round_robin", "session", "cache_aware"] | None = None
+    """Routing policy (default cache_aware; docs/routing.md compares them)."""
     log_level: Literal["debug", "info", "warning", "error"] | None = None
-    """Log level of the gateway process."""
+    """Log level of the gateway process (default warning)."""
     storage: StoreOptions = field(default_factory=StoreOptions)
 
     def settings_kwargs(self) -> dict[str, Any]:
@@ -60,6 +73,7 @@ class GatewayOptions:
             for key, value in {
                 "host": self.host,
                 "port": self.port,
+                "agent_port": self.agent_port,
                 "coordinator_url": self.coordinator,
                 "backends": self.backend,
                 "routing_policy": self.policy,
@@ -79,6 +93,7 @@ class GatewayOptions:
         for name, value in (
             ("--host", self.host),
             ("--port", self.port),
+            ("--agent-port", self.agent_port),
             ("--coordinator", self.coordinator),
             ("--policy", self.policy),
             ("--log-level", self.log_level),
@@ -98,11 +113,12 @@ def _settings(given: dict[str, Any]) -> Any:
     from pydantic import ValidationError
 
     from sage.unified.gateway.settings import GatewaySettings, InsecureBindError
+    from sage.unified.sdk.config import ConfigFileError
 
     try:
         settings = GatewaySettings(**given)
         settings.check_bind_safety()
-    except InsecureBindError as exc:
+    except (InsecureBindError, ConfigFileError) as exc:
         raise UsageError(str(exc)) from None
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -110,33 +126,49 @@ def _settings(given: dict[str, Any]) -> Any:
     return settings
 
 
+def _await_ready(record: DaemonRecord, timeout_s: float) -> str | None:
+    """Wait for ``/readyz``, showing what is awaited and for how long; why not, or None."""
+    with WaitProgress(f"waiting for the gateway at {record.url} to become ready") as progress:
+        return wait_ready(record, "/readyz", timeout_s, on_poll=progress.update)
+
+
 def start(options: GatewayOptions | None = None, *, timeout: float = 60.0) -> int:
     """Start the gateway in the background and wait until it is ready.
 
     By default it embeds the coordinator and a local agent, so on one GPU host
     ``sage gateway start`` and ``sage llm engine start MODEL`` are all you need.
+    `sage gateway restart` later keeps this configuration.
 
     Parameters
     ----------
     timeout
         Seconds to wait for the gateway to become ready.
     """
+    from sage.unified.cli._gateway_config import RecordedConfig
+
     options = options or GatewayOptions()
+    given = {**options.settings_kwargs(), "log_file": FILES.log}
+    settings = _settings(given)
     existing = running_record(FILES)
     if existing is not None:
+        if existing.url != settings.url:
+            raise UsageError(
+                f"the gateway is already running at {existing.url} (pid {existing.pid}), "
+                f"not at {settings.url}; stop it first (`sage gateway stop`) or use another "
+                "SAGE_HOME"
+            )
         print(f"The gateway is already running (pid {existing.pid}) at {existing.url}.")
         return 0
-    settings = _settings(options.settings_kwargs())
-    from sage.unified.gateway.main import PortInUseError, check_port_free
+    from sage.unified.gateway.main import PortInUseError, check_ports_free
 
     try:
-        check_port_free(settings.host, settings.port)
-        if settings.mode == "embedded" and settings.local_agent:
-            check_port_free("127.0.0.1", settings.agent_port)
+        check_ports_free(settings)
     except PortInUseError as exc:
         raise UsageError(str(exc)) from None
-    record = spawn(FILES, python_argv("gateway", "run", *options.flags()), url=settings.url)
-    problem = wait_ready(record, FILES, "/readyz", timeout)
+    argv = python_argv("gateway", "run", *options.flags(), "--log-file", str(FILES.log))
+    config = RecordedConfig.of(settings, given)
+    record = spawn(FILES, argv, url=settings.url, config=config.to_json())
+    problem = _await_ready(record, timeout)
     if problem is not None:
         terminate(record, timeout_s=10)
         FILES.clear()
@@ -147,9 +179,19 @@ def start(options: GatewayOptions | None = None, *, timeout: float = 60.0) -> in
     return 0
 
 
-def run(options: GatewayOptions | None = None) -> int:
-    """Run the gateway in the foreground (what systemd runs). Same flags as ``start``."""
-    settings = _settings((options or GatewayOptions()).settings_kwargs())
+def run(options: GatewayOptions | None = None, *, log_file: Path | None = None) -> int:
+    """Run the gateway in the foreground (what systemd runs). Same flags as ``start``.
+
+    Parameters
+    ----------
+    log_file
+        Write the log to this file, rotated by size (log_max_bytes, log_backups),
+        instead of stderr.
+    """
+    given = (options or GatewayOptions()).settings_kwargs()
+    if log_file is not None:
+        given["log_file"] = log_file
+    settings = _settings(given)
     from sage.unified.gateway.main import run as serve
 
     return int(serve(settings))
@@ -179,53 +221,93 @@ def stop(*, timeout: float = 90.0, keep_engines: bool = False) -> int:
 
 
 def restart(*, timeout: float = 30.0) -> int:
-    """Restart the gateway with the flags it was started with; engines keep running.
+    """Restart the gateway with the configuration it runs with; engines keep running.
+
+    The running gateway's settings are kept, whatever this shell's SAGE_GATEWAY_*
+    variables say; its secrets are never stored, so SAGE_API_KEYS, SAGE_ADMIN_TOKEN
+    and the others it was started with must be set here too (the restart refuses
+    otherwise, before stopping anything). To change the configuration:
+    `sage gateway stop --keep-engines`, then `sage gateway start`.
 
     Parameters
     ----------
     timeout
         Seconds to wait for the old process to stop and the new one to be ready.
     """
+    from sage.unified.cli._gateway_restart import plan_restart
+
     record = running_record(FILES)
-    argv = record.argv if record is not None else python_argv("gateway", "run")
-    if record is not None:
-        terminate(record, timeout)
-        FILES.clear()
-        print(f"Gateway stopped (pid {record.pid}); engines left running.")
-    url = record.url if record is not None else _settings({}).url
-    new = spawn(FILES, argv, url=url)
-    problem = wait_ready(new, FILES, "/readyz", max(timeout, 30.0))
+    if record is None:
+        print("The gateway is not running; starting it.")
+        return start(timeout=max(timeout, 60.0))
+    plan = plan_restart(record)
+    for note in plan.notes:
+        print(note)
+    terminate(record, timeout)
+    FILES.clear()
+    print(f"Gateway stopped (pid {record.pid}); engines left running.")
+    new = spawn(FILES, record.argv, url=record.url, env=plan.environment, config=record.config)
+    problem = _await_ready(new, max(timeout, 30.0))
     if problem is not None:
-        raise CliError(f"the gateway did not restart: {problem}; see {FILES.log}")
-    print(f"Gateway ready at {url} (pid {new.pid}).")
+        lines = "\n".join(tail_lines(FILES.log, 15))
+        raise CliError(
+            f"the gateway did not restart: {problem}; its engines keep running and "
+            f"`sage gateway start` adopts them once the cause is fixed. Last lines of "
+            f"{FILES.log}:\n{lines}"
+        )
+    print(f"Gateway ready at {record.url} (pid {new.pid}).")
     return 0
 
 
-def status(*, url: str | None = None, token: str | None = None, json: bool = False) -> int:
+def _readiness(base: str) -> dict[str, Any]:
+    """The gateway's ``/readyz`` body; a one-line error when nothing or something else
+    answers there."""
+    try:
+        ready = httpx.get(f"{base}/readyz", timeout=3.0, trust_env=False)
+    except httpx.HTTPError:
+        raise UsageError(
+            f"The gateway is not running at {base} — start it with `sage gateway start`."
+        ) from None
+    try:
+        body = ready.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or "mode" not in body:
+        answer = (
+            f"HTTP {ready.status_code}, {ready.headers.get('content-type') or 'no content type'}"
+        )
+        raise UsageError(not_sage(base, "gateway", answer))
+    return body
+
+
+def status(
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    json: bool = False,
+    verbose: Annotated[bool, Parameter(negative="")] = False,
+) -> int:
     """Show gateway health, control-plane mode, agents, engines per state and models.
 
     Parameters
     ----------
     url
-        Gateway URL (default: the one `sage gateway start` recorded, else SAGE_GATEWAY_URL,
-        else http://127.0.0.1:8000).
+        Gateway URL (default: SAGE_GATEWAY_URL, else the gateway `sage gateway start`
+        runs, else http://127.0.0.1:8000).
     token
         Admin token (default SAGE_ADMIN_TOKEN).
     json
         Print JSON for scripts.
+    verbose
+        Say which gateway is used and why (on stderr).
     """
-    from sage.unified.cli._common import gateway_url
     from sage.unified.sdk.client import GatewayManagementClient
 
     record = running_record(FILES)
-    base = gateway_url(url or (record.url if record else None))
-    try:
-        ready = httpx.get(f"{base}/readyz", timeout=3.0, trust_env=False)
-        readiness: dict[str, Any] = ready.json()
-    except (httpx.HTTPError, ValueError):
-        raise UsageError(
-            f"The gateway is not running at {base} — start it with `sage gateway start`."
-        ) from None
+    base = resolve_gateway(url, verbose=verbose).url
+    if record is not None and record.url != base:
+        record = None
+    readiness = _readiness(base)
     engines: list[Any] = []
     agents: list[Any] = []
     deployments: list[Any] = []
@@ -325,15 +407,32 @@ def logs(
         print(line)
     if not follow:
         return 0
-    with open(path, "rb") as handle:
+    try:
+        _follow(path)
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+def _follow(path: Path) -> None:
+    """Print what is appended to ``path``, across rotations, until interrupted."""
+    handle = open(path, "rb")  # noqa: SIM115 (reopened when the file rotates)
+    try:
         handle.seek(0, 2)
-        try:
-            while True:
-                chunk = handle.read()
-                if chunk:
-                    sys.stdout.write(chunk.decode("utf-8", errors="replace"))
-                    sys.stdout.flush()
-                else:
-                    time.sleep(0.25)
-        except KeyboardInterrupt:
-            return 0
+        while True:
+            chunk = handle.read()
+            if chunk:
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+                continue
+            try:
+                rotated = path.stat().st_ino != os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                rotated = False  # between the rename and the new file
+            if rotated:
+                handle.close()
+                handle = open(path, "rb")  # noqa: SIM115
+            else:
+                time.sleep(0.25)
+    finally:
+        handle.close()

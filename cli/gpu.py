@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from cyclopts import Parameter
-
-from sage.unified.cli._common import client_errors, gateway_url, make_console, print_json
+from sage.unified.cli._common import (
+    AdminTokenOpt,
+    GatewayUrlOpt,
+    VerboseOpt,
+    client_errors,
+    gateway_url,
+    make_console,
+    print_json,
+)
 from sage.unified.cli.errors import UsageError
 from sage.unified.cli.fleet import management_client
 
 __all__ = ["clear", "show"]
-
-_UrlOpt = Annotated[
-    str | None, Parameter(help="Gateway URL (default SAGE_GATEWAY_URL or http://127.0.0.1:8000).")
-]
-_TokenOpt = Annotated[str | None, Parameter(help="Admin token (default SAGE_ADMIN_TOKEN).")]
 
 
 def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**30:.1f}"
 
 
-def show(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = False) -> int:
+def show(
+    *,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
+    json: bool = False,
+    verbose: VerboseOpt = False,
+) -> int:
     """Show every host's GPUs (NVML) as reported by the agents, quarantined ones with their fault.
 
     Parameters
@@ -30,8 +35,8 @@ def show(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = False) ->
     json
         Print JSON for scripts.
     """
-    base = gateway_url(url)
-    with client_errors(base), management_client(url, token) as client:
+    base = gateway_url(url, verbose=verbose)
+    with client_errors(base), management_client(base, token) as client:
         hosts = client.gpus()
     if json:
         print_json({"hosts": hosts})
@@ -78,7 +83,7 @@ def show(*, url: _UrlOpt = None, token: _TokenOpt = None, json: bool = False) ->
     return 0
 
 
-def clear(target: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
+def clear(target: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
     """Lift a GPU's fault quarantine after you fixed it (reset, reboot or replacement);
     engines held back by it restart.
 
@@ -88,9 +93,10 @@ def clear(target: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
         HOST:INDEX, HOST an agent id or host address (e.g. gpu-01:3).
     """
     host, sep, index = target.rpartition(":")
-    if not sep or not host or not index.isdigit():
+    if not sep or not host or not (index.isascii() and index.isdigit()):
         raise UsageError(f"name the GPU as HOST:INDEX, e.g. gpu-01:3 (got {target!r})")
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         gpu = client.clear_gpu(host, int(index))
     state = "healthy" if gpu.healthy else f"still quarantined: {gpu.fault}"
     print(f"{host}:{gpu.index} {state}")

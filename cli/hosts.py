@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Any
 
-from cyclopts import Parameter
-
-from sage.unified.cli._common import client_errors, gateway_url, print_json
+from sage.unified.cli._common import (
+    AdminTokenOpt,
+    GatewayUrlOpt,
+    client_errors,
+    gateway_url,
+    print_json,
+)
 from sage.unified.cli.errors import CliError
 from sage.unified.cli.fleet import management_client
 
 __all__ = ["cordon", "drain", "uncordon"]
 
-_UrlOpt = Annotated[
-    str | None, Parameter(help="Gateway URL (default SAGE_GATEWAY_URL or http://127.0.0.1:8000).")
-]
-_TokenOpt = Annotated[str | None, Parameter(help="Admin token (default SAGE_ADMIN_TOKEN).")]
 
-
-def cordon(host: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
+def cordon(host: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
     """Place no new engine on a host; what runs there keeps running.
 
     Parameters
@@ -27,13 +26,14 @@ def cordon(host: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
     host
         Agent id or host address (see `sage gateway status`).
     """
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         agent = client.cordon(host)
     print(f"{agent.agent_id} cordoned: no new engine is placed there ({agent.engines} running)")
     return 0
 
 
-def uncordon(host: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
+def uncordon(host: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
     """Let a cordoned or drained host take engines again.
 
     Parameters
@@ -41,7 +41,8 @@ def uncordon(host: str, *, url: _UrlOpt = None, token: _TokenOpt = None) -> int:
     host
         Agent id or host address.
     """
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         agent = client.uncordon(host)
     print(f"{agent.agent_id} uncordoned: it takes new engines again")
     return 0
@@ -52,8 +53,8 @@ def drain(
     *,
     wait: bool = False,
     timeout: float = 900.0,
-    url: _UrlOpt = None,
-    token: _TokenOpt = None,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
     json: bool = False,
 ) -> int:
     """Cordon a host and empty it: deployment replicas move to other hosts with their
@@ -70,7 +71,8 @@ def drain(
     json
         Print JSON for scripts.
     """
-    with client_errors(gateway_url(url)), management_client(url, token) as client:
+    base = gateway_url(url)
+    with client_errors(base), management_client(base, token) as client:
         result = client.drain_host(host)
         if not json:
             print(

@@ -85,6 +85,7 @@ preset_app.command("sage.unified.cli.preset:apply", name="apply")
 gpu_app.default(gpu_commands.show)
 gpu_app.command("sage.unified.cli.gpu:clear", name="clear")
 llm_app.command("sage.unified.cli.simulate:simulate", name="simulate")
+llm_app.command("sage.unified.cli.routing:routing", name="routing")
 config_app.command("sage.unified.cli.config:show", name="show")
 
 

@@ -12,16 +12,19 @@ from typing import Annotated, Any
 
 from cyclopts import Parameter
 
-from sage.unified.cli._common import client_errors, gateway_url, make_console, print_json
+from sage.unified.cli._common import (
+    AdminTokenOpt,
+    GatewayUrlOpt,
+    client_errors,
+    gateway_url,
+    make_console,
+    print_json,
+)
 from sage.unified.cli.errors import CliError, UsageError
 from sage.unified.cli.fleet import apply_specs, management_client, print_plan
 
 __all__ = ["apply", "list_presets", "show"]
 
-_UrlOpt = Annotated[
-    str | None, Parameter(help="Gateway URL (default SAGE_GATEWAY_URL or http://127.0.0.1:8000).")
-]
-_TokenOpt = Annotated[str | None, Parameter(help="Admin token (default SAGE_ADMIN_TOKEN).")]
 _FileOpt = Annotated[Path | None, Parameter(name=["--file", "-f"])]
 
 
@@ -108,8 +111,8 @@ def apply(
     dry_run: bool = False,
     yes: Annotated[bool, Parameter(name=["--yes", "-y"])] = False,
     rollback: bool = True,
-    url: _UrlOpt = None,
-    token: _TokenOpt = None,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
 ) -> int:
     """Apply a preset's deployments: show the plan, ask, then apply them.
 
@@ -128,7 +131,7 @@ def apply(
     """
     preset = _preset(name, file)
     base = gateway_url(url)
-    with client_errors(base), management_client(url, token) as client:
+    with client_errors(base), management_client(base, token) as client:
         print_plan(client.plan_deployments(preset.deployments))
         if dry_run:
             return 0

@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal
+
+from cyclopts import Parameter
 
 from sage.unified.cli.errors import UsageError
 
-__all__ = ["simulate"]
+__all__ = ["SimulatorOptions", "simulate"]
 
 
-def simulate(
-    *,
-    model: str,
-    served_model_name: str | None = None,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    kind: Literal["llm", "embedding", "classify", "rerank", "transcription"] = "llm",
-    max_num_seqs: int = 256,
-    max_model_len: int = 4096,
-    kv_blocks: int = 2000,
-    block_size: int = 16,
-    prefill_tokens_per_s: float = 0.0,
-    enable_prompt_tokens_details: bool = False,
-    kv_events_config: str | None = None,
-    ttft_ms: float = 0.0,
-    itl_ms: float = 0.0,
-    output_tokens: int = 16,
-    startup_delay_s: float = 0.0,
-    embedding_dim: int = 384,
-    shutdown_timeout: float = 0.0,
-    keep_alive_timeout: float = 5.0,
-    failure_rate: float = 0.0,
-    crash_after: int | None = None,
-    hang_rate: float = 0.0,
-    unhealthy: bool = False,
-    enable_control: bool = False,
-    seed: int = 0,
-) -> int:
-    """Serve a simulated vLLM engine (OpenAI API, /health, /metrics) until Ctrl-C or SIGTERM.
+@Parameter(name="*")
+@dataclass(kw_only=True)
+class SimulatorOptions:
+    """The flags of ``sage llm simulate``: the simulator's configuration.
 
     Parameters
     ----------
@@ -94,36 +72,40 @@ def simulate(
     seed
         Seed of the generated text.
     """
+
+    model: str
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    kind: Literal["llm", "embedding", "classify", "rerank", "transcription"] = "llm"
+    max_num_seqs: int = 256
+    max_model_len: int = 4096
+    kv_blocks: int = 2000
+    block_size: int = 16
+    prefill_tokens_per_s: float = 0.0
+    enable_prompt_tokens_details: bool = False
+    kv_events_config: str | None = None
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    output_tokens: int = 16
+    startup_delay_s: float = 0.0
+    embedding_dim: int = 384
+    shutdown_timeout: float = 0.0
+    keep_alive_timeout: float = 5.0
+    failure_rate: float = 0.0
+    crash_after: int | None = None
+    hang_rate: float = 0.0
+    unhealthy: bool = False
+    enable_control: bool = False
+    seed: int = 0
+
+
+def simulate(options: SimulatorOptions) -> int:
+    """Serve a simulated vLLM engine (OpenAI API, /health, /metrics) until Ctrl-C or SIGTERM."""
     from sage.unified.agent.simulator import SimulatorConfig, run
 
     try:
-        config = SimulatorConfig(
-            model=model,
-            served_model_name=served_model_name,
-            host=host,
-            port=port,
-            kind=kind,
-            max_num_seqs=max_num_seqs,
-            max_model_len=max_model_len,
-            kv_blocks=kv_blocks,
-            block_size=block_size,
-            prefill_tokens_per_s=prefill_tokens_per_s,
-            enable_prompt_tokens_details=enable_prompt_tokens_details,
-            kv_events_config=kv_events_config,
-            ttft_ms=ttft_ms,
-            itl_ms=itl_ms,
-            output_tokens=output_tokens,
-            startup_delay_s=startup_delay_s,
-            embedding_dim=embedding_dim,
-            shutdown_timeout=shutdown_timeout,
-            keep_alive_timeout=keep_alive_timeout,
-            failure_rate=failure_rate,
-            crash_after=crash_after,
-            hang_rate=hang_rate,
-            unhealthy=unhealthy,
-            enable_control=enable_control,
-            seed=seed,
-        )
+        config = SimulatorConfig(**asdict(options))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return run(config)

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from litestar import Litestar, Request, Response, Router
-from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath, FromQuery
 
 from sage.unified.coordinator._api import ControlPlane, ControlPlaneSession
@@ -38,10 +37,12 @@ from sage.unified.sdk.protocol import (
     HealthStatus,
 )
 from sage.unified.sdk.protocol.server import (
+    allow_header_middleware,
     browser_guard,
     decode_body,
     exception_handlers,
     metrics_response,
+    openapi_config,
     route,
 )
 
@@ -227,10 +228,10 @@ def create_coordinator_app(
         ],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,
-        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
-        openapi_config=OpenAPIConfig(
-            title="SAGE Unified Gateway coordinator", version="1", create_examples=False
-        ),
+        # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
+        logging_config=None,
+        openapi_config=openapi_config("SAGE Unified Gateway coordinator"),
+        middleware=[allow_header_middleware],
     )
     app.state.coordinator = coord
     return app

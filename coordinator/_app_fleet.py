@@ -36,7 +36,7 @@ Body = Callable[[AnyRequest, Endpoint[Any, Any], ControlPlaneSession, str], Awai
 
 
 def _gpu_index(text: str) -> int:
-    if not text.isdigit() or len(text) > 4:
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:
         raise InvalidRequestError(
             f"GPU index {text[:16]!r} is not a number (0, 1, ...)", param="index"
         )

@@ -130,7 +130,9 @@ def place(spec: EngineSpec, candidates: Sequence[Candidate], host: str | None = 
         fitting = [c for c, reason in reasons if reason is None]
         if not fitting:
             detail = "; ".join(f"{c.agent_id}: {reason}" for c, reason in reasons)
-            raise PlacementError(f"engine does not fit on {host!r}: {detail}")
+            raise PlacementError(
+                f"engine does not fit on {host!r}: {detail}{_gpu_hint(spec, named)}"
+            )
         return _best(spec, fitting)
     if not candidates:
         raise PlacementError("no agent is registered", code="no_agent")
@@ -138,8 +140,21 @@ def place(spec: EngineSpec, candidates: Sequence[Candidate], host: str | None = 
     fitting = [c for c, reason in reasons if reason is None]
     if not fitting:
         detail = "; ".join(f"{c.agent_id}: {reason}" for c, reason in reasons)
-        raise PlacementError(f"no agent can take the engine: {detail}")
+        raise PlacementError(f"no agent can take the engine: {detail}{_gpu_hint(spec, candidates)}")
     return _best(spec, fitting)
+
+
+NO_GPU_HINT = (
+    "; no agent has a GPU: to run without one, start a simulated engine "
+    "(runtime 'simulated': `sage llm engine start MODEL --runtime simulated`)"
+)
+
+
+def _gpu_hint(spec: EngineSpec, candidates: Sequence[Candidate]) -> str:
+    """How to go on when ``spec`` needs a GPU and none of ``candidates`` has one."""
+    if spec.runtime is Runtime.SIMULATED or any(c.gpus for c in candidates):
+        return ""
+    return NO_GPU_HINT
 
 
 def _best(spec: EngineSpec, fitting: Sequence[Candidate]) -> Candidate:

@@ -51,6 +51,8 @@ _REPLACED_UPSTREAM: frozenset[bytes] = frozenset(
         b"x-request-id",
         b"expect",
         b"via",
+        b"x-sage-route",
+        b"x-sage-continue",
     }
 )
 _REPLACED_DOWNSTREAM: frozenset[bytes] = frozenset(
@@ -76,6 +78,7 @@ class RequestHeaderInfo:
         "session_id",
         "size",
         "via",
+        "want_route",
     )
 
     def __init__(self) -> None:
@@ -92,6 +95,8 @@ class RequestHeaderInfo:
         """``X-Sage-Continue: 1``: continue this stream elsewhere if its engine fails."""
         self.count = 0
         self.size = 0
+        self.want_route = False
+        """``X-Sage-Route: 1``: the client asks for ``X-Sage-Route-Decision``."""
 
 
 def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
@@ -114,6 +119,8 @@ def scan_request_headers(headers: Iterable[Header]) -> RequestHeaderInfo:
             info.session_id = value
         elif name == b"host":
             info.host = value
+        elif name == b"x-sage-route":
+            info.want_route = value.strip() in (b"1", b"true")
         elif name == b"connection":
             info.connection_tokens = frozenset(
                 t.strip().lower() for t in value.split(b",") if t.strip()

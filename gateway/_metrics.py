@@ -9,13 +9,13 @@ and one ``inc()`` per request.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sage.unified.gateway.routing import RoutingState
+from sage.unified.gateway.routing import SIGNALS, CacheAwarePolicy, RoutingLedger, RoutingState
 
 __all__ = ["GatewayMetrics"]
 
@@ -86,6 +86,80 @@ class _BackendCollector(Collector):
             "1 when the routing-table source answered recently",
             value=1.0 if reachable else 0.0,
         )
+
+
+class _LedgerCollector(Collector):
+    """The cache-capture ledger's sums and health, read at scrape time."""
+
+    def __init__(self, ledger: RoutingLedger) -> None:
+        self._ledger = ledger
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        ledger = self._ledger
+        labels = ["model", "backend"]
+        decisions = CounterMetricFamily(
+            "sage_gateway_routing_decisions",
+            "Routing decisions by model, backend and reason (prefix, load, affinity, fallback, round_robin)",
+            labels=[*labels, "reason"],
+        )
+        families = {
+            name: CounterMetricFamily(f"sage_gateway_routing_{name}", text, labels=labels)
+            for name, text in (
+                ("usage_reported", "Answers that carried usage (their tokens are counted below)"),
+                ("prompt_tokens", "Prompt tokens engines reported"),
+                ("available_tokens", "Prefix tokens cached on any candidate, as the index saw it"),
+                (
+                    "captured_tokens",
+                    "Prefix tokens cached on the chosen engine, as the index saw it",
+                ),
+                ("delivered_tokens", "Cached prompt tokens engines reported (cached_tokens)"),
+            )
+        }
+        for model, backend, totals in ledger.totals():
+            for reason, count in totals.reasons.items():
+                decisions.add_metric([model, backend, reason], count)
+            families["usage_reported"].add_metric([model, backend], totals.usage_reported)
+            families["prompt_tokens"].add_metric([model, backend], totals.prompt_tokens)
+            families["available_tokens"].add_metric([model, backend], totals.available_tokens)
+            families["captured_tokens"].add_metric([model, backend], totals.captured_tokens)
+            families["delivered_tokens"].add_metric([model, backend], totals.delivered_tokens)
+        yield decisions
+        yield from families.values()
+        yield from self._health()
+        policy = ledger.policy
+        if isinstance(policy, CacheAwarePolicy):
+            yield GaugeMetricFamily(
+                "sage_gateway_routing_index_keys",
+                "Prompt chunks the cache-aware index holds (all engines)",
+                value=len(policy.index),
+            )
+
+    def _health(self) -> Iterator[GaugeMetricFamily]:
+        ratios = {
+            name: GaugeMetricFamily(f"sage_gateway_routing_{name}", text, labels=["model"])
+            for name, text in (
+                ("recent_hit_rate", "Delivered / prompt tokens over the recent decisions"),
+                ("recent_capture_ratio", "Captured / available tokens over the recent decisions"),
+                ("recent_delivery_ratio", "Delivered / captured tokens over the recent decisions"),
+            )
+        }
+        signal = GaugeMetricFamily(
+            "sage_gateway_routing_signal",
+            "1 while a cache-capture health signal holds (docs/routing.md)",
+            labels=["model", "signal"],
+        )
+        for model, health in self._ledger.health().items():
+            for name, value in (
+                ("recent_hit_rate", health.hit_rate),
+                ("recent_capture_ratio", health.capture_ratio),
+                ("recent_delivery_ratio", health.delivery_ratio),
+            ):
+                if value is not None:
+                    ratios[name].add_metric([model], value)
+            for name in SIGNALS:
+                signal.add_metric([model, name], 1.0 if name in health.signals else 0.0)
+        yield from ratios.values()
+        yield signal
 
 
 class GatewayMetrics:
@@ -163,6 +237,10 @@ class GatewayMetrics:
         self._request_children: dict[tuple[str, str, str], Counter] = {}
         self._latency_children: dict[str, Histogram] = {}
         self._ttft_children: dict[str, Histogram] = {}
+
+    def watch_ledger(self, ledger: RoutingLedger) -> None:
+        """Export the cache-capture ledger (read at scrape time)."""
+        self.registry.register(_LedgerCollector(ledger))
 
     def request_done(self, model: str, backend: str, status: int, seconds: float) -> None:
         key = (model, backend, f"{status // 100}xx")

@@ -62,7 +62,9 @@ from sage.unified.gateway.routing import (
     PeekError,
     RetryBudget,
     RetryThrottle,
+    RoutingLedger,
     RoutingPolicy,
+    RoutingRequest,
     RoutingState,
     peek_form,
     peek_request,
@@ -102,6 +104,7 @@ class DataPlane:
         settling: the control plane just restarted (503, not 404, for unknown models).
         rng: the source of retry jitter.
         sessions: the conversation-session hook of chat requests (``None``: off).
+        ledger: the cache-capture ledger each outcome is recorded in (``None``: off).
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class DataPlane:
         settling: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
         sessions: SessionChat | None = None,
+        ledger: RoutingLedger | None = None,
     ) -> None:
         self.state = state
         self.policy = policy
@@ -132,12 +136,14 @@ class DataPlane:
         self._settling = settling
         self._rng = rng or random.Random()
         self.sessions = sessions
+        self.ledger = ledger
         self._relayer = Relay(
             metrics,
             on_failure=self._failed,
             on_success=self._succeeded,
             expose_backend=config.expose_backend_header,
             resume=self.resume,
+            ledger=ledger,
         )
         self._origins: dict[str, Origin] = {}
         self.stalls: StallMonitor | None = None
@@ -251,6 +257,7 @@ class DataPlane:
             request_id,
             started,
             info.authorization,
+            info.want_route,
         )
         if peek.stream and (info.continue_stream or self._continues(model)):
             request.continuation = continuable(body, path)
@@ -302,16 +309,28 @@ class DataPlane:
         last_error = "no backend tried"
         attempts_left = 1 + self.config.retries
         holding_slot = False  # one retry-budget slot, held until this request is done
+        routing = request.routing = RoutingRequest(
+            request.model,
+            request.path,
+            request.body,
+            request.session_key,
+            request_id=request.request_id,
+        )
         watch = ClientWatch(receive)
         try:
             while attempts_left > 0:
                 attempts_left -= 1
                 backend = self.policy.select(
-                    candidates, session_key=request.session_key, exclude=tried, rng=self._rng
+                    candidates,
+                    session_key=request.session_key,
+                    exclude=tried,
+                    rng=self._rng,
+                    request=routing,
                 )
                 if backend is None:
                     break
                 tried.append(backend.key)
+                routing.attempts += 1
                 attempt = await self._attempt(send, watch, backend, request)
                 if attempt is None:
                     return  # relayed
@@ -338,6 +357,7 @@ class DataPlane:
             watch.stop()
             if holding_slot:
                 self.retry_budget.release()
+            routing.release()  # the policy's hold, whatever happened
         self._give_up(request, tried, last_error, failures)
 
     async def _attempt(
@@ -377,6 +397,8 @@ class DataPlane:
         self.metrics.request_done(
             request.model, backend.key, 499, time.monotonic() - request.started
         )
+        if self.ledger is not None and request.routing is not None:
+            self.ledger.record(request.routing, backend.key, 499)
         raise _ClientGone
 
     def _give_up(
@@ -387,12 +409,10 @@ class DataPlane:
         failures: list[FailureKind],
     ) -> None:
         status = gave_up_status(failures)
-        self.metrics.request_done(
-            request.model,
-            tried[-1] if tried else "none",
-            status,
-            time.monotonic() - request.started,
-        )
+        engine = tried[-1] if tried else "none"
+        self.metrics.request_done(request.model, engine, status, time.monotonic() - request.started)
+        if self.ledger is not None and request.routing is not None:
+            self.ledger.record(request.routing, engine, status)
         raise gave_up_error(request.model, last_error, status)
 
     def _origin(self, backend: BackendState) -> Origin:

@@ -21,7 +21,13 @@ from sage.unified.gateway._headers import downstream_headers
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._stalls import EngineDrained, EngineHung, StallTicket
 from sage.unified.gateway._upstream_api import UpstreamReply
-from sage.unified.gateway.routing import BackendState
+from sage.unified.gateway.routing import (
+    BackendState,
+    RoutingLedger,
+    RoutingRequest,
+    UsageSniffer,
+    find_usage,
+)
 from sage.unified.gateway.upstream import UpstreamError
 from sage.unified.sdk.models import EngineKind
 
@@ -60,8 +66,10 @@ class ProxyRequest:
         "model",
         "path",
         "request_id",
+        "routing",
         "session_key",
         "started",
+        "want_decision",
     )
 
     def __init__(
@@ -75,6 +83,7 @@ class ProxyRequest:
         request_id: bytes,
         started: float,
         authorization: bytes | None,
+        want_decision: bool = False,
     ) -> None:
         self.model = model
         self.kind = kind
@@ -88,6 +97,10 @@ class ProxyRequest:
         """The client's ``Authorization`` value (the session hook derives its owner)."""
         self.continuation: dict[str, Any] | None = None
         """The decoded body when a broken stream of this request may be continued."""
+        self.want_decision = want_decision
+        """The client sent ``X-Sage-Route: 1``: answer with ``X-Sage-Route-Decision``."""
+        self.routing: RoutingRequest | None = None
+        """Built when routing starts (after the session hook may have changed the body)."""
 
     @property
     def kind_is_chat(self) -> bool:
@@ -104,6 +117,7 @@ class Relay:
         expose_backend: add ``X-Sage-Backend`` to responses.
         resume: sends a continuation of a broken stream to another backend (see
             :meth:`DataPlane.resume`); ``None``: streams are never continued.
+        ledger: where each outcome is recorded with its routing decision (``None``: off).
     """
 
     def __init__(
@@ -114,12 +128,14 @@ class Relay:
         on_success: Callable[[BackendState], None],
         expose_backend: bool,
         resume: Resume | None = None,
+        ledger: RoutingLedger | None = None,
     ) -> None:
         self.metrics = metrics
         self._on_failure = on_failure
         self._on_success = on_success
         self._expose_backend = expose_backend
         self._resume = resume
+        self._ledger = ledger
 
     async def relay(
         self,
@@ -139,6 +155,10 @@ class Relay:
             request_id=request.request_id,
             backend_id=backend.key if self._expose_backend else None,
         )
+        routing = request.routing
+        if request.want_decision and routing is not None and self._ledger is not None:
+            decision = self._ledger.decision_header(routing, backend.key)
+            out_headers.append((b"x-sage-route-decision", decision))
         payload = attempt.payload
         try:
             if payload is None:
@@ -146,6 +166,9 @@ class Relay:
                     send, watch, backend, attempt, out_headers, request, ticket
                 )
                 return
+            if routing is not None:
+                routing.first_byte(time.monotonic() - request.started)
+                routing.usage = find_usage(payload)
             out_headers.append((b"content-length", str(len(payload)).encode()))
             await send({"type": "http.response.start", "status": status, "headers": out_headers})
             await send({"type": "http.response.body", "body": payload, "more_body": False})
@@ -177,9 +200,15 @@ class Relay:
             transcript = StreamTranscript(request.kind_is_chat)
             if ticket is not None:
                 ticket.continuable = True
+        sniffer = UsageSniffer()
         try:
             await self._pump(
-                send, response, request, ticket, transcript.feed if transcript else None
+                send,
+                response,
+                request,
+                ticket,
+                transcript.feed if transcript else None,
+                sniff=sniffer.feed,
             )
         except UpstreamError as exc:
             if watch.gone:
@@ -207,6 +236,8 @@ class Relay:
             )
             self._done(request, backend, 502)
             return
+        if request.routing is not None:
+            request.routing.usage = sniffer.usage()
         if watch.gone:
             self._done(request, backend, 499)
             return
@@ -223,16 +254,23 @@ class Relay:
         shape: Callable[[bytes], bytes] | None = None,
         *,
         first: bool = True,
+        sniff: Callable[[bytes], None] | None = None,
     ) -> None:
-        """Relay the stream's chunks (through ``shape`` when given); a hung engine (the
-        stall monitor cancelled us) raises :class:`EngineHung` like any broken stream."""
+        """Relay the stream's chunks (through ``shape`` when given, each seen by ``sniff``
+        for its usage); a hung engine (the stall monitor cancelled us) raises
+        :class:`EngineHung` like any broken stream."""
         try:
             async for chunk in response:
                 if ticket is not None:
                     ticket.progress()
                 if first:
                     first = False
-                    self.metrics.first_token(request.model, time.monotonic() - request.started)
+                    ttft = time.monotonic() - request.started
+                    self.metrics.first_token(request.model, ttft)
+                    if request.routing is not None:
+                        request.routing.first_byte(ttft)
+                if sniff is not None:
+                    sniff(chunk)
                 if shape is not None:
                     chunk = shape(chunk)
                     if not chunk:
@@ -293,6 +331,8 @@ class Relay:
         self.metrics.request_done(
             request.model, backend.key, status, time.monotonic() - request.started
         )
+        if self._ledger is not None and request.routing is not None:
+            self._ledger.record(request.routing, backend.key, status)
 
     def _finished(self, backend: BackendState, status: int) -> None:
         if status >= 500:

@@ -17,7 +17,6 @@ import anyio
 import httpx
 from litestar import Litestar, Request, Response, Router
 from litestar.handlers import asgi
-from litestar.openapi.config import OpenAPIConfig
 from litestar.params import FromPath
 
 from sage.unified.coordinator import (
@@ -31,8 +30,16 @@ from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, Send
 from sage.unified.gateway._refusals import model_not_found
 from sage.unified.gateway._remote_plane import RemoteControlPlane
+from sage.unified.gateway._routing_api import create_routing_router
 from sage.unified.gateway._sources import EmbeddedSource, RemoteSource, StaticSource, TableSource
-from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
+from sage.unified.gateway.routing import (
+    OutlierDetector,
+    RetryBudget,
+    RoutingLedger,
+    RoutingPolicy,
+    RoutingState,
+    get_policy,
+)
 from sage.unified.gateway.sessions import SessionChat, SqliteSessionStore, create_sessions_router
 from sage.unified.gateway.settings import GatewaySettings
 from sage.unified.gateway.studio import create_studio_router
@@ -48,7 +55,13 @@ from sage.unified.sdk.protocol import (
     ModelCard,
     ModelList,
 )
-from sage.unified.sdk.protocol.server import browser_guard, metrics_response, route
+from sage.unified.sdk.protocol.server import (
+    allow_header_middleware,
+    browser_guard,
+    metrics_response,
+    openapi_config,
+    route,
+)
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
@@ -109,14 +122,23 @@ class GatewayRuntime:
         settings: configuration.
         coordinator: the embedded coordinator to use (built from ``settings`` in
             embedded mode when omitted; ignored in remote and static modes).
+        policy: the routing policy (built from ``settings`` when omitted; benchmarks
+            pass variants, such as a cache-aware policy fed by engine KV events).
     """
 
     def __init__(
-        self, settings: GatewaySettings, *, coordinator: Coordinator | None = None
+        self,
+        settings: GatewaySettings,
+        *,
+        coordinator: Coordinator | None = None,
+        policy: RoutingPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.state = RoutingState()
-        self.policy = get_policy(settings.routing_policy)()
+        self.policy = policy or get_policy(settings.routing_policy)(
+            **settings.routing_policy_options()
+        )
+        self.ledger = RoutingLedger(self.policy, size=settings.routing_ledger_size)
         self.detector = OutlierDetector(
             self.state,
             consecutive_failures=settings.ejection_failures,
@@ -148,6 +170,7 @@ class GatewayRuntime:
             )
         self.source = source
         self.metrics = GatewayMetrics(self.state, source.status)
+        self.metrics.watch_ledger(self.ledger)
         self.sessions: SqliteSessionStore | None = None
         if settings.sessions:
             self.sessions = SqliteSessionStore(settings.sessions_path(), settings.session_limits())
@@ -213,6 +236,7 @@ class GatewayRuntime:
                 sessions=SessionChat(self.sessions, keys_enabled=bool(settings.api_keys))
                 if self.sessions is not None
                 else None,
+                ledger=self.ledger,
             )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             task_group.start_soon(self.source.run, self.state)
@@ -314,10 +338,8 @@ def create_gateway_app(
         exception_handlers=exception_handlers,
         request_max_body_size=settings.max_body_bytes,
         logging_config=None,
-        # The API description is served at /schema/openapi.json (also exported to docs/openapi/).
-        openapi_config=OpenAPIConfig(
-            title="SAGE Unified Gateway", version="1", create_examples=False
-        ),
+        openapi_config=openapi_config("SAGE Unified Gateway"),
+        middleware=[allow_header_middleware],
     )
     app.state.runtime = runtime
     return app
@@ -366,8 +388,13 @@ def _plain_handlers(runtime: GatewayRuntime, api_keys: TokenSet) -> list[Any]:
 def _control_handlers(runtime: GatewayRuntime) -> list[Any]:
     """Studio, and the management API of whichever control plane the gateway uses."""
     settings = runtime.settings
-    handlers: list[Any] = [create_studio_router(refusal=settings.studio_refusal())]
     browser = settings.browser_policy()
+    handlers: list[Any] = [
+        create_studio_router(refusal=settings.studio_refusal()),
+        create_routing_router(
+            runtime.ledger, admin_tokens=settings.admin_token_set(), browser=browser
+        ),
+    ]
     if runtime.coordinator is not None:
         handlers += [
             create_management_router(runtime.coordinator, browser),

@@ -15,10 +15,10 @@ Signals:
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -33,32 +33,43 @@ from sage.unified.gateway.server import (
     raise_open_file_limit,
 )
 from sage.unified.gateway.settings import GatewaySettings
+from sage.unified.sdk.logsetup import configure_logging
+from sage.unified.sdk.ports import PortInUseError, check_port_free, find_port_in_use, port_error
 
-__all__ = ["GatewayStartError", "PortInUseError", "check_port_free", "run"]
+__all__ = [
+    "AGENT_PORT_HINT",
+    "GATEWAY_PORT_HINT",
+    "GatewayStartError",
+    "PortInUseError",
+    "check_ports_free",
+    "run",
+]
 
 log = logging.getLogger("sage.unified.gateway")
-
-
-class PortInUseError(OSError):
-    """The port the gateway (or its local agent) should listen on is taken."""
 
 
 class GatewayStartError(RuntimeError):
     """The gateway app could not start (its runtime raised during startup)."""
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise :class:`PortInUseError` with a clear message if ``host:port`` cannot be bound."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise PortInUseError(
-                f"port {port} on {host} is already in use ({exc.strerror}); stop what is using it "
-                f"or choose another port with --port"
-            ) from None
+GATEWAY_PORT_HINT = "choose another port with --port (SAGE_GATEWAY_PORT)"
+AGENT_PORT_HINT = (
+    "choose another port for the local agent with --agent-port (SAGE_GATEWAY_AGENT_PORT), "
+    "or run without it (--no-local-agent)"
+)
+
+
+def check_ports_free(settings: GatewaySettings) -> None:
+    """Refuse, naming the holder, when the gateway's port or its local agent's is taken.
+
+    Blocking (psutil, see :mod:`sage.unified.sdk.ports`): call it off the event loop.
+
+    Raises:
+        PortInUseError: one line naming the port, its holder and the flag to change it.
+    """
+    check_port_free(settings.host, settings.port, hint=GATEWAY_PORT_HINT)
+    if settings.mode == "embedded" and settings.local_agent:
+        check_port_free("127.0.0.1", settings.agent_port, hint=AGENT_PORT_HINT)
 
 
 def _server_config(settings: GatewaySettings, open_files: int | None) -> ServerConfig:
@@ -94,10 +105,8 @@ def _server_config(settings: GatewaySettings, open_files: int | None) -> ServerC
 async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> None:
     """Serve until SIGTERM/SIGINT (asyncio only: the data plane is asyncio-native)."""
     settings.check_bind_safety()
-    check_port_free(settings.host, settings.port)
+    await anyio.to_thread.run_sync(check_ports_free, settings)
     embedded_agent = settings.mode == "embedded" and settings.local_agent
-    if embedded_agent:
-        check_port_free("127.0.0.1", settings.agent_port)
     runtime = GatewayRuntime(settings)
     runtime.local_agent_pending = embedded_agent
     app = fast_path(create_gateway_app(runtime=runtime), runtime)
@@ -133,10 +142,10 @@ async def serve(settings: GatewaySettings, *, stop_engines_on_exit: bool = False
         except LifespanFailed as exc:
             raise GatewayStartError(f"the gateway failed to start: {exc}") from None
         except OSError as exc:  # taken between the check above and the bind
-            raise PortInUseError(
-                f"cannot listen on {settings.host}:{settings.port} ({exc.strerror or exc}); "
-                "stop what is using it or choose another port with --port"
-            ) from None
+            describe = functools.partial(
+                port_error, settings.host, settings.port, exc, hint=GATEWAY_PORT_HINT
+            )
+            raise await anyio.to_thread.run_sync(describe) from None
         async with anyio.create_task_group() as tg:
             tg.start_soon(gateway_server.serve)
             log.info("gateway listening on http://%s:%d", settings.host, gateway_server.port)
@@ -200,8 +209,11 @@ def run(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> int
             (``sage gateway stop``); otherwise they keep running and are adopted by the
             next gateway start (``sage gateway restart``).
     """
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    configure_logging(
+        settings.log_level,
+        log_file=settings.log_file,
+        max_bytes=settings.log_max_bytes,
+        backups=settings.log_backups,
     )
     try:
         import uvloop
@@ -211,8 +223,12 @@ def run(settings: GatewaySettings, *, stop_engines_on_exit: bool = False) -> int
         runner = asyncio.run
     try:
         runner(serve(settings, stop_engines_on_exit=stop_engines_on_exit))
-    except PortInUseError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (PortInUseError, BaseExceptionGroup) as exc:
+        # The local agent's port, taken after the check, fails inside a task group.
+        taken = find_port_in_use(exc)
+        if taken is None:
+            raise
+        print(f"error: {taken}", file=sys.stderr)
         return 2
     except GatewayStartError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -41,7 +41,12 @@ class GatewaySettings(SageSettings):
     toml_files: ClassVar[tuple[Path, ...]] = toml_files_for("gateway")
 
     model_config = SettingsConfigDict(
-        env_prefix="SAGE_GATEWAY_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="SAGE_GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        # ``SAGE_GATEWAY_COORDINATOR_URL=null`` is "none" (how ``sage gateway restart``
+        # passes an unset value on).
+        env_parse_none_str="null",
     )
     _local_agent_token: str | None = PrivateAttr(default=None)
 
@@ -82,7 +87,21 @@ class GatewaySettings(SageSettings):
     insecure: bool = False
     """Allow a non-loopback bind without API keys (explicit opt-in)."""
 
-    routing_policy: Literal["least_load", "round_robin", "session"] = "least_load"
+    routing_policy: Literal["least_load", "round_robin", "session", "cache_aware"] = "cache_aware"
+    """How an engine is picked (docs/routing.md); ``cache_aware`` won the routing benchmark."""
+    cache_aware_engine_cache_tokens: int | None = Field(262_144, ge=1)
+    """``cache_aware``: prompt tokens one engine's KV cache holds (vLLM logs it at start as
+    "GPU KV cache size"); the prefix index keeps that much per engine. Too high, and the
+    index believes engines hold prefixes they evicted (the ledger's ``delivery_low``)."""
+    cache_aware_chunk_bytes: int = Field(128, ge=16, le=65536)
+    """``cache_aware``: bytes of rendered prompt per chunk of the prefix index."""
+    cache_aware_load_factor: float = Field(1.25, ge=1.0)
+    """``cache_aware``: an engine with more than this many times the mean in-flight
+    requests (plus one) is passed over while another is not."""
+    cache_aware_decode_weight: float = Field(0.3, ge=0.0)
+    """``cache_aware``: the cost of one running request, as a share of the mean prompt."""
+    routing_ledger_size: int = Field(2048, ge=1, le=1_000_000)
+    """Recent routing decisions kept for ``/v1/management/routing/decisions``."""
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     max_buffered_response_bytes: int = Field(2**20, ge=1024)
     """A non-streamed answer is held in memory (so a failure is still retried elsewhere)
@@ -152,6 +171,13 @@ class GatewaySettings(SageSettings):
     sessions_max_total_bytes: int = Field(512 * 2**20, ge=2**20)
     """Most all sessions keep together; the least recently active go first."""
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
+    log_file: Path | None = None
+    """Write the log here instead of stderr (``sage gateway start`` uses
+    ``<SAGE_HOME>/gateway/gateway.log``); the process's stdout and stderr go there too."""
+    log_max_bytes: int = Field(10 * 2**20, ge=1024)
+    """The log file rotates when it would exceed this size."""
+    log_backups: int = Field(3, ge=0)
+    """Rotated log files kept (``gateway.log.1`` is the newest)."""
 
     @field_validator("continuation_models", "allowed_hosts", "allowed_origins", mode="before")
     @classmethod
@@ -218,6 +244,17 @@ class GatewaySettings(SageSettings):
 
     def agent_token_set(self) -> TokenSet:
         return TokenSet(k.get_secret_value() for k in self.agent_tokens)
+
+    def routing_policy_options(self) -> dict[str, Any]:
+        """Keyword arguments of the configured routing policy's constructor."""
+        if self.routing_policy != "cache_aware":
+            return {}
+        return {
+            "engine_cache_tokens": self.cache_aware_engine_cache_tokens,
+            "chunk_bytes": self.cache_aware_chunk_bytes,
+            "load_factor": self.cache_aware_load_factor,
+            "decode_weight": self.cache_aware_decode_weight,
+        }
 
     def session_limits(self) -> SessionLimits:
         from sage.unified.gateway.sessions import SessionLimits

@@ -7,17 +7,17 @@
 The apps are built, never started: no lifespan runs, no port is opened, no file is
 written outside ``docs/openapi/``. The gateway is built in its default (embedded)
 mode, so its document holds the management and agent-report routes of the embedded
-coordinator. The OpenAI proxy routes are raw ASGI handlers; OpenAPI cannot describe
-them and ``docs/api.md`` documents them by hand.
+coordinator, and the OpenAI proxy routes (raw ASGI handlers, described from the
+endpoint catalog).
 
-The apps are built with ``openapi_config=None`` (no ``/schema`` route is served);
-Litestar still collects their routes, so the document is generated here from those
-routes with an explicit :class:`OpenAPIConfig`.
+Each document is the one the app serves at ``/schema/openapi.json``, fetched in process:
+what is committed is what a client gets.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -36,16 +36,18 @@ not make the documents drift."""
 
 
 def _schema(app: Any, title: str, description: str) -> dict[str, Any]:
-    from litestar._openapi.plugin import OpenAPIPlugin
-    from litestar.openapi.config import OpenAPIConfig
+    """The document ``app`` serves at ``/schema/openapi.json`` (no lifespan runs)."""
+    import httpx
 
-    plugin = app.plugins.get(OpenAPIPlugin)
-    if app.openapi_config is None:
-        # Routes were collected at app init; only the config is missing.
-        plugin._openapi_config = OpenAPIConfig(
-            title=title, version=VERSION, description=description, create_examples=False
-        )
-    document: dict[str, Any] = plugin.provide_openapi().to_schema()
+    async def fetch() -> dict[str, Any]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            response = await client.get("/schema/openapi.json")
+        response.raise_for_status()
+        served: dict[str, Any] = response.json()
+        return served
+
+    document = asyncio.run(fetch())
     document["info"]["title"] = title
     document["info"]["version"] = VERSION
     document["info"]["description"] = description
@@ -60,9 +62,9 @@ def _gateway(home: Path) -> dict[str, Any]:
     return _schema(
         create_gateway_app(settings),
         "SAGE Unified Gateway",
-        "Gateway (embedded mode): models, health, metrics, /v1/management/* and agent reports. "
-        "The OpenAI proxy routes (POST /v1/chat/completions, /v1/completions, /v1/embeddings) "
-        "are documented in docs/api.md.",
+        "Gateway (embedded mode): the OpenAI routes, models, sessions, health, metrics, "
+        "/v1/management/* and agent reports. Request and answer bodies of the OpenAI routes "
+        "are vLLM's; see docs/api.md.",
     )
 
 

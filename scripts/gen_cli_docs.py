@@ -34,11 +34,13 @@ Where values come from, highest first: flags, environment variables, TOML files,
 | variable | used by |
 |---|---|
 | `SAGE_HOME` | every command: state, pid files and logs (default `~/.sage`) |
-| `SAGE_GATEWAY_URL` | `sage llm …`, `sage gateway status`: the gateway to talk to (default `http://127.0.0.1:8000`) |
+| `SAGE_GATEWAY_URL` | `sage llm …`, `sage gateway status`: the gateway to talk to, after `--url` (then the gateway `sage gateway start` runs from `SAGE_HOME`, then `http://127.0.0.1:8000`; `--verbose` says which) |
 | `SAGE_ADMIN_TOKEN` | commands that call `/v1/management/*`; the gateway and coordinator accept it |
 | `SAGE_API_KEYS` | the gateway: inference API keys (comma-separated) |
 | `SAGE_AGENT_TOKEN` | agents, and the gateway or coordinator they report to |
+| `SAGE_GATEWAY_PORT`, `SAGE_GATEWAY_AGENT_PORT` | the gateway's port (8000) and its local agent's (8200); also `--port`, `--agent-port` |
 | `SAGE_GATEWAY_*`, `SAGE_AGENT_*`, `SAGE_COORDINATOR_*` | any setting of that component (`sage config show` prints them all) |
+| `SAGE_GATEWAY_CONFIG`, `SAGE_AGENT_CONFIG`, `SAGE_COORDINATOR_CONFIG` | one TOML file to read instead of `/etc/sage/<component>.toml` and `~/.config/sage/<component>.toml`; it must exist |
 
 Exit codes: 0 success, 1 error, 2 usage error (a bad flag or value, the gateway not
 running), 130 interrupted. Errors are one line on stderr; `SAGE_DEBUG=1` shows the

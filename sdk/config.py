@@ -4,18 +4,41 @@ Precedence for every component, highest first: constructor arguments (the CLI pa
 only the flags a user gave), environment variables (``SAGE_<COMPONENT>_<FIELD>``),
 TOML files (``/etc/sage/<component>.toml`` then ``~/.config/sage/<component>.toml``,
 the later one winning, or the one file ``SAGE_<COMPONENT>_CONFIG`` names), defaults.
+
+A default file that does not exist is skipped; the file ``SAGE_<COMPONENT>_CONFIG``
+names must exist. A file that is not valid TOML is refused with its path
+(:class:`ConfigFileError`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tomllib
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
-__all__ = ["SageSettings", "sage_home", "split_list", "toml_files_for"]
+__all__ = ["ConfigFileError", "SageSettings", "sage_home", "split_list", "toml_files_for"]
+
+
+class ConfigFileError(ValueError):
+    """A configuration file is missing (named by ``SAGE_<COMPONENT>_CONFIG``) or is not
+    valid TOML; ``str(error)`` names the file."""
+
+
+class _TomlFiles(TomlConfigSettingsSource):
+    """pydantic-settings' TOML source, with errors that name the file."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigFileError(f"{file_path} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigFileError(f"cannot read {file_path}: {exc.strerror or exc}") from None
 
 
 def sage_home() -> Path:
@@ -59,7 +82,16 @@ class SageSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         explicit = os.environ.get(cls.config_env) if cls.config_env else None
-        files = [Path(explicit).expanduser()] if explicit else list(cls.toml_files)
-        # Missing files are skipped by the TOML source.
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=files)
+        if explicit:
+            named = Path(explicit).expanduser()
+            if not named.is_file():
+                raise ConfigFileError(
+                    f"{cls.config_env} names {named}, which is not a file; create it or "
+                    f"unset {cls.config_env} to use the default files"
+                )
+            files = [named]
+        else:
+            # Default files that do not exist are skipped by the TOML source.
+            files = list(cls.toml_files)
+        toml = _TomlFiles(settings_cls, toml_file=files)
         return (init_settings, env_settings, toml)

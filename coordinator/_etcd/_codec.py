@@ -347,7 +347,11 @@ def decode_error(status: int, body: Any, *, endpoint: str | None = None) -> Etcd
     if isinstance(body, dict):
         code = body.get("code")
         message = str(body.get("message") or body.get("error") or "")
-    code = int(code) if isinstance(code, int | str) and str(code).isdigit() else None
+    code = (
+        int(code)
+        if isinstance(code, int | str) and str(code).isascii() and str(code).isdigit()
+        else None
+    )
     message = message or f"etcd answered HTTP {status}"
     if code == _UNAVAILABLE or (code is None and status in (502, 503, 504)):
         applied = not message.startswith(_NOT_PROPOSED)

@@ -119,7 +119,7 @@ def _parse_endpoint(item: str, url: str) -> EtcdEndpoint:
         raise EtcdConfigError(f"endpoint {item!r} in etcd URL has no host")
     if not port_text:
         return EtcdEndpoint(host)
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise EtcdConfigError(f"endpoint {item!r} in etcd URL has a bad port")
     return EtcdEndpoint(host, int(port_text))
 

@@ -6,7 +6,8 @@ way for every policy: ``probe = state.acquire(b)`` before sending,
 have no start/finish hooks, and a policy that keeps state (round robin's cursors)
 keeps only its own.
 
-Registered names: ``least_load`` (default), ``round_robin``, ``session``.
+Registered names: ``least_load``, ``round_robin``, ``session`` here, ``cache_aware``
+(the default) in :mod:`._cache_aware`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import zlib
 from collections.abc import Collection, Sequence
 from typing import Any, ClassVar
 
+from sage.unified.gateway.routing._request import RoutingRequest
 from sage.unified.gateway.routing._table import HRW_PRIME, BackendState
 
 __all__ = [
@@ -30,7 +32,8 @@ __all__ = [
     "policy_names",
 ]
 
-DEFAULT_POLICY = "least_load"
+DEFAULT_POLICY = "cache_aware"
+"""Chosen by ``bench/routing_quality.py`` (docs/performance.md, docs/routing.md)."""
 
 
 class UnknownPolicyError(ValueError):
@@ -46,6 +49,8 @@ class RoutingPolicy:
 
     _registry: ClassVar[dict[str, type[RoutingPolicy]]] = {}
     name: ClassVar[str] = ""
+    reason: ClassVar[str] = "load"
+    """What the ledger records as the reason of a pick this policy did not explain."""
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -62,6 +67,7 @@ class RoutingPolicy:
         session_key: str | None = None,
         exclude: Collection[str] = (),
         rng: random.Random,
+        request: RoutingRequest | None = None,
     ) -> BackendState | None:
         """Choose one of ``candidates`` for a request.
 
@@ -71,12 +77,24 @@ class RoutingPolicy:
                 body's ``user``), if any; only the session policy uses it.
             exclude: Backend keys not to choose (those a retry already tried).
             rng: Randomness source (seed it in tests).
+            request: The request itself (its prompt, read lazily), for policies that
+                route by content; a policy may annotate its decision there. The
+                data plane passes the same object to every attempt of one request.
 
         Returns:
             A backend not in ``exclude``, or ``None`` when there is none (no
             candidates, or all excluded: a retry has no second backend).
         """
         raise NotImplementedError
+
+    def default_reason(self, request: RoutingRequest) -> str:
+        """The reason recorded for a pick that did not annotate ``request``."""
+        return self.reason
+
+    def finished(self, request: RoutingRequest) -> None:
+        """``request`` ended (any outcome); its usage, if the engine reported one, is set.
+        Called once per request by the ledger; policies that learn from outcomes
+        override it."""
 
 
 def get_policy(name: str) -> type[RoutingPolicy]:
@@ -115,6 +133,7 @@ class LeastLoadPolicy(RoutingPolicy, name="least_load"):
         session_key: str | None = None,
         exclude: Collection[str] = (),
         rng: random.Random,
+        request: RoutingRequest | None = None,
     ) -> BackendState | None:
         if exclude:
             candidates = [b for b in candidates if b.key not in exclude]
@@ -135,6 +154,7 @@ class RoundRobinPolicy(RoutingPolicy, name="round_robin"):
     """Each model's candidates in turn (one cursor per model)."""
 
     __slots__ = ("_cursors",)
+    reason = "round_robin"
 
     def __init__(self) -> None:
         self._cursors: dict[str, int] = {}
@@ -146,6 +166,7 @@ class RoundRobinPolicy(RoutingPolicy, name="round_robin"):
         session_key: str | None = None,
         exclude: Collection[str] = (),
         rng: random.Random,
+        request: RoutingRequest | None = None,
     ) -> BackendState | None:
         n = len(candidates)
         if n == 0:
@@ -204,6 +225,7 @@ class SessionAffinityPolicy(RoutingPolicy, name="session"):
         session_key: str | None = None,
         exclude: Collection[str] = (),
         rng: random.Random,
+        request: RoutingRequest | None = None,
     ) -> BackendState | None:
         if session_key is None:
             return self._fallback.select(candidates, exclude=exclude, rng=rng)
@@ -243,3 +265,6 @@ class SessionAffinityPolicy(RoutingPolicy, name="session"):
             if candidates[i].in_flight <= bound:
                 return candidates[i]
         return best
+
+    def default_reason(self, request: RoutingRequest) -> str:
+        return "affinity" if request.session_key is not None else "load"

@@ -40,7 +40,7 @@ def _hrw_coefficients(key: str) -> tuple[int, int]:
     return a, b
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class BackendState:
     """One routable backend as the gateway tracks it.
 

@@ -8,7 +8,8 @@ agent clients are typed wrappers of the control APIs used by the CLI.
 
 from __future__ import annotations
 
-from sage.unified.sdk.client._async_client import AsyncChatStream, AsyncUnifiedInferenceClient
+from sage.unified.sdk.client._async_client import AsyncUnifiedInferenceClient
+from sage.unified.sdk.client._async_stream import AsyncChatStream
 from sage.unified.sdk.client._config import ClientConfig
 from sage.unified.sdk.client._engine import AsyncEngineClient
 from sage.unified.sdk.client._errors import (
@@ -48,7 +49,8 @@ from sage.unified.sdk.client._management import (
     HostGpus,
 )
 from sage.unified.sdk.client._results import ChatResult, CompletionResult, EmbeddingResult, Usage
-from sage.unified.sdk.client._sync_client import ChatStream, UnifiedInferenceClient
+from sage.unified.sdk.client._sync_client import UnifiedInferenceClient
+from sage.unified.sdk.client._sync_stream import ChatStream
 
 __all__ = [
     "APIStatusError",

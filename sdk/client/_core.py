@@ -7,12 +7,14 @@ here, so both behave the same.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 from sage.unified.sdk.client._config import ClientConfig
 from sage.unified.sdk.client._discovery import DiscoveryPolicy, TableCache
 from sage.unified.sdk.client._errors import (
+    PERMANENT_ERRORS,
     APIStatusError,
     AttemptRecord,
     NoBackendAvailableError,
@@ -22,6 +24,8 @@ from sage.unified.sdk.client._routing import START_HINT, RoundRobin, backends_fo
 from sage.unified.sdk.models import EngineKind, RoutingTable
 
 __all__ = ["GATEWAY_HINT", "ClientCore", "describe_exception"]
+
+logger = logging.getLogger("sage.unified.sdk.client")
 
 GATEWAY_HINT = "is the gateway running? `sage gateway start`"
 # A refresh on demand (model not in the table) at most this often.
@@ -86,6 +90,40 @@ class ClientCore:
         age = self.cache.age()
         return age is None or age >= _ON_DEMAND_REFRESH_S
 
+    def refreshed(self, table: RoutingTable, *, asked_wait: float | None, started: float) -> float:
+        """Keep a table read in the background; seconds until the next read."""
+        changed = self.cache.update(table)
+        return self.policy.after_success(
+            asked_wait=asked_wait, changed=changed, elapsed=self.clock() - started
+        )
+
+    def refresh_failed(self, exc: Exception) -> float:
+        """Note a failed background read of the table; seconds until the next try."""
+        self.cache.record_error(describe_exception(exc))
+        logger.debug("routing table refresh failed: %s", describe_exception(exc))
+        return self.policy.after_error(permanent=isinstance(exc, PERMANENT_ERRORS))
+
+    def read_on_demand_failed(self, exc: Exception) -> RoutingTable | None:
+        """The table to use after a read on demand failed: the cached one, if any.
+
+        Raises:
+            NoBackendAvailableError: direct mode and no table was ever read.
+        """
+        self.cache.record_error(describe_exception(exc))
+        if self.config.direct and self.cache.table is None:
+            attempt = AttemptRecord(
+                url=self.config.control_plane_url or "", error=describe_exception(exc)
+            )
+            raise self.table_unavailable([attempt]) from exc
+        return self.cache.table
+
+    def management_unreachable(self, exc: Exception) -> NoBackendAvailableError:
+        """The error of :meth:`backends` when no management URL answered."""
+        attempt = AttemptRecord(
+            url=", ".join(self.config.management_urls), error=describe_exception(exc)
+        )
+        return self.table_unavailable([attempt])
+
     def management_targets(self) -> list[str]:
         return self.health.order(self.config.management_urls)
 
@@ -138,6 +176,27 @@ class ClientCore:
         if self.on_retry is not None:
             failure = plan.failures[-1]
             self.on_retry(RetryEvent(plan.attempts_made, failure.url, failure.error, delay))
+
+    def attempt_failed(
+        self,
+        plan: AttemptPlan,
+        url: str,
+        error: str,
+        *,
+        retry_after: float | None,
+        last_status: APIStatusError | None,
+    ) -> float:
+        """Record a failed attempt; seconds to wait before the next one.
+
+        Raises:
+            NoBackendAvailableError, APIStatusError: no attempt is left (:meth:`exhausted`).
+        """
+        self.health.record_failure(url)
+        delay = plan.record_failure(url, error, retry_after)
+        if delay is None:
+            raise self.exhausted(plan, last_status)
+        self.report_retry(plan, delay)
+        return delay
 
     def exhausted(self, plan: AttemptPlan, last_status: APIStatusError | None) -> Exception:
         """The error after the last attempt failed."""

@@ -27,11 +27,13 @@ Every error the SDK raises derives from :class:`SageClientError`::
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "PERMANENT_ERRORS",
     "APIStatusError",
     "AttemptRecord",
     "AuthenticationError",
@@ -225,13 +227,39 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 }
 
 
+_TEXT_CHARS = 200
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _text_message(content: bytes) -> str:
+    """A body that is not JSON as one line of at most about 200 characters; of markup
+    (the HTML page of a server that is not a SAGE component) only its title or text."""
+    text = content.decode("utf-8", "replace").strip()
+    if not text.startswith("<"):
+        return _one_line(text, _TEXT_CHARS)
+    title = _TITLE.search(text)
+    gist = _one_line(title.group(1) if title else _TAG.sub(" ", text), 80)
+    return f"an HTML answer, not JSON ({gist or 'no text'})"
+
+
+PERMANENT_ERRORS = (AuthenticationError, PermissionDeniedError, NotFoundError)
+"""Answers a retry will not change soon (no admin scope, no management API): poll slowly."""
+
+
 def status_error(
     status_code: int, content: bytes, *, url: str = "", attempts: Sequence[AttemptRecord] = ()
 ) -> APIStatusError:
     """Build the :class:`APIStatusError` subclass for a non-2xx answer.
 
     Reads the OpenAI error shape ``{"error": {"message", "type", "code"}}`` when
-    the body has it; otherwise the message is the (truncated) body text.
+    the body has it; otherwise the message is the body text on one line of at most 200
+    characters, or, for markup (HTML), a description of it (``body`` is then ``None``).
     """
     body: Any = None
     message = ""
@@ -254,7 +282,7 @@ def status_error(
         elif isinstance(body.get("detail"), str):
             message = body["detail"]
     if not message:
-        message = content[:500].decode("utf-8", "replace").strip() or f"HTTP {status_code}"
+        message = _text_message(content) or f"HTTP {status_code}"
     if status_code >= 500:
         cls: type[APIStatusError] = ServerError
     else:

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
 from sage.unified.sdk.client._core import ClientCore
 from sage.unified.sdk.client._errors import (
-    AuthenticationError,
+    APIStatusError,
+    ConfigurationError,
     InvalidResponseError,
-    NotFoundError,
-    PermissionDeniedError,
+    status_error,
 )
+from sage.unified.sdk.client._failover import RETRYABLE_STATUSES, parse_retry_after
 
-__all__ = ["ERROR_BODY_LIMIT", "PERMANENT_ERRORS", "decode_json", "request_timeout"]
+__all__ = [
+    "ERROR_BODY_LIMIT",
+    "RefusedAttempt",
+    "attempt_request",
+    "decode_json",
+    "refused_attempt",
+    "request_timeout",
+    "unsupported_url",
+]
 
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error body read for the exception message."""
-
-PERMANENT_ERRORS = (AuthenticationError, PermissionDeniedError, NotFoundError)
-"""Answers a retry will not change soon (no admin scope, no management API): poll slowly."""
 
 
 def request_timeout(core: ClientCore, remaining: float) -> httpx.Timeout:
@@ -47,3 +53,52 @@ def decode_json(response: httpx.Response) -> Any:
         raise InvalidResponseError(
             f"{response.request.url} answered with invalid JSON: {exc}"
         ) from exc
+
+
+def attempt_request(
+    http: httpx.Client | httpx.AsyncClient,
+    core: ClientCore,
+    method: str,
+    url: str,
+    body: Any | None,
+    remaining: float,
+) -> httpx.Request:
+    """One inference attempt's request, with ``remaining`` seconds of the call's deadline."""
+    return http.build_request(
+        method,
+        url,
+        json=body,
+        headers=core.inference_headers(),
+        timeout=request_timeout(core, remaining),
+    )
+
+
+def unsupported_url(url: str, exc: httpx.UnsupportedProtocol) -> ConfigurationError:
+    """The error for a target URL httpx cannot send to (a bad scheme)."""
+    return ConfigurationError(f"unsupported URL {url!r}: {exc}")
+
+
+class RefusedAttempt(NamedTuple):
+    """A non-2xx answer that another attempt may fix."""
+
+    error: APIStatusError
+    reason: str
+    """Why the attempt failed, for the attempt records."""
+    retry_after: float | None
+    """The server's ``Retry-After``, in seconds."""
+
+
+def refused_attempt(response: httpx.Response, content: bytes, url: str) -> RefusedAttempt:
+    """Classify a non-2xx answer whose body (up to the limit) is ``content``.
+
+    Raises:
+        APIStatusError: the status is not one a retry can fix.
+    """
+    error = status_error(response.status_code, content, url=url)
+    if response.status_code not in RETRYABLE_STATUSES:
+        raise error
+    return RefusedAttempt(
+        error,
+        f"HTTP {response.status_code}: {error.message}",
+        parse_retry_after(response.headers.get("retry-after")),
+    )

@@ -20,9 +20,8 @@ import httpx
 import msgspec
 
 from sage.unified.sdk.client._discovery import DiscoveryPolicy
-from sage.unified.sdk.client._errors import SageClientError
+from sage.unified.sdk.client._errors import PERMANENT_ERRORS, SageClientError
 from sage.unified.sdk.client._executor import AsyncCaller, ErrorTranslator, SyncCaller
-from sage.unified.sdk.client._http import PERMANENT_ERRORS
 from sage.unified.sdk.client._management_fleet import AsyncFleetMethods, SyncFleetMethods
 from sage.unified.sdk.models import (
     AgentReport,
@@ -37,7 +36,15 @@ from sage.unified.sdk.models import (
     RegisterEngineRequest,
     RoutingTable,
 )
-from sage.unified.sdk.protocol import AgentApi, AuditRecord, ControlPlaneApi, HostGpus
+from sage.unified.sdk.protocol import (
+    AgentApi,
+    AuditRecord,
+    ControlPlaneApi,
+    HostGpus,
+    RoutingApi,
+    RoutingDecision,
+    RoutingStats,
+)
 
 __all__ = [
     "AgentClient",
@@ -59,6 +66,10 @@ def _backends_query(after: int | None, wait: float | None) -> dict[str, Any]:
 
 def _start_query(engine_id: str | None) -> dict[str, Any] | None:
     return {"engine_id": engine_id} if engine_id is not None else None
+
+
+def _decisions_query(model: str | None, engine: str | None, limit: int) -> dict[str, Any]:
+    return {"model": model, "engine": engine, "limit": limit}
 
 
 def _drain_query(wait: bool, timeout_s: float | None) -> dict[str, Any]:
@@ -242,6 +253,18 @@ class GatewayManagementClient(SyncFleetMethods, _SyncClient):
             _CP.REPORT, report, path={"agent_id": agent_id}, read_timeout_s=timeout_s
         )
 
+    def routing_decisions(
+        self, model: str | None = None, engine: str | None = None, limit: int = 100
+    ) -> list[RoutingDecision]:
+        """The gateway's recent routing decisions, newest first (its own ledger: with
+        several gateways, ask each)."""
+        query = _decisions_query(model, engine, limit)
+        return self._caller.call(RoutingApi.DECISIONS, query=query).decisions
+
+    def routing_stats(self) -> RoutingStats:
+        """The gateway's cache-capture ledger per model and engine, with health signals."""
+        return self._caller.call(RoutingApi.STATS)
+
     def health(self) -> dict[str, Any]:
         """``GET /health`` (liveness)."""
         return _health_dict(self._caller.send(_CP.HEALTH).content)
@@ -298,6 +321,15 @@ class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
         return await self._caller.call(
             _CP.REPORT, report, path={"agent_id": agent_id}, read_timeout_s=timeout_s
         )
+
+    async def routing_decisions(
+        self, model: str | None = None, engine: str | None = None, limit: int = 100
+    ) -> list[RoutingDecision]:
+        query = _decisions_query(model, engine, limit)
+        return (await self._caller.call(RoutingApi.DECISIONS, query=query)).decisions
+
+    async def routing_stats(self) -> RoutingStats:
+        return await self._caller.call(RoutingApi.STATS)
 
     async def health(self) -> dict[str, Any]:
         return _health_dict((await self._caller.send(_CP.HEALTH)).content)

@@ -10,7 +10,7 @@ from typing import Any
 from sage.unified.sdk.client._errors import StreamInterruptedError
 from sage.unified.sdk.client._results import Usage, parse_usage
 
-__all__ = ["SSEDecoder", "SSEEvent", "StreamAccumulator"]
+__all__ = ["ChatStreamBase", "SSEDecoder", "SSEEvent", "StreamAccumulator"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,3 +129,51 @@ class StreamAccumulator:
         """
         if not self.done and self.finish_reason is None:
             raise self.interrupted("the connection closed before the end of the answer")
+
+
+class ChatStreamBase:
+    """What the sync and async chat streams share: SSE lines in, text deltas and totals out.
+
+    The subclasses read the lines (``httpx``, with or without ``await``); this part
+    decodes them, so both streams end, fail and count the same way.
+    """
+
+    def __init__(self) -> None:
+        self._acc = StreamAccumulator()
+        self._decoder = SSEDecoder()
+
+    @property
+    def text(self) -> str:
+        return self._acc.text
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._acc.usage
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._acc.finish_reason
+
+    @property
+    def model(self) -> str:
+        return self._acc.model
+
+    def _on_line(self, line: str) -> str | None:
+        """Feed one line; the text delta it completes, if any.
+
+        Raises:
+            StreamInterruptedError: the server sent an error event.
+        """
+        event = self._decoder.feed(line)
+        return None if event is None else self._acc.on_event(event)
+
+    def _on_end(self) -> None:
+        """The body ended: apply a pending event, then check the answer is complete.
+
+        Raises:
+            StreamInterruptedError: the answer is incomplete or the last event is an error.
+        """
+        event = self._decoder.flush()
+        if event is not None:
+            self._acc.on_event(event)
+        self._acc.on_end()

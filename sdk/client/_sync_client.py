@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, Self, overload
 
@@ -14,42 +14,34 @@ from sage.unified.sdk.client._config import ClientConfig, resolve_config
 from sage.unified.sdk.client._core import ClientCore, describe_exception
 from sage.unified.sdk.client._errors import (
     APIStatusError,
-    AttemptRecord,
-    ConfigurationError,
     GatewayUnreachableError,
     SageClientError,
     StreamInterruptedError,
-    status_error,
 )
 from sage.unified.sdk.client._executor import SyncCaller
-from sage.unified.sdk.client._failover import (
-    RETRYABLE_STATUSES,
-    RetryEvent,
-    is_testing,
-    parse_retry_after,
-)
+from sage.unified.sdk.client._failover import RetryEvent, is_testing
 from sage.unified.sdk.client._http import (
     ERROR_BODY_LIMIT,
-    PERMANENT_ERRORS,
+    attempt_request,
     decode_json,
-    request_timeout,
+    refused_attempt,
+    unsupported_url,
 )
 from sage.unified.sdk.client._results import (
     ChatResult,
     CompletionResult,
     EmbeddingResult,
-    Usage,
     parse_chat,
     parse_completion,
     parse_embedding,
     parse_model_list,
 )
 from sage.unified.sdk.client._routing import build_body
-from sage.unified.sdk.client._sse import SSEDecoder, StreamAccumulator
+from sage.unified.sdk.client._sync_stream import ChatStream
 from sage.unified.sdk.models import EngineKind, RoutingTable
 from sage.unified.sdk.protocol import ControlPlaneApi
 
-__all__ = ["ChatStream", "UnifiedInferenceClient"]
+__all__ = ["UnifiedInferenceClient"]
 
 logger = logging.getLogger("sage.unified.sdk.client")
 
@@ -71,99 +63,6 @@ def _read_error_body(response: httpx.Response) -> bytes:
     finally:
         response.close()
     return b"".join(chunks)
-
-
-class ChatStream:
-    """Text deltas of a streaming chat or completion, as an iterator.
-
-    After iteration ``text``, ``usage``, ``finish_reason`` and ``model`` hold the
-    totals. Use ``with`` (or call :meth:`close`) so that leaving early
-    closes the HTTP response.
-
-    Raises (while iterating):
-        StreamInterruptedError: the connection broke or the server sent an error
-            event; ``partial_text`` holds what arrived.
-    """
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._acc = StreamAccumulator()
-        self._decoder = SSEDecoder()
-        self._lines: Iterator[str] | None = None
-        self._finished = False
-
-    @property
-    def text(self) -> str:
-        return self._acc.text
-
-    @property
-    def usage(self) -> Usage | None:
-        return self._acc.usage
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._acc.finish_reason
-
-    @property
-    def model(self) -> str:
-        return self._acc.model
-
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> str:
-        if self._finished:
-            raise StopIteration
-        if self._lines is None:
-            self._lines = self._response.iter_lines()
-        try:
-            while True:
-                try:
-                    line = next(self._lines)
-                except StopIteration:
-                    event = self._decoder.flush()
-                    if event is not None:
-                        self._acc.on_event(event)
-                    self._acc.on_end()
-                    self._finish()
-                    raise
-                event = self._decoder.feed(line)
-                if event is None:
-                    continue
-                delta = self._acc.on_event(event)
-                if self._acc.done:
-                    self._finish()
-                    if delta:
-                        return delta
-                    raise StopIteration
-                if delta:
-                    return delta
-        except httpx.TransportError as exc:
-            self._finish()
-            raise self._acc.interrupted(describe_exception(exc)) from exc
-        except StreamInterruptedError:
-            self._finish()
-            raise
-
-    def _finish(self) -> None:
-        self._finished = True
-        self.close()
-
-    def close(self) -> None:
-        """Close the HTTP response (idempotent)."""
-        self._finished = True
-        self._response.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class UnifiedInferenceClient:
@@ -335,14 +234,9 @@ class UnifiedInferenceClient:
         try:
             table = self._fetch_table(caller, after, wait)
         except (SageClientError, httpx.HTTPError) as exc:
-            core.cache.record_error(describe_exception(exc))
-            logger.debug("routing table refresh failed: %s", describe_exception(exc))
-            delay = core.policy.after_error(permanent=isinstance(exc, PERMANENT_ERRORS))
+            delay = core.refresh_failed(exc)
         else:
-            changed = core.cache.update(table)
-            delay = core.policy.after_success(
-                asked_wait=wait, changed=changed, elapsed=core.clock() - started
-            )
+            delay = core.refreshed(table, asked_wait=wait, started=started)
         self._stop.wait(delay)
 
     def _table(self, *, force: bool = False) -> RoutingTable | None:
@@ -358,16 +252,7 @@ class UnifiedInferenceClient:
         try:
             table = self._fetch_table(self._control, None, None)
         except (SageClientError, httpx.HTTPError) as exc:
-            core.cache.record_error(describe_exception(exc))
-            if core.config.direct and core.cache.table is None:
-                raise core.table_unavailable(
-                    [
-                        AttemptRecord(
-                            url=core.config.control_plane_url or "", error=describe_exception(exc)
-                        )
-                    ]
-                ) from exc
-            return core.cache.table
+            return core.read_on_demand_failed(exc)
         core.cache.update(table)
         return table
 
@@ -401,35 +286,23 @@ class UnifiedInferenceClient:
         last_status: APIStatusError | None = None
         while True:
             url = plan.next_target()
-            request = self._http.build_request(
-                method,
-                url + path,
-                json=body,
-                headers=core.inference_headers(),
-                timeout=request_timeout(core, plan.remaining()),
-            )
+            request = attempt_request(self._http, core, method, url + path, body, plan.remaining())
             retry_after: float | None = None
             try:
                 response = self._http.send(request, stream=True)
             except httpx.UnsupportedProtocol as exc:
-                raise ConfigurationError(f"unsupported URL {url!r}: {exc}") from exc
+                raise unsupported_url(url, exc) from exc
             except httpx.TransportError as exc:
                 error = describe_exception(exc)
             else:
                 if 200 <= response.status_code < 300:
                     core.health.record_success(url)
                     return response
-                content = _read_error_body(response)
-                last_status = status_error(response.status_code, content, url=url)
-                if response.status_code not in RETRYABLE_STATUSES:
-                    raise last_status
-                error = f"HTTP {response.status_code}: {last_status.message}"
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-            core.health.record_failure(url)
-            delay = plan.record_failure(url, error, retry_after)
-            if delay is None:
-                raise core.exhausted(plan, last_status)
-            core.report_retry(plan, delay)
+                refused = refused_attempt(response, _read_error_body(response), url)
+                last_status, error, retry_after = refused
+            delay = core.attempt_failed(
+                plan, url, error, retry_after=retry_after, last_status=last_status
+            )
             if not is_testing():
                 self._stop.wait(delay)
 
@@ -552,12 +425,6 @@ class UnifiedInferenceClient:
         try:
             table = self._fetch_table(self._control, None, None)
         except GatewayUnreachableError as exc:
-            raise core.table_unavailable(
-                [
-                    AttemptRecord(
-                        url=", ".join(core.config.management_urls), error=describe_exception(exc)
-                    )
-                ]
-            ) from exc
+            raise core.management_unreachable(exc) from exc
         core.cache.update(table)
         return table

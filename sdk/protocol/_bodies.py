@@ -25,7 +25,12 @@ __all__ = [
     "HostGpus",
     "ModelCard",
     "ModelList",
+    "ModelRouting",
     "OpenAIBody",
+    "RoutingCounts",
+    "RoutingDecision",
+    "RoutingDecisions",
+    "RoutingStats",
 ]
 
 OpenAIBody = dict[str, Any]
@@ -107,3 +112,81 @@ class ModelList(msgspec.Struct, kw_only=True):
 
     data: list[ModelCard]
     object: str = "list"
+
+
+class RoutingDecision(msgspec.Struct, kw_only=True):
+    """One routed request in the gateway's cache-capture ledger (tokens; ``None``: unknown).
+
+    ``available_tokens``: the longest prefix cached on any candidate engine, as the
+    routing index knew it (cache-aware policies only); ``captured_tokens``: the prefix
+    cached on the chosen engine, as the index knew it; ``delivered_tokens``: what the
+    engine reported (``usage.prompt_tokens_details.cached_tokens``).
+    """
+
+    at: float
+    """Wall-clock seconds (epoch) when the request ended."""
+    request_id: str
+    model: str
+    engine_id: str
+    """The engine that answered (the last one tried; ``none`` if none was)."""
+    policy: str
+    reason: str
+    """``prefix``, ``load``, ``affinity``, ``fallback`` or ``round_robin``."""
+    attempts: int
+    retried: bool
+    status: int
+    prompt_tokens: int | None = None
+    available_tokens: int | None = None
+    captured_tokens: int | None = None
+    delivered_tokens: int | None = None
+    ttft_s: float | None = None
+
+
+class RoutingDecisions(msgspec.Struct, kw_only=True):
+    """``GET /v1/management/routing/decisions``: newest first."""
+
+    decisions: list[RoutingDecision]
+
+
+class RoutingCounts(msgspec.Struct, kw_only=True):
+    """Summed ledger figures (of one engine, a model, or a model's recent decisions).
+
+    ``prompt_tokens`` and ``delivered_tokens`` count only the answers that carried usage
+    (``usage_reported``), so ``hit_rate`` is delivered / prompt; ``capture_ratio`` is
+    captured / available and ``delivery_ratio`` delivered / captured.
+    """
+
+    requests: int = 0
+    usage_reported: int = 0
+    prompt_tokens: int = 0
+    available_tokens: int = 0
+    captured_tokens: int = 0
+    delivered_tokens: int = 0
+    hit_rate: float | None = None
+    capture_ratio: float | None = None
+    delivery_ratio: float | None = None
+    reasons: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class ModelRouting(msgspec.Struct, kw_only=True):
+    """One model's routing since the gateway started, per engine, and recently."""
+
+    model: str
+    total: RoutingCounts
+    engines: dict[str, RoutingCounts]
+    recent: RoutingCounts
+    """The model's last ``window`` decisions."""
+    signals: list[str] = msgspec.field(default_factory=list)
+    """Health signals of the recent decisions (``RoutingStats.signal_help`` explains them)."""
+
+
+class RoutingStats(msgspec.Struct, kw_only=True):
+    """``GET /v1/management/routing/stats``: the gateway's ledger in aggregate."""
+
+    policy: str
+    window: int
+    models: list[ModelRouting]
+    index_engines: int | None = None
+    """Engines in the cache-aware policy's prefix index (``None``: another policy)."""
+    index_keys: int | None = None
+    signal_help: dict[str, str] = msgspec.field(default_factory=dict)

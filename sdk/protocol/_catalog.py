@@ -31,6 +31,8 @@ from sage.unified.sdk.protocol._bodies import (
     ModelCard,
     ModelList,
     OpenAIBody,
+    RoutingDecisions,
+    RoutingStats,
 )
 from sage.unified.sdk.protocol._catalog_fleet import FleetApi
 from sage.unified.sdk.protocol._endpoint import Component, Endpoint, Retry, Scope, declarer
@@ -41,12 +43,17 @@ __all__ = [
     "ControlPlaneApi",
     "EngineApi",
     "GatewayApi",
+    "RoutingApi",
     "SessionsApi",
     "StudioApi",
     "endpoints_of",
 ]
 
 _MGMT = "/v1/management"
+_PROXY_ERRORS = (404, 502, 503, 508)
+"""What a proxied OpenAI route can answer beyond its shape: unknown model (404), an
+engine that failed (502), none available (503), a forwarding loop (508). A wrong-kind
+model is a 400. Engines' own 4xx pass through unchanged."""
 _ANY = dict[str, Any]
 
 
@@ -161,6 +168,7 @@ class ControlPlaneApi(FleetApi):
         None,
         scope=Scope.PUBLIC,
         summary="Prometheus text (sage_coordinator_*).",
+        reply_media="text/plain",
     )
 
 
@@ -248,6 +256,7 @@ class AgentApi:
         None,
         scope=Scope.PUBLIC,
         summary="Prometheus text (sage_agent_*).",
+        reply_media="text/plain",
     )
 
 
@@ -255,7 +264,14 @@ class GatewayApi:
     """The gateway's own routes (the OpenAI API and the process endpoints)."""
 
     CHAT: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "chat", "POST", "/v1/chat/completions", _ANY, _ANY, summary="OpenAI chat, routed by model."
+        "chat",
+        "POST",
+        "/v1/chat/completions",
+        _ANY,
+        _ANY,
+        summary="OpenAI chat, routed by model.",
+        errors=_PROXY_ERRORS,
+        streams=True,
     )
     COMPLETIONS: Endpoint[OpenAIBody, OpenAIBody] = _gw(
         "completions",
@@ -264,6 +280,8 @@ class GatewayApi:
         _ANY,
         _ANY,
         summary="OpenAI completions, routed by model.",
+        errors=_PROXY_ERRORS,
+        streams=True,
     )
     EMBEDDINGS: Endpoint[OpenAIBody, OpenAIBody] = _gw(
         "embeddings",
@@ -272,6 +290,7 @@ class GatewayApi:
         _ANY,
         _ANY,
         summary="OpenAI embeddings, routed by model.",
+        errors=_PROXY_ERRORS,
     )
     MODELS: Endpoint[None, ModelList] = _gw(
         "models", "GET", "/v1/models", None, ModelList, summary="Models with a routable engine."
@@ -286,12 +305,26 @@ class GatewayApi:
         _ANY,
         _ANY,
         summary="OpenAI Responses API (stateless pass-through), routed by model.",
+        errors=_PROXY_ERRORS,
+        streams=True,
     )
     TOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "tokenize", "POST", "/tokenize", _ANY, _ANY, summary="vLLM's tokenizer, by model."
+        "tokenize",
+        "POST",
+        "/tokenize",
+        _ANY,
+        _ANY,
+        summary="vLLM's tokenizer, by model.",
+        errors=_PROXY_ERRORS,
     )
     DETOKENIZE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "detokenize", "POST", "/detokenize", _ANY, _ANY, summary="vLLM's detokenizer, by model."
+        "detokenize",
+        "POST",
+        "/detokenize",
+        _ANY,
+        _ANY,
+        summary="vLLM's detokenizer, by model.",
+        errors=_PROXY_ERRORS,
     )
     TRANSCRIPTIONS: Endpoint[None, OpenAIBody] = _gw(
         "transcriptions",
@@ -299,28 +332,72 @@ class GatewayApi:
         "/v1/audio/transcriptions",
         None,
         _ANY,
+        request_media="multipart/form-data",
         summary="Speech to text (multipart/form-data with model and file), by model.",
+        errors=_PROXY_ERRORS,
     )
     POOLING: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "pooling", "POST", "/pooling", _ANY, _ANY, summary="vLLM's pooling, by model."
+        "pooling",
+        "POST",
+        "/pooling",
+        _ANY,
+        _ANY,
+        summary="vLLM's pooling, by model.",
+        errors=_PROXY_ERRORS,
     )
     CLASSIFY: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "classify", "POST", "/classify", _ANY, _ANY, summary="Classification, by model."
+        "classify",
+        "POST",
+        "/classify",
+        _ANY,
+        _ANY,
+        summary="Classification, by model.",
+        errors=_PROXY_ERRORS,
     )
     SCORE: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "score", "POST", "/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+        "score",
+        "POST",
+        "/score",
+        _ANY,
+        _ANY,
+        summary="Sentence-pair scores, by model.",
+        errors=_PROXY_ERRORS,
     )
     SCORE_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "score_v1", "POST", "/v1/score", _ANY, _ANY, summary="Sentence-pair scores, by model."
+        "score_v1",
+        "POST",
+        "/v1/score",
+        _ANY,
+        _ANY,
+        summary="Sentence-pair scores, by model.",
+        errors=_PROXY_ERRORS,
     )
     RERANK: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "rerank", "POST", "/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+        "rerank",
+        "POST",
+        "/rerank",
+        _ANY,
+        _ANY,
+        summary="Rerank documents, by model.",
+        errors=_PROXY_ERRORS,
     )
     RERANK_V1: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "rerank_v1", "POST", "/v1/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+        "rerank_v1",
+        "POST",
+        "/v1/rerank",
+        _ANY,
+        _ANY,
+        summary="Rerank documents, by model.",
+        errors=_PROXY_ERRORS,
     )
     RERANK_V2: Endpoint[OpenAIBody, OpenAIBody] = _gw(
-        "rerank_v2", "POST", "/v2/rerank", _ANY, _ANY, summary="Rerank documents, by model."
+        "rerank_v2",
+        "POST",
+        "/v2/rerank",
+        _ANY,
+        _ANY,
+        summary="Rerank documents, by model.",
+        errors=_PROXY_ERRORS,
     )
     HEALTH: Endpoint[None, HealthStatus] = _gw(
         "health", "GET", "/health", None, HealthStatus, scope=Scope.PUBLIC, summary="Liveness."
@@ -342,6 +419,7 @@ class GatewayApi:
         None,
         scope=Scope.PUBLIC,
         summary="Prometheus text (sage_gateway_*, and sage_coordinator_* when embedded).",
+        reply_media="text/plain",
     )
 
 
@@ -423,6 +501,30 @@ class SessionsApi:
     )
 
 
+class RoutingApi:
+    """The gateway's cache-capture ledger (answered by each gateway from its own ledger)."""
+
+    DECISIONS: Endpoint[None, RoutingDecisions] = _gw(
+        "routing.decisions",
+        "GET",
+        f"{_MGMT}/routing/decisions",
+        None,
+        RoutingDecisions,
+        scope=Scope.ADMIN,
+        query=("model", "engine", "limit"),
+        summary="Recent routing decisions of this gateway, newest first (filter by model, engine).",
+    )
+    STATS: Endpoint[None, RoutingStats] = _gw(
+        "routing.stats",
+        "GET",
+        f"{_MGMT}/routing/stats",
+        None,
+        RoutingStats,
+        scope=Scope.ADMIN,
+        summary="Reuse available, captured and delivered per model and engine, and health signals.",
+    )
+
+
 class StudioApi:
     """The Studio web console's files (the page; its data comes from the APIs above)."""
 
@@ -434,6 +536,7 @@ class StudioApi:
         None,
         scope=Scope.PUBLIC,
         summary="The console (needs the admin token for actions when one is set).",
+        reply_media="text/html",
     )
     ASSET: Endpoint[None, None] = _gw(
         "studio.asset",
@@ -443,6 +546,7 @@ class StudioApi:
         None,
         scope=Scope.PUBLIC,
         summary="The console's scripts, styles and images.",
+        reply_media="*/*",
     )
 
 
@@ -457,7 +561,15 @@ def _declared(namespace: type) -> list[Endpoint[Any, Any]]:
 
 ENDPOINTS: tuple[Endpoint[Any, Any], ...] = tuple(
     endpoint
-    for namespace in (GatewayApi, SessionsApi, StudioApi, ControlPlaneApi, AgentApi, EngineApi)
+    for namespace in (
+        GatewayApi,
+        SessionsApi,
+        RoutingApi,
+        StudioApi,
+        ControlPlaneApi,
+        AgentApi,
+        EngineApi,
+    )
     for endpoint in _declared(namespace)
 )
 """Every declared endpoint."""

@@ -76,6 +76,11 @@ class Endpoint(Generic[BodyT, ReplyT]):
         status: the success status.
         query: the query parameters it accepts.
         summary: one line for the API reference.
+        errors: error statuses it answers beyond those its shape implies (a body: 400,
+            413, 422; a token: 401; a path parameter: 404; see ``_openapi.error_statuses``).
+        request_media: the body's media type (a form for audio transcriptions).
+        streams: the answer is Server-Sent Events when the body asks for ``stream``.
+        reply_media: the answer's media type when ``reply`` is not a JSON type.
     """
 
     name: str
@@ -89,6 +94,10 @@ class Endpoint(Generic[BodyT, ReplyT]):
     status: int = 200
     query: tuple[str, ...] = ()
     summary: str = ""
+    errors: tuple[int, ...] = ()
+    request_media: str = "application/json"
+    streams: bool = False
+    reply_media: str = "application/json"
 
     @property
     def path_params(self) -> tuple[str, ...]:

@@ -9,6 +9,10 @@ Imported only by servers: the SDK's clients and models never load Litestar.
 - :func:`exception_handlers` answers every error with the one OpenAI-shaped body:
   :class:`~sage.unified.sdk.errors.WireError` as declared, Litestar's own HTTP errors
   with the status's type and code, anything else 500 (logged, never shown).
+- :func:`openapi_config`: every app serves its API description at
+  ``/schema/openapi.json`` (written from the catalog: bodies, answers and every error
+  status) and no browser UI for it; :func:`allow_header_middleware` makes ``OPTIONS``
+  list every method of a path.
 """
 
 from __future__ import annotations
@@ -24,22 +28,30 @@ from litestar.connection import ASGIConnection
 from litestar.enums import HttpMethod
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import HTTPRouteHandler
+from litestar.openapi.config import OpenAPIConfig
 from litestar.types import ExceptionHandlersMap
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from sage.unified.sdk.errors import WireError, error_type_for, wire_error_bytes
 from sage.unified.sdk.protocol._browser import BrowserPolicy, browser_refusal
 from sage.unified.sdk.protocol._endpoint import Endpoint
+from sage.unified.sdk.protocol._served_openapi import (
+    CatalogJsonRender,
+    allow_header_middleware,
+    mark_browser_guard,
+)
 
 __all__ = [
     "BadBodyError",
     "BrowserRefusedError",
     "InvalidBodyError",
+    "allow_header_middleware",
     "browser_guard",
     "decode_body",
     "error_response",
     "exception_handlers",
     "metrics_response",
+    "openapi_config",
     "route",
 ]
 
@@ -112,7 +124,7 @@ def browser_guard(
                 type_="invalid_request_error" if refusal.status == 415 else "permission_error",
             )
 
-    return guard
+    return mark_browser_guard(guard)
 
 
 def route(endpoint: Endpoint[Any, Any], **options: Any) -> Callable[[Any], HTTPRouteHandler]:
@@ -210,3 +222,15 @@ def exception_handlers(logger: logging.Logger) -> ExceptionHandlersMap:
         return error_response(500, "internal error", "server_error", "internal_error")
 
     return {WireError: _wire_error, HTTPException: _http_error, Exception: unexpected}
+
+
+def openapi_config(title: str) -> OpenAPIConfig:
+    """The API description at ``/schema/openapi.json`` (exported to ``docs/openapi/``).
+
+    Litestar's browser UIs (Swagger, ReDoc, Scalar, ...) are left out: they load their
+    scripts from a CDN, so a head node without internet showed a blank page, and a
+    page that runs third-party scripts next to the admin API is not one to offer.
+    """
+    return OpenAPIConfig(
+        title=title, version="1", create_examples=False, render_plugins=[CatalogJsonRender()]
+    )

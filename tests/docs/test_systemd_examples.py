@@ -115,7 +115,7 @@ def test_gateway_examples_load_and_pass_the_bind_check(
     clean_env.setenv("SAGE_GATEWAY_CONFIG", str(EXAMPLES / "gateway.toml"))
     settings = GatewaySettings(host="0.0.0.0")  # what sage-gateway.service runs
     assert settings.port == 8000
-    assert settings.routing_policy == "least_load"
+    assert settings.routing_policy == "cache_aware"
     assert settings.max_body_bytes == 16 * 2**20
     assert settings.mode == "embedded"
     assert [k.get_secret_value() for k in settings.api_keys] == env["SAGE_API_KEYS"].split(",")
@@ -231,6 +231,22 @@ def test_gateway_with_a_standalone_coordinator_needs_no_agent_token(
     clean_env.delenv("SAGE_GATEWAY_COORDINATOR_URL")
     clean_env.setenv("SAGE_GATEWAY_LOCAL_AGENT", "false")
     assert GatewaySettings().local_agent is False
+
+
+def test_files_the_units_cite_are_in_the_repository() -> None:
+    import re
+
+    cited = re.compile(r"(?<![\w/])((?:docs|systemd|scripts|research|tests|bench)/[\w./-]*\w)")
+    missing = [
+        f"{unit.name}: {path}"
+        for unit in sorted(SYSTEMD.rglob("*"))
+        if unit.is_file()
+        for line in unit.read_text(encoding="utf-8").splitlines()
+        if line.lstrip().startswith("#")
+        for path in cited.findall(line)
+        if not (ROOT / path).exists()
+    ]
+    assert missing == []
 
 
 # -- the highly available deployment (docs/operations.md): etcd + two gateways ----------

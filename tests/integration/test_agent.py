@@ -143,9 +143,11 @@ class AgentRig:
         # fail while the process lives; the agent's argv never enables it.
         wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} "$@" --enable-control\n')
         wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+        # An empty file of its own keeps the machine's TOML files out.
+        (tmp / "empty.toml").write_text("")
         self.env = {
             "SAGE_HOME": str(home),
-            "SAGE_AGENT_CONFIG": str(tmp / "absent.toml"),
+            "SAGE_AGENT_CONFIG": str(tmp / "empty.toml"),
             "SAGE_AGENT_AGENT_ID": "it-agent",
             "SAGE_AGENT_PORT": str(self.port),
             "SAGE_AGENT_TOKEN": TOKEN,

@@ -85,6 +85,8 @@ def server(
     free_tcp_port_factory: Callable[[], int],
     tmp_path: Path,
 ) -> Iterator[Server]:
+    # An empty file of its own keeps the machine's TOML files out (a missing one is refused).
+    (tmp_path / "none.toml").write_text("")
     env = {
         "SAGE_COORDINATOR_ADMIN_TOKENS": "admin-t",
         "SAGE_COORDINATOR_AGENT_TOKENS": "agent-t",
@@ -103,7 +105,9 @@ async def test_auth_required(server: Server) -> None:
         assert r.status_code == 401
         assert r.json()["error"]["type"] == "authentication_error"
         r = await client.put(
-            "/v1/agents/a1", content=report_body(), headers={"authorization": "Bearer wrong"}
+            "/v1/agents/a1",
+            content=report_body(),
+            headers={"authorization": "Bearer wrong", "content-type": "application/json"},
         )
         assert r.status_code == 401
         r = await client.get("/v1/management/audit", headers=ADMIN)

@@ -101,6 +101,7 @@ def expected_argv(vllm_python: Path, model_path: Path, port: int) -> list[str]:
         "1",
         "--max-model-len",
         "256",
+        "--enable-prompt-tokens-details",
         "--shutdown-timeout",
         "300",
         *EXTRA_ARGS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -66,5 +67,24 @@ def test_a_taken_port_is_one_clear_line_not_a_traceback(
         assert run(settings) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert f"cannot listen on 127.0.0.1:{port}" in err
+    assert f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()} (" in err
     assert "--port" in err
+
+
+def test_a_port_taken_after_the_check_is_one_line_and_never_said_listening(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The holder binds between the check and hypercorn's bind: the agent must not take
+    # the holder's socket for its own ("listening") nor end in task-group tracebacks.
+    monkeypatch.setattr("sage.unified.agent.main.check_port_free", lambda *a, **k: None)
+    monkeypatch.setattr("sage.unified.agent.main.configure_logging", lambda level: None)
+    listening: list[str] = []
+    monkeypatch.setattr("sage.unified.agent.main.notify", lambda m: listening.append(m) or True)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        settings = AgentSettings(sage_home=tmp_path, coordinator_url=None, port=port)
+        assert run(settings) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"port {port} on 127.0.0.1 is already in use by pid {os.getpid()} (" in err
+    assert "READY=1" not in listening

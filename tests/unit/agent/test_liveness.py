@@ -6,6 +6,7 @@ import pytest
 
 from sage.unified.agent.liveness import (
     HealthRule,
+    HealthStreak,
     failure_reason,
     has_failed,
     next_round_in,
@@ -65,6 +66,28 @@ def test_a_round_never_gets_less_than_one_second_nor_more_than_the_timeout() -> 
     assert round_budget(DEFAULTS, since_ok_s=60.0) == 1.0
     assert next_round_in(DEFAULTS, round_took_s=0.1) == pytest.approx(1.9)
     assert next_round_in(DEFAULTS, round_took_s=3.0) == 0.0
+
+
+def test_a_streak_fails_a_hung_engine_after_two_checks_in_the_window() -> None:
+    streak = HealthStreak(DEFAULTS, last_ok=0.0)
+    assert streak.round_budget(0.0) == 3.0
+    assert streak.failed(3.0, detail="timed out", process_status=None) is None
+    assert streak.failed(6.0, detail="timed out", process_status=None) == (
+        "health check failed 2 times in 6.0 s: timed out"
+    )
+
+
+def test_a_passed_check_starts_the_streak_again() -> None:
+    streak = HealthStreak(DEFAULTS, last_ok=0.0)
+    assert streak.failed(1.0, detail="503", process_status=None) is None
+    assert streak.failed(2.0, detail="503", process_status=None) is None
+    streak.passed(3.0)
+    assert streak.round_budget(3.0) == 3.0
+    assert streak.failed(4.0, detail="503", process_status=None) is None
+    assert streak.failed(5.0, detail="503", process_status=None) is None
+    assert streak.failed(6.0, detail="503", process_status="stopped") == (
+        "health check failed 3 times: 503; the process is stopped (kernel state T/t)"
+    )
 
 
 def test_a_long_probe_timeout_is_kept_for_the_first_failed_check() -> None:

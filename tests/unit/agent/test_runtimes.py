@@ -30,6 +30,7 @@ def test_vllm_serve_minimal() -> None:
         "--host", "10.0.0.5", "--port", "8901",
         "--served-model-name", "Qwen/Qwen3-8B",
         "--tensor-parallel-size", "1",
+        "--enable-prompt-tokens-details",
         "--shutdown-timeout", "300",
     )  # fmt: skip
     assert p.env == {
@@ -85,6 +86,7 @@ def test_vllm_api_server_entrypoint_without_shutdown_timeout() -> None:
         "--served-model-name", "m",
         "--tensor-parallel-size", "1",
         "--max-num-seqs", "4",
+        "--enable-prompt-tokens-details",
     )  # fmt: skip
 
 
@@ -136,6 +138,7 @@ def test_simulated_defaults_no_gpu_env() -> None:
         "--host", "10.0.0.5", "--port", "8901", "--kind", "llm",
         "--ttft-ms", "20.0", "--itl-ms", "5.0", "--output-tokens", "16",
         "--startup-delay-s", "0.0", "--embedding-dim", "384", "--max-num-seqs", "256",
+        "--enable-prompt-tokens-details",
         "--shutdown-timeout", "300",
     )  # fmt: skip
     assert p.env == {"PYTHONUNBUFFERED": "1"}
@@ -197,6 +200,7 @@ def test_vllm_on_the_cpu_needs_no_gpu_and_operator_flags_come_last() -> None:
         "--served-model-name", "tiny",
         "--tensor-parallel-size", "1",
         "--dtype", "auto",
+        "--enable-prompt-tokens-details",
         "--shutdown-timeout", "300",
         "--load-format", "dummy", "--dtype", "float32",
     )  # fmt: skip

@@ -122,3 +122,16 @@ def test_quarantined_gpus_are_skipped_and_named_in_the_reason() -> None:
     named = EngineSpec(model="m", gpu_ids=[0], gpu_memory_utilization=0.5)
     with pytest.raises(PlacementError, match=r"a: GPU 0 is quarantined \(XID 79"):
         place(named, [cand("a", sick(0, 80), gpu(1, 80))])
+
+
+def test_no_gpu_anywhere_says_how_to_run_without_one() -> None:
+    with pytest.raises(PlacementError) as info:
+        place(EngineSpec(model="m"), [cand("a"), cand("b")])
+    assert "--runtime simulated" in str(info.value)
+    with pytest.raises(PlacementError) as named:
+        place(EngineSpec(model="m"), [cand("a")], host="a")
+    assert "--runtime simulated" in str(named.value)
+    # Not when some agent has GPUs (they are full, not absent).
+    with pytest.raises(PlacementError) as full:
+        place(EngineSpec(model="m"), [cand("a", gpu(0, 40)), cand("b")])
+    assert "--runtime simulated" not in str(full.value)

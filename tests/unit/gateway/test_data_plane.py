@@ -18,7 +18,14 @@ from sage.unified.gateway._attempts import Origin, classify
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy import DataPlane, ProxyConfig
 from sage.unified.gateway._retry_rules import FailureKind, plan_retry
-from sage.unified.gateway.routing import OutlierDetector, RetryBudget, RoutingState, get_policy
+from sage.unified.gateway.routing import (
+    OutlierDetector,
+    RetryBudget,
+    RoutingLedger,
+    RoutingPolicy,
+    RoutingState,
+    get_policy,
+)
 from sage.unified.gateway.upstream import (
     FirstByteTimeout,
     PoolTimeout,
@@ -115,17 +122,21 @@ def plane(
     *ports: int,
     budget: RetryBudget | None = None,
     failures_to_eject: int = 5,
+    policy: RoutingPolicy | None = None,
+    ledger: bool = False,
 ) -> DataPlane:
     state = RoutingState()
     state.update(table(*ports))
+    policy = policy or get_policy("round_robin")()
     return DataPlane(
         state=state,
-        policy=get_policy("round_robin")(),
+        policy=policy,
         detector=OutlierDetector(state, consecutive_failures=failures_to_eject),
         retry_budget=budget or RetryBudget(backoff_base_s=0.0),
         upstream=upstream,
         metrics=GatewayMetrics(state, {}),
         config=ProxyConfig(api_keys=TokenSet()),
+        ledger=RoutingLedger(policy) if ledger else None,
     )
 
 
@@ -282,6 +293,64 @@ async def eventually(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110 - plain state set by the code under test
             await asyncio.sleep(0.01)
+
+
+# -- the cache-capture ledger ---------------------------------------------------------
+
+
+def usage_body(prompt: int, cached: int) -> bytes:
+    details = {"cached_tokens": cached} if cached else None
+    return json.dumps(
+        {"choices": [], "usage": {"prompt_tokens": prompt, "prompt_tokens_details": details}}
+    ).encode()
+
+
+async def test_the_ledger_records_what_the_engine_delivered() -> None:
+    up = FakeUpstream({1: FakeReply(200, usage_body(40, 32)), 2: UpstreamConnectError("no")})
+    dp = plane(up, 2, 1, ledger=True)
+    assert (await Exchange().run(dp)).status == 200
+    assert dp.ledger is not None
+    (decision,) = dp.ledger.decisions()
+    assert (decision.engine_id, decision.status, decision.attempts) == ("e1", 200, 2)
+    assert (decision.prompt_tokens, decision.delivered_tokens) == (40, 32)
+    assert decision.reason == "round_robin"
+    assert decision.retried
+    assert decision.ttft_s is not None
+
+
+async def test_the_ledger_finds_the_usage_of_a_stream() -> None:
+    tail = b"data: " + usage_body(64, 48) + b"\n\ndata: [DONE]\n\n"
+    up = FakeUpstream({1: FakeReply(200, [*SSE[:2], tail[:20], tail[20:]], stream=True)})
+    dp = plane(up, 1, ledger=True, policy=get_policy("cache_aware")())
+    result = await Exchange().run(dp)
+    assert result.status == 200
+    assert dp.ledger is not None
+    (decision,) = dp.ledger.decisions()
+    assert (decision.prompt_tokens, decision.delivered_tokens) == (64, 48)
+    assert decision.reason == "only"  # one engine: no choice
+
+
+async def test_failures_are_recorded_too() -> None:
+    up = FakeUpstream({1: UpstreamConnectError("refused"), 2: UpstreamConnectError("refused")})
+    dp = plane(up, 1, 2, ledger=True)
+    assert (await Exchange().run(dp)).status == 503
+    assert dp.ledger is not None
+    (decision,) = dp.ledger.decisions()
+    assert (decision.status, decision.attempts, decision.delivered_tokens) == (503, 2, None)
+
+
+async def test_the_decision_header_is_opt_in() -> None:
+    up = FakeUpstream({1: FakeReply(200, OK), 2: FakeReply(200, OK)})
+    dp = plane(up, 1, 2, ledger=True, policy=get_policy("cache_aware")())
+    plain = await Exchange().run(dp)
+    assert plain.header(b"x-sage-route-decision") is None
+    asked = await Exchange().run(dp, headers=[(b"x-sage-route", b"1")])
+    header = asked.header(b"x-sage-route-decision")
+    assert header is not None
+    assert header.startswith(b"engine=e")
+    assert b"policy=cache_aware" in header
+    assert b"available_tokens=" in header
+    assert b"captured_tokens=" in header
 
 
 def test_failures_are_classified_by_what_the_engine_did() -> None:

@@ -87,3 +87,14 @@ async def test_a_gateway_on_an_open_address_answers_403_for_studio(tmp_path) -> 
         response = await client.get("/studio/")
     assert response.status_code == 403
     assert "without an admin token" in response.text
+
+
+def test_the_default_policy_is_cache_aware_with_its_knobs() -> None:
+    from sage.unified.gateway.routing import DEFAULT_POLICY, get_policy
+
+    settings = GatewaySettings(cache_aware_engine_cache_tokens=4096, cache_aware_load_factor=2.0)
+    assert settings.routing_policy == DEFAULT_POLICY == "cache_aware"
+    policy = get_policy(settings.routing_policy)(**settings.routing_policy_options())
+    assert policy.engine_cache_tokens == 4096  # type: ignore[attr-defined]
+    assert policy.load_factor == 2.0  # type: ignore[attr-defined]
+    assert GatewaySettings(routing_policy="least_load").routing_policy_options() == {}

@@ -56,6 +56,17 @@ def test_the_reverse_table_is_bounded() -> None:
         tok.decode(first[:1])
 
 
+def test_many_new_pieces_keep_the_newest_decodable() -> None:
+    # Prompts of new words (a replayed trace) pass ``remember`` over and over: the table
+    # stays bounded, the newest pieces decode, the oldest are gone.
+    tok = Tokenizer(remember=64)
+    batches = [tok.encode("".join(f" w{i}x{j}" for j in range(50))) for i in range(40)]
+    assert len(tok._recent) <= 64 + 64 // 8
+    assert tok.decode(batches[-1]) == "".join(f" w39x{j}" for j in range(50))
+    with pytest.raises(UnknownTokenError):
+        tok.decode(batches[0][:1])
+
+
 def test_answer_tokens_are_what_the_answer_text_tokenizes_to() -> None:
     # So the next turn of a conversation hits the blocks of this turn's answer.
     prompt = render_chat([("user", "hi")], add_generation_prompt=True, continue_final_message=False)

@@ -9,8 +9,21 @@ import sage.unified.gateway.routing as routing
 def test_public_names() -> None:
     assert sorted(routing.__all__) == sorted(
         [
+            "DEFAULT_CHUNK_BYTES",
             "DEFAULT_POLICY",
+            "SIGNALS",
             "BackendState",
+            "CacheAwarePolicy",
+            "EngineSlot",
+            "KeyFunction",
+            "LedgerTotals",
+            "ModelHealth",
+            "PrefixIndex",
+            "RoutingLedger",
+            "RoutingRequest",
+            "UsageSniffer",
+            "find_usage",
+            "prompt_text",
             "LeastLoadPolicy",
             "MAX_JSON_DEPTH",
             "OutlierDetector",

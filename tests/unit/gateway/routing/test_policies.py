@@ -33,15 +33,17 @@ def _state(backend: BackendFactory, table: TableFactory, n: int) -> RoutingState
 
 
 def test_registry_names_and_default() -> None:
-    assert policy_names() == ["least_load", "round_robin", "session"]
-    assert DEFAULT_POLICY == "least_load"
+    assert policy_names() == ["cache_aware", "least_load", "round_robin", "session"]
+    assert DEFAULT_POLICY == "cache_aware"
     assert get_policy("least_load") is LeastLoadPolicy
     assert get_policy("round_robin") is RoundRobinPolicy
     assert get_policy("session") is SessionAffinityPolicy
 
 
 def test_unknown_policy_lists_known_names() -> None:
-    with pytest.raises(UnknownPolicyError, match="known: least_load, round_robin, session"):
+    with pytest.raises(
+        UnknownPolicyError, match="known: cache_aware, least_load, round_robin, session"
+    ):
         get_policy("fastest")
 
 
@@ -52,13 +54,13 @@ def test_duplicate_registration_is_refused() -> None:
             pass
 
 
-@pytest.mark.parametrize("name", ["least_load", "round_robin", "session"])
+@pytest.mark.parametrize("name", ["least_load", "round_robin", "session", "cache_aware"])
 def test_no_candidates_gives_none(name: str) -> None:
     policy = get_policy(name)()
     assert policy.select((), session_key="k", rng=random.Random(0)) is None
 
 
-@pytest.mark.parametrize("name", ["least_load", "round_robin", "session"])
+@pytest.mark.parametrize("name", ["least_load", "round_robin", "session", "cache_aware"])
 @pytest.mark.parametrize("session_key", [None, "user-1"])
 def test_never_picks_excluded(
     backend: BackendFactory, table: TableFactory, name: str, session_key: str | None
