@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import anyio
-import anyio.to_thread
 import msgspec
 
 from sage.unified.coordinator._fleet_records import CordonRecord, DeploymentRecord
 from sage.unified.coordinator._registry import AgentRecord
 from sage.unified.sdk.models import EngineInfo, EngineSpec, decode, encode
+from sage.unified.sdk.sqlite import AsyncSqlite
 
 __all__ = ["AuditEntry", "MemoryStore", "SqliteStore", "StartRequestRecord", "Store", "StoredState"]
 
@@ -193,32 +192,17 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._db = AsyncSqlite(path, _SCHEMA, name="SqliteStore")
 
     async def _run(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise RuntimeError("SqliteStore is not open")
-        return await anyio.to_thread.run_sync(func, conn, limiter=self._limiter)
+        return await self._db.run(func)
 
     async def open(self) -> StoredState:
-        def connect() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
-            return conn
-
-        self._conn = await anyio.to_thread.run_sync(connect, limiter=self._limiter)
+        await self._db.open()
         return await self._run(_load)
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        await self._db.close()
 
     async def _execute(self, sql: str, params: tuple[object, ...]) -> None:
         def run(conn: sqlite3.Connection) -> None:

@@ -18,9 +18,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import anyio
-import anyio.to_thread
-
 from sage.unified.gateway.sessions._model import (
     Message,
     Session,
@@ -28,6 +25,7 @@ from sage.unified.gateway.sessions._model import (
     SessionSummary,
     title_from,
 )
+from sage.unified.sdk.sqlite import AsyncSqlite
 
 __all__ = ["SessionStats", "SessionStore", "SqliteSessionStore", "message_bytes"]
 
@@ -119,31 +117,16 @@ class SqliteSessionStore:
         self.path = path
         self.limits = limits or SessionLimits()
         self._clock = clock
-        self._conn: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._db = AsyncSqlite(path, _SCHEMA, name="SqliteSessionStore")
 
     async def _run(self, func: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise RuntimeError("SqliteSessionStore is not open")
-        return await anyio.to_thread.run_sync(func, conn, limiter=self._limiter)
+        return await self._db.run(func)
 
     async def open(self) -> None:
-        def connect() -> sqlite3.Connection:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.executescript(_SCHEMA)
-            return conn
-
-        self._conn = await anyio.to_thread.run_sync(connect, limiter=self._limiter)
+        await self._db.open()
 
     async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        await self._db.close()
 
     async def create(self, owner: str, *, title: str | None = None) -> Session:
         now = self._clock()

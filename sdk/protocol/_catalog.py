@@ -254,7 +254,9 @@ class AgentApi:
         "/metrics",
         None,
         None,
-        scope=Scope.PUBLIC,
+        # Like every read of the agent, open on a loopback bind and behind the agent
+        # token on a network one (GPU and engine details of the host).
+        scope=Scope.AGENT,
         summary="Prometheus text (sage_agent_*).",
         reply_media="text/plain",
     )

@@ -240,8 +240,12 @@ def test_a_gateway_never_proxies_to_itself_or_in_a_loop(start_gateway) -> None: 
             f"{here.url}{register}", json={"model": "loop", "url": there.url}, timeout=10
         )
         assert response.status_code == 201, response.text
+    # Both must route "loop" before the request: while two has not probed one yet it answers
+    # 503 (no ready backend) and one reports a plain 502 instead of the loop.
     deadline = time.monotonic() + 20
-    while "loop" not in {b["model"] for b in _table(one.url)} and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not all(
+        "loop" in {b["model"] for b in _table(gateway.url)} for gateway in (one, two)
+    ):
         time.sleep(0.1)
     answer = httpx.post(
         f"{one.url}/v1/chat/completions",

@@ -279,7 +279,7 @@ def test_the_gateway_log_rotates_by_size_and_logs_f_follows_it(
     shell = {
         **env,
         "SAGE_GATEWAY_LOG_LEVEL": "debug",
-        "SAGE_GATEWAY_LOG_MAX_BYTES": "4096",
+        "SAGE_GATEWAY_LOG_MAX_BYTES": "1024",  # the smallest allowed: rotations come fast
         "SAGE_GATEWAY_LOG_BACKUPS": "2",
     }
     started = sage(shell, "gateway", "start")
@@ -293,9 +293,9 @@ def test_the_gateway_log_rotates_by_size_and_logs_f_follows_it(
         reader.start()
         try:
             _check_rotation(sage_home / "gateway", env["SAGE_GATEWAY_URL"])
-            # A follower stuck on the first file would have seen less than 4 KiB.
+            # A follower stuck on the first file would have seen less than 1 KiB.
             deadline = time.monotonic() + 60
-            while sum(map(len, followed)) < 3 * 4096:
+            while sum(map(len, followed)) < 3 * 1024:
                 assert time.monotonic() < deadline, sum(map(len, followed))
                 time.sleep(0.2)
         finally:
