@@ -34,6 +34,7 @@ non-loopback bind without a token is refused at start
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +70,7 @@ __all__ = ["AgentMetricsCollector", "create_agent_app"]
 _LIVENESS_STALE_S = 5.0
 _MAX_TAIL = 10_000
 _MAX_SPEC_BYTES = 64 * 1024
+_ENGINE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 _AGENT = AgentApi
 log = logging.getLogger("sage.unified.agent")
@@ -178,11 +180,17 @@ def create_agent_app(agent: Agent) -> Litestar:
         return EngineList(engines=agent.engines())
 
     @route(_AGENT.START_ENGINE)
-    async def start_engine(request: Request[Any, Any, Any]) -> EngineInfo:
+    async def start_engine(
+        request: Request[Any, Any, Any], engine_id: FromQuery[str | None] = None
+    ) -> EngineInfo:
         body = await request.body()
         if len(body) > _MAX_SPEC_BYTES:
             raise HTTPException(status_code=413, detail="engine spec too large")
-        return await agent.start_engine(decode_body(_AGENT.START_ENGINE, body))
+        if engine_id is not None and not _ENGINE_ID.fullmatch(engine_id):
+            raise HTTPException(
+                status_code=422, detail="engine_id must match [A-Za-z0-9][A-Za-z0-9_.-]{0,127}"
+            )
+        return await agent.start_engine(decode_body(_AGENT.START_ENGINE, body), engine_id)
 
     @route(_AGENT.ENGINE, sync_to_thread=False)
     def get_engine(engine_id: FromPath[str]) -> EngineInfo:

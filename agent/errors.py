@@ -7,7 +7,8 @@
     │   ├── ModelNotAllowedError    model not in the agent's allowlist; 403
     │   ├── PortUnavailableError    requested port outside the range, taken or busy; 409
     │   ├── NoFreeGpuError          not enough free GPUs (or GPU memory) for the spec; 409
-    │   └── RuntimeUnavailableError the runtime's program is not installed; 422
+    │   ├── RuntimeUnavailableError the runtime's program is not installed; 422
+    │   └── EngineIdTakenError      the requested engine id runs another spec; 409
     ├── EngineNotFoundError         no engine with that id on this agent; 404
     ├── GpuNotFoundError            no GPU with that index on this agent; 404
     └── LaunchError                 the engine process could not be started; 500
@@ -23,6 +24,7 @@ from sage.unified.sdk.errors import WireError
 
 __all__ = [
     "AgentError",
+    "EngineIdTakenError",
     "EngineNotFoundError",
     "GpuNotFoundError",
     "LaunchError",
@@ -80,6 +82,14 @@ class RuntimeUnavailableError(SpecRejectedError):
 
     status = 422
     code = "runtime_unavailable"
+
+
+class EngineIdTakenError(SpecRejectedError):
+    """Raised when a start names an engine id that an engine of another spec has."""
+
+    status = 409
+    type = "conflict_error"
+    code = "engine_exists"
 
 
 class EngineNotFoundError(AgentError):

@@ -10,6 +10,11 @@ When the coordinator is unreachable the engines keep serving; the reporter retri
 with jittered exponential backoff (0.5 s doubling to 10 s) and, once it answers
 again, the next report carries the full current state. :attr:`Reporter.reachable`
 feeds the agent's ``/readyz``.
+
+With several control-plane URLs (every gateway of a highly available deployment) a
+report goes to the first that takes it. Once a reply has told the lease TTL, no URL's
+attempt may take more than a quarter of it (connect and read), so one URL that hangs
+(a paused process, a partition that drops packets) never costs the agent its lease.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ __all__ = ["Backoff", "Reporter"]
 log = logging.getLogger(__name__)
 
 _MIN_INTERVAL_S = 0.1
+_ATTEMPT_S = (0.5, 5.0)
+"""Bounds of one URL's attempt once the lease TTL is known (a quarter of it)."""
 
 
 class Backoff:
@@ -103,6 +110,8 @@ class Reporter:
         self.last_success_at: float | None = None
         """``anyio.current_time()`` of the last accepted report."""
         self.last_reply: AgentReportReply | None = None
+        self.attempt_timeout_s: float | None = None
+        """Each URL's attempt is bounded by this once a reply told the lease TTL."""
         self.sent = 0
         self.failures = 0
 
@@ -114,10 +123,15 @@ class Reporter:
         """Send one snapshot; return whether the control plane accepted it. Never raises
         for network or HTTP errors (they are recorded in :attr:`last_error`)."""
         try:
-            reply = await self._control_plane.report(self._agent_id, self._snapshot())
+            reply = await self._control_plane.report(
+                self._agent_id, self._snapshot(), timeout_s=self.attempt_timeout_s
+            )
         except SageClientError as exc:
             return self._failed(f"coordinator did not take the report: {exc}")
         self.last_reply = reply
+        if reply.lease_ttl_s > 0:
+            low, high = _ATTEMPT_S
+            self.attempt_timeout_s = min(high, max(low, reply.lease_ttl_s / 4))
         if reply.heartbeat_interval_s > 0:
             self.interval_s = max(_MIN_INTERVAL_S, reply.heartbeat_interval_s)
         if not self.reachable:

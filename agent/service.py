@@ -44,6 +44,7 @@ import httpx
 from sage.unified.agent.allowlist import model_allowed, outside_model_roots
 from sage.unified.agent.engine_setup import EngineSlot, build_supervisor
 from sage.unified.agent.errors import (
+    EngineIdTakenError,
     EngineNotFoundError,
     GpuNotFoundError,
     ModelNotAllowedError,
@@ -197,9 +198,9 @@ class Agent:
             self._tg.start_soon(self._telemetry_loop)
             self._tg.start_soon(self.gpu_health.watch)
             token = self.settings.token.get_secret_value() if self.settings.token else None
-            if self.settings.coordinator_url:
+            if self.settings.coordinator_urls:
                 control_plane = AsyncGatewayManagementClient(
-                    self.settings.coordinator_url,
+                    self.settings.coordinator_urls,
                     token,
                     timeout=_REPORT_TIMEOUT_S,
                     http=self._client,
@@ -262,10 +263,13 @@ class Agent:
 
     # ---- commands ----------------------------------------------------------------
 
-    async def start_engine(self, spec: EngineSpec) -> EngineInfo:
+    async def start_engine(self, spec: EngineSpec, engine_id: str | None = None) -> EngineInfo:
         """Validate ``spec``, claim a port and GPUs, launch the engine.
 
         Returns the engine in STARTING. Nothing is spawned when the spec is rejected.
+        With ``engine_id`` (the control plane's, which may send the same start twice
+        across a leader change) an engine already under that id with the same spec is
+        returned as it is, and nothing is spawned.
 
         Raises:
             ModelNotAllowedError: the model is not in the allowlist.
@@ -273,9 +277,18 @@ class Agent:
                 or the range is full.
             NoFreeGpuError: not enough free GPUs.
             RuntimeUnavailableError, LaunchError: the process could not be started.
+            EngineIdTakenError: ``engine_id`` belongs to an engine of another spec.
         """
         await self._check_model(spec)
         async with self._start_lock:
+            if engine_id is not None and (known := self._supervisors.get(engine_id)):
+                if known.spec != spec:
+                    raise EngineIdTakenError(
+                        f"engine id {engine_id!r} is taken by an engine of model "
+                        f"{known.spec.name!r}; start without an id or choose another"
+                    )
+                log.info("engine %s is already started: start request repeated", engine_id)
+                return known.info()
             if self.settings.runtime_config().needs_gpu(spec.runtime) or (
                 spec.runtime is Runtime.SIMULATED
             ):
@@ -292,8 +305,7 @@ class Agent:
             else:
                 gpu_ids = ()
             port = self._ports.reserve(spec.port)
-            engine_id = engine_id_for(spec.name)
-            while engine_id in self._supervisors:
+            while engine_id is None or engine_id in self._supervisors:
                 engine_id = engine_id_for(spec.name)
             try:
                 process = await self._launch_process(engine_id, spec, port, gpu_ids)

@@ -67,6 +67,9 @@ class AgentSettings(SageSettings):
     """Engines' ``--host``. Set it to a routable address on multi-host clusters."""
     port: int = Field(default=8200, ge=1, le=65535)
     coordinator_url: str | None = "http://127.0.0.1:8000"
+    """Where reports go: one URL, or several comma-separated (every gateway of a highly
+    available deployment); a report goes to the first that takes it, the others on
+    failure."""
     token: SecretStr | None = None
     """Bearer token: required on the agent API and sent to the coordinator."""
     insecure: bool = False
@@ -120,6 +123,11 @@ class AgentSettings(SageSettings):
         default_factory=lambda: sorted(CRITICAL_XIDS)
     )
     """XIDs that quarantine a GPU (see :data:`~sage.unified.agent.quarantine.CRITICAL_XIDS`)."""
+
+    @property
+    def coordinator_urls(self) -> list[str]:
+        """:attr:`coordinator_url` split at commas (empty when reporting is off)."""
+        return [u.strip() for u in (self.coordinator_url or "").split(",") if u.strip()]
 
     @property
     def state_dir(self) -> Path:

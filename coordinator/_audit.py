@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
-from sage.unified.coordinator._store import AuditEntry, Store
+from sage.unified.coordinator._store import AuditEntry
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.logsafe import safe_log_value
 from sage.unified.sdk.protocol import AuditRecord
 
-__all__ = ["Auditor"]
+__all__ = ["AuditLogStore", "Auditor"]
 
 log = logging.getLogger("sage.unified.coordinator")
+
+
+class AuditLogStore(Protocol):
+    """Where audit entries are kept (a :class:`~._store.Store` is one; so is etcd)."""
+
+    async def audit(self, entry: AuditEntry) -> None: ...
+    async def audit_log(self, limit: int = 100) -> list[AuditEntry]: ...
 
 
 class Auditor:
@@ -22,7 +30,7 @@ class Auditor:
         clock: their timestamps (wall time).
     """
 
-    def __init__(self, store: Store, clock: Clock) -> None:
+    def __init__(self, store: AuditLogStore, clock: Clock) -> None:
         self._store = store
         self._clock = clock
 

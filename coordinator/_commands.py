@@ -41,9 +41,23 @@ from sage.unified.sdk.models import (
 )
 from sage.unified.sdk.states import EngineState
 
-__all__ = ["EngineCommands", "PendingStarts", "agent_error"]
+__all__ = ["EngineCommands", "PendingStarts", "agent_error", "is_own_address"]
 
 log = logging.getLogger("sage.unified.coordinator")
+
+
+def is_own_address(host: str, port: int, own: tuple[str, int] | None) -> bool:
+    """Whether ``host:port`` is where this control plane (and its gateway) listens
+    (``own``: its bind host and port)."""
+    if own is None or port != own[1]:
+        return False
+    own_host = own[0]
+    if host == own_host:
+        return True
+    # A loopback or wildcard bind is reached through any loopback address.
+    return is_loopback_host(host) and (
+        is_loopback_host(own_host) or own_host in ("0.0.0.0", "::", "")
+    )
 
 
 def agent_error(agent_url: str) -> Callable[[SageClientError], CoordinatorError]:
@@ -200,16 +214,7 @@ class EngineCommands:
         return self._registry.engine(engine_id)
 
     def _is_self(self, host: str, port: int) -> bool:
-        """Whether ``host:port`` is where this control plane (and its gateway) listens."""
-        if self._own is None or port != self._own[1]:
-            return False
-        own_host = self._own[0]
-        if host == own_host:
-            return True
-        # A loopback or wildcard bind is reached through any loopback address.
-        return is_loopback_host(host) and (
-            is_loopback_host(own_host) or own_host in ("0.0.0.0", "::", "")
-        )
+        return is_own_address(host, port, self._own)
 
     async def start(self, request: EngineStartRequest, who: str) -> EngineInfo:
         """Place an engine and ask that agent to start it; returns the agent's answer.

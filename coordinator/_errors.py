@@ -18,7 +18,8 @@ only by the exception handlers in :mod:`._app`.
     │   └── PlacementError                409 no agent can take the engine (or 422: named host unknown)
     ├── AgentRejectedError                4xx the agent refused a command (its status and message)
     ├── AgentUnreachableError             502 agent_unreachable: an agent call failed
-    └── SettlingError                     503 just restarted, agents have not all reported yet
+    ├── SettlingError                     503 just restarted, agents have not all reported yet
+    └── ControlPlaneUnavailableError      503 control_plane_unavailable: the store (etcd) cannot be reached
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "AuthenticationError",
     "ConfigError",
     "ConflictError",
+    "ControlPlaneUnavailableError",
     "CoordinatorError",
     "InvalidRequestError",
     "NotFoundError",
@@ -140,3 +142,15 @@ class SettlingError(CoordinatorError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"retry-after": "1"})
+
+
+class ControlPlaneUnavailableError(CoordinatorError):
+    """Raised for management writes and agent reports while the store (etcd) cannot be
+    reached; routing goes on with the last table meanwhile."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "control_plane_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"retry-after": "2"})

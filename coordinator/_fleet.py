@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import msgspec
 
@@ -22,13 +23,21 @@ from sage.unified.coordinator._fleet_records import (
     applied,
     undone,
 )
-from sage.unified.coordinator._store import Store
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.fleet import DeploymentSpec, RolloutState, RolloutStatus
 
-__all__ = ["Fleet"]
+__all__ = ["Fleet", "FleetStore"]
 
 log = logging.getLogger("sage.unified.coordinator")
+
+
+class FleetStore(Protocol):
+    """Where deployments and cordons are kept (a :class:`~._store.Store`, or etcd)."""
+
+    async def put_deployment(self, record: DeploymentRecord) -> None: ...
+    async def delete_deployment(self, name: str) -> None: ...
+    async def put_cordon(self, record: CordonRecord) -> None: ...
+    async def delete_cordon(self, agent_id: str) -> None: ...
 
 
 class Fleet:
@@ -45,7 +54,7 @@ class Fleet:
 
     def __init__(
         self,
-        store: Store,
+        store: FleetStore,
         auditor: Auditor,
         clock: Clock,
         *,
@@ -59,6 +68,18 @@ class Fleet:
         self._deployments = {d.name: d for d in deployments}
         self._cordons = {c.agent_id: c for c in cordons}
         self._changed = changed
+
+    def load(
+        self, deployments: Iterable[DeploymentRecord], cordons: Iterable[CordonRecord]
+    ) -> None:
+        """Replace everything with what a shared store holds now (changes other control
+        planes made); wakes the reconciler when something differs."""
+        fresh = {d.name: d for d in deployments}
+        fresh_cordons = {c.agent_id: c for c in cordons}
+        if fresh != self._deployments or fresh_cordons != self._cordons:
+            self._deployments = fresh
+            self._cordons = fresh_cordons
+            self._changed()
 
     # ----------------------------------------------------------------- deployments
 

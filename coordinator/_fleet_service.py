@@ -14,7 +14,6 @@ from typing import Literal
 import msgspec
 
 from sage.unified.coordinator._audit import Auditor
-from sage.unified.coordinator._commands import EngineCommands
 from sage.unified.coordinator._errors import (
     AgentUnreachableError,
     CoordinatorError,
@@ -24,7 +23,7 @@ from sage.unified.coordinator._errors import (
 from sage.unified.coordinator._fleet import Fleet
 from sage.unified.coordinator._fleet_records import DeploymentRecord, applied
 from sage.unified.coordinator._reconcile_model import Outcome, Plan, RemoveReplica, StartReplica
-from sage.unified.coordinator._reconciler import Reconciler
+from sage.unified.coordinator._reconciler import EngineCommandsLike, Reconciler
 from sage.unified.coordinator._registry import Registry
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.fleet import (
@@ -64,7 +63,7 @@ class FleetService:
         registry: Registry,
         fleet: Fleet,
         reconciler: Reconciler,
-        commands: EngineCommands,
+        commands: EngineCommandsLike,
         auditor: Auditor,
         clock: Clock,
     ) -> None:

@@ -33,6 +33,16 @@ class CoordinatorMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )
+        self.store_reachable = Gauge(
+            "sage_coordinator_store_reachable",
+            "1 while the store (SQLite, or the etcd cluster) answers, else 0",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "sage_coordinator_leader",
+            "1 while this coordinator runs the work that must happen once (always with SQLite)",
+            registry=self.registry,
+        )
         self.reports = Counter(
             "sage_coordinator_reports",
             "Agent reports by result",
@@ -41,7 +51,13 @@ class CoordinatorMetrics:
         )
 
     def render(
-        self, agents: Iterable[AgentSummary], engines: Iterable[EngineInfo], revision: int
+        self,
+        agents: Iterable[AgentSummary],
+        engines: Iterable[EngineInfo],
+        revision: int,
+        *,
+        store_reachable: bool = True,
+        leader: bool = True,
     ) -> bytes:
         """Refresh the gauges and return the text exposition."""
         agent_states = TallyCounter("lost" if a.lost else "live" for a in agents)
@@ -51,4 +67,6 @@ class CoordinatorMetrics:
         for engine_state in EngineState:
             self.engines.labels(state=engine_state.value).set(engine_states.get(engine_state, 0))
         self.revision.set(revision)
+        self.store_reachable.set(1 if store_reachable else 0)
+        self.leader.set(1 if leader else 0)
         return generate_latest(self.registry)

@@ -10,7 +10,7 @@ fails in an unexpected way is marked ``ERROR`` with the reason; the loop goes on
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -25,9 +25,13 @@ from sage.unified.sdk.client import AsyncEngineClient
 from sage.unified.sdk.models import EngineInfo
 from sage.unified.sdk.states import EngineState
 
-__all__ = ["RegisteredEngineProber"]
+__all__ = ["RegisteredEngineProber", "StateSink"]
 
 log = logging.getLogger("sage.unified.coordinator")
+
+
+StateSink = Callable[[str, EngineState, str], Awaitable[None]]
+"""Records a registered engine's new state somewhere else than in the registry (etcd)."""
 
 
 class RegisteredEngineProber:
@@ -40,6 +44,8 @@ class RegisteredEngineProber:
         http: the connection pool probes use.
         publish: called with the revision after a state change.
         notify: wakes the watchers when ``publish`` failed to persist the revision.
+        sink: where state changes go instead of the registry (a store the registry
+            follows); ``None``: the registry, then ``publish``.
     """
 
     def __init__(
@@ -51,8 +57,10 @@ class RegisteredEngineProber:
         http: httpx.AsyncClient,
         publish: Publish,
         notify: Callable[[], None],
+        sink: StateSink | None = None,
     ) -> None:
         self._registry = registry
+        self._sink = sink
         self._settings = settings
         self._addresses = addresses
         self._http = http
@@ -61,12 +69,14 @@ class RegisteredEngineProber:
         self._trackers: dict[str, ProbeTracker] = {}
         self._kick = anyio.Event()
 
-    def track(self, engine_id: str) -> None:
-        """Start probing ``engine_id`` (its state starts as STARTING) and probe soon."""
+    def track(self, engine_id: str, state: EngineState = EngineState.STARTING) -> None:
+        """Start probing ``engine_id`` from ``state`` and probe soon."""
         self._trackers[engine_id] = ProbeTracker(
             failures_to_error=self._settings.probe_failures,
             successes_to_start=self._settings.probe_successes_to_start,
             successes_to_recover=self._settings.probe_successes_to_recover,
+            state=state,
+            recovering=state is EngineState.ERROR,
         )
         self._kick.set()
 
@@ -78,6 +88,10 @@ class RegisteredEngineProber:
         while True:
             self._kick = anyio.Event()
             engines = self._registry.registered_engines()
+            for engine in engines:
+                if engine.id not in self._trackers:
+                    # Registered elsewhere (another gateway, or before this one led).
+                    self.track(engine.id, engine.state)
             if engines:
                 async with anyio.create_task_group() as task_group:
                     for engine in engines:
@@ -86,6 +100,9 @@ class RegisteredEngineProber:
                 await self._kick.wait()
 
     async def _probe_one(self, engine: EngineInfo) -> None:
+        if self._sink is not None:
+            await self._probe_to_sink(engine, self._sink)
+            return
         try:
             ok, detail = await self._probe(engine)
             changed = self._record(engine, ok, detail)
@@ -101,6 +118,21 @@ class RegisteredEngineProber:
         except Exception:
             log.exception("could not persist the revision after a probe of %s", engine.id)
             self._notify()
+
+    async def _probe_to_sink(self, engine: EngineInfo, sink: StateSink) -> None:
+        try:
+            ok, detail = await self._probe(engine)
+            tracker = self._trackers.get(engine.id)
+            if tracker is None:
+                return
+            moved = tracker.record(ok, detail)
+            # Compared with the registry, not only on a move: a write that failed is
+            # made again on the next probe.
+            if tracker.state is not engine.state:
+                reason = moved.reason if moved is not None else f"health probe: {detail or 'ok'}"
+                await sink(engine.id, tracker.state, reason[:500])
+        except Exception:  # one bad record must not stop the loop
+            log.exception("probe of registered engine %s failed", engine.id)
 
     async def _probe(self, engine: EngineInfo) -> tuple[bool, str]:
         try:

@@ -23,11 +23,11 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 
 from sage.unified.coordinator._audit import Auditor
-from sage.unified.coordinator._commands import EngineCommands, PendingStarts
 from sage.unified.coordinator._errors import CoordinatorError
 from sage.unified.coordinator._fleet import Fleet
 from sage.unified.coordinator._fleet_records import DeploymentRecord
@@ -44,10 +44,28 @@ from sage.unified.coordinator._reconcile_model import (
 from sage.unified.coordinator._reconcile_plan import plan
 from sage.unified.coordinator._registry import Registry
 from sage.unified.coordinator._settings import CoordinatorSettings
+from sage.unified.coordinator._store import StartRequestRecord
+from sage.unified.sdk.client import AsyncAgentClient
 from sage.unified.sdk.clock import Clock
-from sage.unified.sdk.models import EngineStartRequest, EngineStopRequest
+from sage.unified.sdk.models import EngineInfo, EngineStartRequest, EngineStopRequest
 
-__all__ = ["MAX_BACKOFF_S", "MIN_GAP_S", "Reconciler"]
+__all__ = ["MAX_BACKOFF_S", "MIN_GAP_S", "EngineCommandsLike", "Reconciler", "StartList"]
+
+
+class EngineCommandsLike(Protocol):
+    """The engine commands (local: :class:`~._commands.EngineCommands`; etcd:
+    :class:`~._ha._commands.EtcdEngineCommands`)."""
+
+    def agent(self, agent_url: str) -> AsyncAgentClient: ...
+    async def start(self, request: EngineStartRequest, who: str) -> EngineInfo: ...
+    async def stop(self, request: EngineStopRequest, who: str) -> EngineInfo: ...
+
+
+class StartList(Protocol):
+    """Starts sent to agents that no report has shown yet."""
+
+    def list(self) -> list[StartRequestRecord]: ...
+
 
 log = logging.getLogger("sage.unified.coordinator")
 
@@ -94,8 +112,8 @@ class Reconciler:
         self,
         registry: Registry,
         fleet: Fleet,
-        commands: EngineCommands,
-        starts: PendingStarts,
+        commands: EngineCommandsLike,
+        starts: StartList,
         *,
         settings: CoordinatorSettings,
         clock: Clock,

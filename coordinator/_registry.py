@@ -13,6 +13,7 @@ The table of a revision is built once, lazily, on first read, so it may carry lo
 figures a little newer than the revision; load is advisory, and building it eagerly
 on every report would cost O(engines) per heartbeat.
 GPU and host telemetry never bumps the revision: it is not part of the table.
+A registry that follows a shared store instead: :class:`~._mirrored.MirroredRegistry`.
 
 Lost hosts: when an agent's lease lapses its engines leave the table at once and are
 shown to operators as ``ERROR`` with reason ``"host lost"`` (the agent's last reported
@@ -24,21 +25,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import msgspec
 
 from sage.unified.coordinator._errors import (
     ConflictError,
     NotFoundError,
-    ReportRejectedError,
     StaleIncarnationError,
+)
+from sage.unified.coordinator._report_checks import check_engines
+from sage.unified.coordinator._table import (
+    AgentRecord,
+    ExpireOutcome,
+    ReportOutcome,
+    TableInputs,
+    build_table,
 )
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.models import (
     AgentReport,
     AgentSummary,
-    Backend,
     EngineInfo,
     EngineLoad,
     GpuInfo,
@@ -60,80 +66,6 @@ __all__ = [
 
 HOST_LOST_REASON = "host lost"
 _NO_LOAD = EngineLoad()
-
-
-@dataclass(frozen=True, slots=True)
-class AgentRecord:
-    """What survives a coordinator restart about an agent (persisted by the store)."""
-
-    agent_id: str
-    url: str
-    host: str
-    incarnation: int
-
-
-@dataclass(frozen=True, slots=True)
-class TableInputs:
-    """A revision and its routable engines (see :meth:`Registry.table_inputs`)."""
-
-    revision: int
-    engines: list[EngineInfo]
-    generated_at: float
-    unavailable_models: list[str] = field(default_factory=list)
-    """Models with engines (not STOPPED) but none routable: the gateway answers 503."""
-
-
-def build_table(inputs: TableInputs) -> RoutingTable:
-    """The routing table for ``inputs``: one row per engine, sorted by (model, id).
-
-    Pure and thread-safe given that engine objects are only ever re-pointed, never
-    half-updated (the registry swaps ``load`` objects whole).
-    """
-    backends = [
-        Backend(
-            id=e.id,
-            model=e.model,
-            kind=e.kind,
-            url=e.url,
-            state=e.state,
-            load=e.load,
-            incarnation=e.incarnation,
-            agent_id=e.agent_id,
-        )
-        for e in inputs.engines
-    ]
-    backends.sort(key=lambda b: (b.model, b.id))
-    return RoutingTable(
-        revision=inputs.revision,
-        backends=backends,
-        generated_at=inputs.generated_at,
-        unavailable_models=inputs.unavailable_models,
-    )
-
-
-@dataclass(slots=True)
-class ReportOutcome:
-    """Result of :meth:`Registry.apply_report`."""
-
-    changed: bool
-    """The revision went up (watchers must be woken)."""
-    revision: int
-    agent_changed: bool
-    """The agent is new, or its url, host or incarnation changed (persist it)."""
-    engine_ids: list[str]
-    """Ids of the engines in the accepted snapshot."""
-    notes: list[str] = field(default_factory=list)
-    """Loosely-validated oddities (state moves outside the machine), for logs."""
-
-
-@dataclass(slots=True)
-class ExpireOutcome:
-    """Result of :meth:`Registry.expire`."""
-
-    changed: bool
-    revision: int
-    lost_agents: list[str] = field(default_factory=list)
-    deleted_engines: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -158,18 +90,6 @@ class _Agent:
 def _significant(engine: EngineInfo) -> EngineInfo:
     """The engine without the fields that change on every heartbeat."""
     return msgspec.structs.replace(engine, load=_NO_LOAD, last_heartbeat=None)
-
-
-def _url_host_port(url: str) -> tuple[str, str, int | None]:
-    try:
-        parts = urlsplit(url)
-    except ValueError:  # "Invalid IPv6 URL": matches no host, so the report is rejected
-        return "", "", -1
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    return parts.scheme, (parts.hostname or "").lower(), port
 
 
 class Registry:
@@ -305,15 +225,22 @@ class Registry:
             ConflictError: an engine id belongs to another live agent or to a
                 registered engine.
         """
-        now = self._clock.monotonic()
+        self.check_report(report)
+        return self._replace(report)
+
+    def check_report(self, report: AgentReport) -> None:
+        """Raise what :meth:`apply_report` would raise, changing nothing."""
         agent = self._agents.get(report.agent_id)
         if agent is not None and report.incarnation < agent.incarnation:
             raise StaleIncarnationError(
                 f"agent {report.agent_id!r} incarnation {report.incarnation} is older than "
                 f"the accepted {agent.incarnation}"
             )
-        self._check_engines(report)
+        check_engines(report, self._engines, self.is_lost)
 
+    def _replace(self, report: AgentReport) -> ReportOutcome:
+        now = self._clock.monotonic()
+        agent = self._agents.get(report.agent_id)
         agent_changed = agent is None or (agent.url, agent.host, agent.incarnation) != (
             report.url,
             report.host,
@@ -327,6 +254,25 @@ class Registry:
             changed = bool(agent.engine_ids)  # its engines come back into the table
         if agent.host != report.host:
             changed = changed or bool(agent.engine_ids)
+        self._update_agent(agent, report, now)
+        merged, load_changed, seen, notes = self._merge_engines(agent, report)
+        changed = changed or merged
+        if load_changed:
+            self._load_dirty = True
+        if changed:
+            self._bump()
+        elif self._load_dirty and now - self._last_load_publish >= self.load_publish_interval_s:
+            self._bump()
+            changed = True
+        return ReportOutcome(
+            changed=changed,
+            revision=self._revision,
+            agent_changed=agent_changed,
+            engine_ids=sorted(seen),
+            notes=notes,
+        )
+
+    def _update_agent(self, agent: _Agent, report: AgentReport, now: float) -> None:
         agent.host = report.host
         agent.url = report.url
         agent.version = report.version
@@ -341,6 +287,12 @@ class Registry:
         agent.last_report_at = self._clock.time()
         agent.lost_since = None
 
+    def _merge_engines(
+        self, agent: _Agent, report: AgentReport
+    ) -> tuple[bool, bool, set[str], list[str]]:
+        """Replace the agent's engines with the snapshot's: (changed, load changed, ids,
+        notes)."""
+        changed = False
         notes: list[str] = []
         load_changed = False
         seen: set[str] = set()
@@ -383,21 +335,7 @@ class Registry:
             if self._engines.pop(gone, None) is not None:
                 changed = True
         agent.engine_ids = seen
-
-        if load_changed:
-            self._load_dirty = True
-        if changed:
-            self._bump()
-        elif self._load_dirty and now - self._last_load_publish >= self.load_publish_interval_s:
-            self._bump()
-            changed = True
-        return ReportOutcome(
-            changed=changed,
-            revision=self._revision,
-            agent_changed=agent_changed,
-            engine_ids=sorted(seen),
-            notes=notes,
-        )
+        return changed, load_changed, seen, notes
 
     def expire(self) -> ExpireOutcome:
         """Mark agents whose lease lapsed as lost; delete their engines after retention.
@@ -519,7 +457,7 @@ class Registry:
             version=agent.version,
             incarnation=agent.incarnation,
             lost=agent.lost_since is not None,
-            lease_expires_in_s=max(0.0, agent.lease_expires_at - now),
+            lease_expires_in_s=self._lease_left(agent, now),
             last_report_at=agent.last_report_at,
             engines=len(agent.engine_ids),
             gpus=agent.gpus,
@@ -529,38 +467,5 @@ class Registry:
             labels=agent.labels,
         )
 
-    def _check_engines(self, report: AgentReport) -> None:
-        host = report.host.strip("[]").lower()
-        low, high = report.port_range
-        for engine in report.engines:
-            if engine.host.strip("[]").lower() != host:
-                raise ReportRejectedError(
-                    f"engine {engine.id!r} is on host {engine.host!r}; agent {report.agent_id!r} "
-                    f"may only report engines on {report.host!r}"
-                )
-            if not low <= engine.port <= high:
-                raise ReportRejectedError(
-                    f"engine {engine.id!r} port {engine.port} is outside the agent's range {low}-{high}"
-                )
-            scheme, url_host, url_port = _url_host_port(engine.url)
-            if scheme not in {"http", "https"} or url_host != host or url_port != engine.port:
-                raise ReportRejectedError(
-                    f"engine {engine.id!r} url {engine.url!r} must be http(s)://{report.host}:{engine.port}"
-                )
-            known = self._engines.get(engine.id)
-            if known is None:
-                continue
-            if known.agent_id is None:
-                raise ConflictError(
-                    f"engine id {engine.id!r} is a registered engine", code="engine_exists"
-                )
-            if known.agent_id != report.agent_id and not self.is_lost(known.agent_id):
-                raise ConflictError(
-                    f"engine id {engine.id!r} belongs to live agent {known.agent_id!r}",
-                    code="engine_exists",
-                )
-            if engine.incarnation < known.incarnation:
-                raise StaleIncarnationError(
-                    f"engine {engine.id!r} incarnation {engine.incarnation} is older than "
-                    f"the known {known.incarnation}"
-                )
+    def _lease_left(self, agent: _Agent, now: float) -> float:
+        return max(0.0, agent.lease_expires_at - now)

@@ -9,6 +9,12 @@ names one file to use instead), then defaults. The shared ``SAGE_ADMIN_TOKEN`` a
 Lists from the environment accept JSON or comma-separated values
 (``SAGE_COORDINATOR_ADMIN_TOKENS=t1,t2``). ``SAGE_COORDINATOR_DB_PATH=`` (empty)
 selects the in-memory store.
+
+``store`` selects where the state lives: ``sqlite`` (the default; one head node) or an
+etcd cluster (``SAGE_COORDINATOR_STORE=etcd://h1:2379,h2:2379,h3:2379``, ``etcds://`` for
+TLS) shared by several gateways. etcd's TLS files and user come from the ``etcd_*``
+settings; its password from ``SAGE_COORDINATOR_ETCD_PASSWORD`` or a file
+(``etcd_password_file``), never from a command line.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     NoDecode,
     SettingsConfigDict,
 )
 
 from sage.unified.coordinator._errors import ConfigError
+from sage.unified.coordinator._etcd._endpoints import EtcdTarget, parse_etcd_url
+from sage.unified.coordinator._etcd._errors import EtcdConfigError
 from sage.unified.coordinator._netcheck import DEFAULT_ALLOWED_NETWORKS, IPNetwork, parse_networks
 from sage.unified.sdk.auth import TokenSet, is_loopback_host
 from sage.unified.sdk.config import SageSettings, sage_home, split_list, toml_files_for
@@ -96,6 +104,30 @@ class CoordinatorSettings(SageSettings):
     """Networks registered engine URLs may resolve into (link-local never allowed)."""
     db_path: Path | None = Field(default_factory=default_db_path)
     """SQLite database; ``None`` keeps everything in memory."""
+    store: str = "sqlite"
+    """``sqlite`` (``db_path``; memory when that is empty), ``memory``, or an etcd cluster
+    URL (``etcd://h1:2379,h2:2379,h3:2379``; ``etcds://`` for TLS) for several gateways."""
+    etcd_prefix: str = Field(default="/sage/", pattern=r"^/[A-Za-z0-9_./-]*/$")
+    """Keys of this deployment in etcd (two deployments may share a cluster)."""
+    etcd_ca_file: Path | None = None
+    """CA bundle that signed the etcd members' certificates (``etcds://``)."""
+    etcd_cert_file: Path | None = None
+    """Client certificate for etcd's ``--client-cert-auth``; needs ``etcd_key_file``."""
+    etcd_key_file: Path | None = None
+    etcd_username: str | None = None
+    """etcd user (etcd's authentication); the password from one of the next two."""
+    etcd_password: SecretStr | None = None
+    etcd_password_file: Path | None = None
+    """A file holding the etcd password (first line), e.g. a systemd credential."""
+    etcd_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline of one etcd call (all members tried within it)."""
+    leader_lease_ttl_s: int = Field(default=10, ge=2, le=600)
+    """etcd lease of the elected leader: a dead leader is replaced this long after it died."""
+    telemetry_publish_interval_s: float = Field(default=10.0, ge=0)
+    """etcd: an agent's load and GPU figures are written at most this often (changes of
+    engines or states at once)."""
+    start_timeout_s: float = Field(default=60.0, gt=0)
+    """etcd: how long the leader keeps trying an accepted engine start."""
     max_watch_s: float = Field(default=60.0, gt=0)
     watch_coalesce_s: float = Field(default=0.05, ge=0, le=0.1)
     """Watchers are woken at most once per this window (0: on every revision)."""
@@ -118,6 +150,20 @@ class CoordinatorSettings(SageSettings):
     def _empty_path_is_memory(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("store", mode="after")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in {"sqlite", "memory"}:
+            return value.lower()
+        try:
+            parse_etcd_url(value)
+        except EtcdConfigError as exc:
+            raise ValueError(
+                f"store must be sqlite, memory or an etcd URL: {exc.message}"
+            ) from None
         return value
 
     @field_validator("allowed_networks", mode="after")
@@ -143,6 +189,39 @@ class CoordinatorSettings(SageSettings):
                 f"({self.heartbeat_interval_s})"
             )
         return self
+
+    @property
+    def etcd_store(self) -> bool:
+        """Whether the state lives in etcd (several gateways share it)."""
+        return self.store not in {"sqlite", "memory"}
+
+    @property
+    def local_db_path(self) -> Path | None:
+        """The SQLite file of a local store (``None``: memory)."""
+        return None if self.store == "memory" else self.db_path
+
+    def etcd_target(self) -> EtcdTarget:
+        """The etcd cluster (raises :class:`ConfigError` for a local store)."""
+        if not self.etcd_store:
+            raise ConfigError(f"the store is {self.store}, not an etcd cluster")
+        return parse_etcd_url(self.store)
+
+    def etcd_password_value(self) -> str | None:
+        """The etcd password: the setting, else the first line of its file, else the URL's.
+
+        Raises:
+            ConfigError: the password file cannot be read.
+        """
+        if self.etcd_password is not None:
+            return self.etcd_password.get_secret_value()
+        if self.etcd_password_file is not None:
+            try:
+                return self.etcd_password_file.read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ConfigError(
+                    f"cannot read the etcd password from {self.etcd_password_file}: {exc}"
+                ) from None
+        return None
 
     @property
     def auth_enabled(self) -> bool:

@@ -87,7 +87,22 @@ _PROXIED: tuple[tuple[Endpoint[Any, Any], EngineKind], ...] = (
 
 
 def embedded_coordinator_settings(settings: GatewaySettings) -> CoordinatorSettings:
-    """The settings of the coordinator a gateway embeds (its tokens, its SAGE_HOME)."""
+    """The settings of the coordinator a gateway embeds (its tokens, its SAGE_HOME, its
+    store); what the gateway leaves unset comes from ``SAGE_COORDINATOR_*`` and TOML."""
+    store: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "store": settings.store,
+            "etcd_prefix": settings.etcd_prefix,
+            "etcd_ca_file": settings.etcd_ca_file,
+            "etcd_cert_file": settings.etcd_cert_file,
+            "etcd_key_file": settings.etcd_key_file,
+            "etcd_username": settings.etcd_username,
+            "etcd_password": settings.etcd_password,
+            "etcd_password_file": settings.etcd_password_file,
+        }.items()
+        if value is not None
+    }
     return CoordinatorSettings(
         admin_tokens=[t.get_secret_value() for t in settings.admin_tokens],
         agent_tokens=[t.get_secret_value() for t in settings.agent_tokens],
@@ -96,6 +111,7 @@ def embedded_coordinator_settings(settings: GatewaySettings) -> CoordinatorSetti
         port=settings.port,
         insecure=settings.insecure,
         db_path=settings.sage_home / "coordinator" / "coordinator.db",
+        **store,
     )
 
 
@@ -255,11 +271,20 @@ class GatewayRuntime:
         }
         if status.get("error"):
             body["control_plane_error"] = status["error"]
+        if self.coordinator is not None:
+            store = self.coordinator.store_status
+            body["store"] = store.kind
+            if store.kind == "etcd":
+                body["leader"] = self.coordinator.is_leader
+            if not store.reachable:
+                # Routing goes on with the last table; management writes answer 503.
+                body["control_plane_reachable"] = False
+                body["control_plane_error"] = store.error
         if self.local_agent_pending:
             body["local_agent"] = "starting"
         body["status"] = (
             "ready"
-            if has_table and status.get("reachable")
+            if has_table and body["control_plane_reachable"]
             else ("degraded" if has_table else "starting")
         )
         return has_table, body

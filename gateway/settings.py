@@ -54,6 +54,18 @@ class GatewaySettings(SageSettings):
     port: int = Field(8000, ge=1, le=65535)
     coordinator_url: str | None = None
     """Standalone coordinator to watch. ``None`` embeds the coordinator in this process."""
+    store: str | None = None
+    """Embedded coordinator's store: ``sqlite`` (the default, one head node) or an etcd
+    cluster shared by several gateways (``etcd://h1:2379,h2:2379,h3:2379``)."""
+    etcd_prefix: str | None = None
+    """Keys of this deployment in etcd (default ``/sage/``)."""
+    etcd_ca_file: Path | None = None
+    etcd_cert_file: Path | None = None
+    etcd_key_file: Path | None = None
+    etcd_username: str | None = None
+    etcd_password: SecretStr | None = None
+    """From the environment (``SAGE_GATEWAY_ETCD_PASSWORD``) or TOML; never a flag."""
+    etcd_password_file: Path | None = None
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Names this server is reached by besides its bind address (checked against ``Host``
     on the control APIs; on a loopback bind, loopback names are always allowed)."""

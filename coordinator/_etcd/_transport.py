@@ -14,7 +14,9 @@ Cancellation: a cancelled call stops waiting; a write already sent may still app
 
 from __future__ import annotations
 
+import json
 import ssl
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,12 +181,12 @@ class EtcdTransport:
             EtcdError: Connect failure or an error answer (mapped as for calls).
         """
         headers = await self.auth_headers(endpoint)
-        request = self._stream_http.build_request(
-            "POST",
+        request = _request(
+            self._stream_http,
             endpoint.base_url(self.target.tls) + path,
-            json=body,
-            headers=headers,
-            timeout=httpx.Timeout(None, connect=self.connect_timeout_s),
+            json.dumps(body).encode(),
+            headers,
+            httpx.Timeout(None, connect=self.connect_timeout_s),
         )
         try:
             response = await self._stream_http.send(request, stream=True)
@@ -219,8 +221,27 @@ class EtcdTransport:
             return await self._call_with_failover(path, body, idempotent, attempts)
         raise self.timeout_error(path, seconds, attempts)
 
+    async def call_many(
+        self, path: str, bodies: Sequence[JsonObject], *, timeout_s: float | None
+    ) -> list[JsonObject]:
+        """Send ``bodies`` as the messages of one client-streaming call and return one
+        answer per message (idempotent calls only, e.g. lease keepalives).
+
+        etcd's JSON gateway reads a streaming request as newline-delimited JSON objects
+        and answers each with one line, ``{"result": ...}`` or ``{"error": ...}``.
+        """
+        if not bodies:
+            return []
+        seconds = self.timeout_s if timeout_s is None else timeout_s
+        attempts = _Attempts(read_timeout=seconds / 2 if len(self.target.endpoints) > 1 else None)
+        with anyio.move_on_after(seconds):
+            answer = await self._call_with_failover(path, list(bodies), True, attempts)
+            results: list[JsonObject] = answer["results"]
+            return results
+        raise self.timeout_error(path, seconds, attempts)
+
     async def _call_with_failover(
-        self, path: str, body: JsonObject, idempotent: bool, attempts: _Attempts
+        self, path: str, body: JsonObject | list[JsonObject], idempotent: bool, attempts: _Attempts
     ) -> JsonObject:
         token_refreshed = False
         failures = 0
@@ -250,7 +271,7 @@ class EtcdTransport:
         self,
         endpoint: EtcdEndpoint,
         path: str,
-        body: JsonObject,
+        body: JsonObject | list[JsonObject],
         attempts: _Attempts | None = None,
     ) -> JsonObject:
         headers = await self.auth_headers(endpoint)
@@ -263,17 +284,24 @@ class EtcdTransport:
         self,
         endpoint: EtcdEndpoint,
         path: str,
-        body: JsonObject,
+        body: JsonObject | list[JsonObject],
         headers: dict[str, str],
         read_timeout: float | None = None,
     ) -> JsonObject:
+        lines = isinstance(body, list)
+        if isinstance(body, list):
+            data = b"\n".join(json.dumps(item).encode() for item in body)
+        else:
+            data = json.dumps(body).encode()
+        request = _request(
+            self._http,
+            endpoint.base_url(self.target.tls) + path,
+            data,
+            headers,
+            httpx.Timeout(read_timeout, connect=self.connect_timeout_s),
+        )
         try:
-            response = await self._http.post(
-                endpoint.base_url(self.target.tls) + path,
-                json=body,
-                headers=headers,
-                timeout=httpx.Timeout(read_timeout, connect=self.connect_timeout_s),
-            )
+            response = await self._http.send(request)
         except (httpx.TransportError, ssl.SSLError) as exc:
             # anyio lets a TLS alert received while reading through unwrapped.
             raise _transport_error(exc, endpoint) from None
@@ -281,6 +309,8 @@ class EtcdTransport:
             raise decode_error(
                 response.status_code, _json_or_text(response), endpoint=endpoint.netloc
             )
+        if lines:
+            return {"results": _json_lines(response, endpoint)}
         answer = _json_or_text(response)
         if not isinstance(answer, dict):
             raise EtcdUnavailableError(
@@ -289,6 +319,55 @@ class EtcdTransport:
                 maybe_applied=True,
             )
         return answer
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body that is an iterator object, not an async generator.
+
+    httpx's own body (``ByteStream.__aiter__``, an async generator) is left suspended
+    when a send is cancelled half-way, which under trio (a checkpoint in every socket
+    write) happens whenever a call or watch is cancelled at the wrong moment; trio then
+    reports the abandoned generator when it is garbage collected.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._data)
+
+
+class _Once:
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data
+
+
+def _request(
+    client: httpx.AsyncClient,
+    url: str,
+    data: bytes,
+    headers: dict[str, str],
+    timeout: httpx.Timeout,
+) -> httpx.Request:
+    """A JSON POST with a :class:`_Body` (Content-Length set from ``data``)."""
+    request = client.build_request(
+        "POST",
+        url,
+        content=data,
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=timeout,
+    )
+    request.stream = _Body(data)
+    return request
 
 
 def _transport_error(exc: Exception, endpoint: EtcdEndpoint) -> EtcdError:
@@ -318,6 +397,32 @@ def _tls_refusal(exc: BaseException) -> ssl.SSLError | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _json_lines(response: httpx.Response, endpoint: EtcdEndpoint) -> list[JsonObject]:
+    """The ``result`` of each line of a streamed answer; the first ``error`` line raises."""
+    results: list[JsonObject] = []
+    for line in response.text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if not isinstance(item, dict):
+            raise EtcdUnavailableError(
+                f"etcd at {endpoint.netloc} answered a line that is no JSON object",
+                endpoint=endpoint.netloc,
+                maybe_applied=True,
+            )
+        if "error" in item:
+            error = item["error"]
+            raise decode_error(
+                200, error if isinstance(error, dict) else {}, endpoint=endpoint.netloc
+            )
+        result = item.get("result")
+        results.append(result if isinstance(result, dict) else {})
+    return results
 
 
 def _json_or_text(response: httpx.Response) -> Any:

@@ -120,6 +120,12 @@ class Watch:
                 await self._apply(message)
         return self._pending.popleft()
 
+    @property
+    def buffered(self) -> int:
+        """Events already received and not yet delivered: 0 means the next iteration
+        waits for etcd (the events of one message have all been delivered)."""
+        return len(self._pending)
+
     async def aclose(self) -> None:
         """Stop watching and release the stream (safe to call twice, and when cancelled)."""
         self._closed = True

@@ -64,6 +64,10 @@ def _backends_query(after: int | None, wait: float | None) -> dict[str, Any]:
     return {"after": after, "wait": wait} if after is not None and wait else {}
 
 
+def _start_query(engine_id: str | None) -> dict[str, Any] | None:
+    return {"engine_id": engine_id} if engine_id is not None else None
+
+
 def _decisions_query(model: str | None, engine: str | None, limit: int) -> dict[str, Any]:
     return {"model": model, "engine": engine, "limit": limit}
 
@@ -240,9 +244,14 @@ class GatewayManagementClient(SyncFleetMethods, _SyncClient):
         """Control actions, newest first."""
         return self._caller.call(_CP.AUDIT, query={"limit": limit}).entries
 
-    def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
-        """Push an agent's snapshot (what agents do every heartbeat)."""
-        return self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
+    def report(
+        self, agent_id: str, report: AgentReport, *, timeout_s: float | None = None
+    ) -> AgentReportReply:
+        """Push an agent's snapshot (what agents do every heartbeat); ``timeout_s`` bounds
+        each URL's attempt (connect and read) instead of the client's timeout."""
+        return self._caller.call(
+            _CP.REPORT, report, path={"agent_id": agent_id}, read_timeout_s=timeout_s
+        )
 
     def routing_decisions(
         self, model: str | None = None, engine: str | None = None, limit: int = 100
@@ -306,8 +315,12 @@ class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
     async def audit(self, limit: int = 100) -> list[AuditRecord]:
         return (await self._caller.call(_CP.AUDIT, query={"limit": limit})).entries
 
-    async def report(self, agent_id: str, report: AgentReport) -> AgentReportReply:
-        return await self._caller.call(_CP.REPORT, report, path={"agent_id": agent_id})
+    async def report(
+        self, agent_id: str, report: AgentReport, *, timeout_s: float | None = None
+    ) -> AgentReportReply:
+        return await self._caller.call(
+            _CP.REPORT, report, path={"agent_id": agent_id}, read_timeout_s=timeout_s
+        )
 
     async def routing_decisions(
         self, model: str | None = None, engine: str | None = None, limit: int = 100
@@ -379,8 +392,10 @@ class AgentClient(_SyncClient):
     def engine(self, engine_id: str) -> EngineInfo:
         return self._caller.call(AgentApi.ENGINE, path={"engine_id": engine_id})
 
-    def start_engine(self, spec: EngineSpec) -> EngineInfo:
-        return self._caller.call(AgentApi.START_ENGINE, spec)
+    def start_engine(self, spec: EngineSpec, engine_id: str | None = None) -> EngineInfo:
+        """Launch an engine; with ``engine_id`` the start is idempotent (a repeat returns
+        the engine already started under that id)."""
+        return self._caller.call(AgentApi.START_ENGINE, spec, query=_start_query(engine_id))
 
     def drain(
         self, engine_id: str, wait: bool = False, timeout_s: float | None = None
@@ -428,8 +443,8 @@ class AsyncAgentClient(_AsyncClient):
     async def engine(self, engine_id: str) -> EngineInfo:
         return await self._caller.call(AgentApi.ENGINE, path={"engine_id": engine_id})
 
-    async def start_engine(self, spec: EngineSpec) -> EngineInfo:
-        return await self._caller.call(AgentApi.START_ENGINE, spec)
+    async def start_engine(self, spec: EngineSpec, engine_id: str | None = None) -> EngineInfo:
+        return await self._caller.call(AgentApi.START_ENGINE, spec, query=_start_query(engine_id))
 
     async def drain(
         self, engine_id: str, wait: bool = False, timeout_s: float | None = None

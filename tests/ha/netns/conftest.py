@@ -471,3 +471,16 @@ def netns_tools(netns_support: NetnsSupport, tmp_path: Path) -> Iterator[NetnsTo
     finally:
         for network in tools.networks:
             network.close()
+
+
+@pytest.fixture(scope="module")
+def module_network(
+    netns_support: NetnsSupport, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """A network for all the tests of a module (removed at the module's end, also after a
+    failure); tests that fault it must heal it."""
+    net = Network(netns_support, tmp_path_factory.mktemp("netns-module") / "logs")
+    try:
+        yield net
+    finally:
+        net.close()

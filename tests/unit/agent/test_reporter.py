@@ -142,3 +142,38 @@ async def test_report_now_wakes_the_heartbeat_wait() -> None:
             tg.cancel_scope.cancel()
     await client.aclose()
     assert "authorization" not in coord.calls[0].headers
+
+
+class _Recorder:
+    """A control-plane client that records each report's attempt timeout."""
+
+    url = "http://a:8000,http://b:8000"
+
+    def __init__(self, lease_ttl_s: float) -> None:
+        self.lease_ttl_s = lease_ttl_s
+        self.timeouts: list[float | None] = []
+
+    async def report(
+        self, agent_id: str, report: AgentReport, *, timeout_s: float | None = None
+    ) -> object:
+        from sage.unified.sdk.models import AgentReportReply
+
+        self.timeouts.append(timeout_s)
+        return AgentReportReply(lease_ttl_s=self.lease_ttl_s, heartbeat_interval_s=1.0, revision=1)
+
+
+@pytest.mark.parametrize(("ttl", "bound"), [(4.0, 1.0), (10.0, 2.5), (60.0, 5.0), (1.0, 0.5)])
+async def test_after_the_first_reply_no_url_may_take_more_than_a_quarter_of_the_lease(
+    ttl: float, bound: float
+) -> None:
+    """A first URL that hangs (a paused coordinator) must not cost the agent its lease:
+    the next URL is tried in time."""
+    client = _Recorder(ttl)
+    reporter = Reporter(
+        client,  # type: ignore[arg-type]
+        "a1",
+        lambda: AgentReport(agent_id="a1", host="127.0.0.1", url="http://127.0.0.1:8200"),
+    )
+    assert await reporter.send_once()
+    assert await reporter.send_once()
+    assert client.timeouts == [None, bound]

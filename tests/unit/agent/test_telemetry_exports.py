@@ -21,6 +21,7 @@ import pytest
                 "PortUnavailableError",
                 "NoFreeGpuError",
                 "RuntimeUnavailableError",
+                "EngineIdTakenError",
                 "EngineNotFoundError",
                 "GpuNotFoundError",
                 "LaunchError",
