@@ -42,14 +42,17 @@ import anyio
 from litestar import Litestar, Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException
+from litestar.handlers import HTTPRouteHandler
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
+from litestar.types import Guard
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from sage.unified.agent.errors import GpuNotFoundError
 from sage.unified.agent.service import Agent
+from sage.unified.agent.settings import AgentSettings
 from sage.unified.sdk.auth import TokenSet, bearer_token, is_loopback_host
 from sage.unified.sdk.models import EngineInfo, GpuInfo
 from sage.unified.sdk.protocol import AgentApi, AgentGpuList, EngineList, EngineLogs, HealthStatus
@@ -140,24 +143,8 @@ def create_agent_app(agent: Agent) -> Litestar:
     and exits it after, which is what lets the gateway embed the agent.
     """
     settings = agent.settings
-    tokens = TokenSet([settings.token.get_secret_value()] if settings.token else [])
-    reads_need_token = bool(tokens) and not is_loopback_host(settings.bind_host)
     registry = CollectorRegistry(auto_describe=True)
     registry.register(AgentMetricsCollector(agent))
-
-    def auth_guard(
-        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
-    ) -> None:
-        if not tokens or connection.url.path in ("/healthz", "/readyz"):
-            return
-        mutating = connection.scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS")
-        if not (mutating or reads_need_token):
-            return
-        if not tokens.verify(bearer_token(connection.headers.get("authorization"))):
-            raise NotAuthorizedException(
-                "missing or invalid agent token (Authorization: Bearer <SAGE_AGENT_TOKEN>)",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
 
     @route(_AGENT.HEALTHZ, sync_to_thread=False)
     def healthz() -> Response[HealthStatus] | Response[bytes]:
@@ -174,6 +161,65 @@ def create_agent_app(agent: Agent) -> Litestar:
             detail = agent.reporter.last_error if agent.reporter else None
             return _error(503, f"coordinator not reachable: {detail}", "coordinator_unreachable")
         return Response(HealthStatus(status="ready"))
+
+    @route(_AGENT.GPUS, sync_to_thread=False)
+    def gpus() -> AgentGpuList:
+        found, error = agent.gpus()
+        return AgentGpuList(gpus=found, error=error)
+
+    @route(_AGENT.CLEAR_GPU)
+    async def clear_gpu(index: FromPath[str]) -> GpuInfo:
+        if not (index.isascii() and index.isdigit()):
+            raise GpuNotFoundError(f"GPU index {index!r} is not a number")
+        return await agent.clear_gpu(int(index))
+
+    @route(_AGENT.METRICS, sync_to_thread=False)
+    def metrics() -> Response[bytes]:
+        return metrics_response(generate_latest(registry))
+
+    return Litestar(
+        route_handlers=[
+            healthz,
+            readyz,
+            *_engine_routes(agent),
+            gpus,
+            clear_gpu,
+            metrics,
+        ],
+        guards=[browser_guard(settings.browser_policy()), _auth_guard(settings)],
+        exception_handlers=exception_handlers(log),
+        # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
+        logging_config=None,
+        openapi_config=openapi_config("SAGE Unified Gateway agent"),
+        middleware=[allow_header_middleware],
+        debug=False,
+    )
+
+
+def _auth_guard(settings: AgentSettings) -> Guard:
+    """Writes need the agent token when one is set; reads too on a non-loopback bind."""
+    tokens = TokenSet([settings.token.get_secret_value()] if settings.token else [])
+    reads_need_token = bool(tokens) and not is_loopback_host(settings.bind_host)
+
+    def auth_guard(
+        connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
+    ) -> None:
+        if not tokens or connection.url.path in ("/healthz", "/readyz"):
+            return
+        mutating = connection.scope.get("method", "GET") not in ("GET", "HEAD", "OPTIONS")
+        if not (mutating or reads_need_token):
+            return
+        if not tokens.verify(bearer_token(connection.headers.get("authorization"))):
+            raise NotAuthorizedException(
+                "missing or invalid agent token (Authorization: Bearer <SAGE_AGENT_TOKEN>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    return auth_guard
+
+
+def _engine_routes(agent: Agent) -> list[HTTPRouteHandler]:
+    """List, start, read, drain, stop engines and read their logs."""
 
     @route(_AGENT.ENGINES, sync_to_thread=False)
     def list_engines() -> EngineList:
@@ -217,40 +263,4 @@ def create_agent_app(agent: Agent) -> Litestar:
             raise HTTPException(status_code=422, detail=f"tail must be in [0, {_MAX_TAIL}]")
         return EngineLogs(engine_id=engine_id, lines=await agent.logs(engine_id, tail))
 
-    @route(_AGENT.GPUS, sync_to_thread=False)
-    def gpus() -> AgentGpuList:
-        found, error = agent.gpus()
-        return AgentGpuList(gpus=found, error=error)
-
-    @route(_AGENT.CLEAR_GPU)
-    async def clear_gpu(index: FromPath[str]) -> GpuInfo:
-        if not (index.isascii() and index.isdigit()):
-            raise GpuNotFoundError(f"GPU index {index!r} is not a number")
-        return await agent.clear_gpu(int(index))
-
-    @route(_AGENT.METRICS, sync_to_thread=False)
-    def metrics() -> Response[bytes]:
-        return metrics_response(generate_latest(registry))
-
-    return Litestar(
-        route_handlers=[
-            healthz,
-            readyz,
-            list_engines,
-            start_engine,
-            get_engine,
-            drain_engine,
-            stop_engine,
-            engine_logs,
-            gpus,
-            clear_gpu,
-            metrics,
-        ],
-        guards=[browser_guard(settings.browser_policy()), auth_guard],
-        exception_handlers=exception_handlers(log),
-        # The process sets up logging (sdk.logsetup); Litestar's would raise it to INFO.
-        logging_config=None,
-        openapi_config=openapi_config("SAGE Unified Gateway agent"),
-        middleware=[allow_header_middleware],
-        debug=False,
-    )
+    return [list_engines, start_engine, get_engine, drain_engine, stop_engine, engine_logs]
