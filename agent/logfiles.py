@@ -10,12 +10,16 @@ from async code.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["engine_log_path", "open_engine_log", "rotate_if_needed", "tail"]
+__all__ = ["engine_log_path", "open_engine_log", "rotate_all", "rotate_if_needed", "tail"]
+
+log = logging.getLogger(__name__)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _BLOCK = 8192
@@ -75,6 +79,16 @@ def rotate_if_needed(path: Path, *, max_bytes: int, backups: int) -> bool:
     with open(path, "r+b") as handle:
         handle.truncate(0)
     return True
+
+
+def rotate_all(paths: Iterable[Path], *, max_bytes: int, backups: int) -> None:
+    """:func:`rotate_if_needed` for each of ``paths``; a file that fails is logged and
+    skipped, so one bad file never stops the rotation of the others."""
+    for path in paths:
+        try:
+            rotate_if_needed(path, max_bytes=max_bytes, backups=backups)
+        except OSError as exc:
+            log.warning("could not rotate %s: %s", path, exc)
 
 
 def _tail_lines(path: Path, count: int) -> list[str]:
