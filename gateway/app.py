@@ -103,10 +103,15 @@ def embedded_coordinator_settings(settings: GatewaySettings) -> CoordinatorSetti
         }.items()
         if value is not None
     }
+    local_agent_token = settings.local_agent_token()
     return CoordinatorSettings(
         admin_tokens=[t.get_secret_value() for t in settings.admin_tokens],
-        agent_tokens=[t.get_secret_value() for t in settings.agent_tokens],
-        agent_command_token=settings.local_agent_token(),
+        # The configured agent tokens; without any, the token made for the local agent when
+        # other credentials are set: agent reports must never be open while the rest is
+        # locked (a report can put any engine under any model name into routing).
+        agent_tokens=[t.get_secret_value() for t in settings.agent_tokens]
+        or ([local_agent_token] if local_agent_token else []),
+        agent_command_token=local_agent_token,
         host=settings.host,
         port=settings.port,
         insecure=settings.insecure,

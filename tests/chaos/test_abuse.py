@@ -184,6 +184,29 @@ def test_admin_token_only_setup_leaves_no_open_agent_api(start_gateway) -> None:
         assert response.status_code == 401, (method, path, response.text)
         _assert_openai_error(response)
     assert _engines(gateway.url) == []
+    # Nor may anyone report an agent to the control plane: a report lists engines, and
+    # those would be routed under any model name they claim.
+    forged = {
+        "agent_id": "forged",
+        "host": "127.0.0.1",
+        "url": "http://127.0.0.1:9",
+        "engines": [
+            {
+                "id": "forged-engine",
+                "model": "victim",
+                "runtime": "simulated",
+                "host": "127.0.0.1",
+                "port": 9,
+                "url": "http://127.0.0.1:9",
+                "state": "READY",
+                "agent_id": "forged",
+            }
+        ],
+    }
+    report = httpx.put(f"{gateway.url}/v1/agents/forged", json=forged, timeout=10)
+    assert report.status_code == 401, report.text
+    _assert_openai_error(report)
+    assert "victim" not in {b["model"] for b in _table(gateway.url)}
     # The control plane still commands its own agent (it knows the agent's token).
     started = httpx.post(
         f"{gateway.url}/v1/management/engines/start", json={"spec": spec}, headers=ADMIN, timeout=15

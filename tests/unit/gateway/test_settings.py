@@ -98,3 +98,19 @@ def test_the_default_policy_is_cache_aware_with_its_knobs() -> None:
     assert policy.engine_cache_tokens == 4096  # type: ignore[attr-defined]
     assert policy.load_factor == 2.0  # type: ignore[attr-defined]
     assert GatewaySettings(routing_policy="least_load").routing_policy_options() == {}
+
+
+def test_agent_reports_need_a_token_whenever_any_credential_is_set() -> None:
+    # "Admin token only" (API keys and an admin token, no agent token): the embedded control
+    # plane used to take agent reports from anyone, so any local process could put an
+    # engine under any model name into routing.
+    from sage.unified.gateway.app import embedded_coordinator_settings
+
+    locked = GatewaySettings(admin_tokens=["admin"], api_keys=["key"])
+    coordinator = embedded_coordinator_settings(locked)
+    assert coordinator.agent_tokens == [locked.local_agent_token()]
+    assert coordinator.agent_command_token == locked.local_agent_token()
+    configured = GatewaySettings(admin_tokens=["admin"], agent_tokens=["agent-secret"])
+    assert embedded_coordinator_settings(configured).agent_tokens == ["agent-secret"]
+    # Nothing configured (loopback only): nothing to derive, reports stay open as before.
+    assert embedded_coordinator_settings(GatewaySettings()).agent_tokens == []
