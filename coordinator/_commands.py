@@ -60,6 +60,49 @@ def is_own_address(host: str, port: int, own: tuple[str, int] | None) -> bool:
     )
 
 
+async def registration(
+    request: RegisterEngineRequest,
+    own: tuple[str, int] | None,
+    addresses: AddressPolicy,
+    registry: Registry,
+    now: float,
+) -> EngineInfo:
+    """The engine a registration adds (STARTING until its first good probe), checked.
+
+    One rule for both control planes (local and etcd); the caller stores it.
+
+    Raises:
+        UrlPolicyError: a bad URL, this gateway itself (every request would loop back), or
+            a host outside the allowed networks.
+        ConflictError: the id is taken.
+    """
+    parsed = parse_engine_url(request.url)
+    if is_own_address(parsed.host, parsed.port, own):
+        raise UrlPolicyError(
+            f"engine url {parsed.url!r} is this gateway (or control plane) itself: "
+            "every request would loop back here",
+            param="url",
+        )
+    await addresses.check(parsed.host, parsed.port)
+    engine_id = request.id or f"reg-{uuid.uuid4().hex[:12]}"
+    if registry.has_engine(engine_id):
+        raise ConflictError(
+            f"engine id {engine_id!r} already exists", code="engine_exists", param="id"
+        )
+    return EngineInfo(
+        id=engine_id,
+        model=request.model,
+        kind=request.kind,
+        host=parsed.host,
+        port=parsed.port,
+        url=parsed.url,
+        state=EngineState.STARTING,
+        reason="registered; waiting for a good health probe",
+        created_at=now,
+        state_changed_at=now,
+    )
+
+
 def agent_error(agent_url: str) -> Callable[[SageClientError], CoordinatorError]:
     """The error translation for calls to the agent at ``agent_url``."""
 
@@ -175,32 +218,10 @@ class EngineCommands:
         """
         target = request.id or request.url
         try:
-            parsed = parse_engine_url(request.url)
-            if self._is_self(parsed.host, parsed.port):
-                raise UrlPolicyError(
-                    f"engine url {parsed.url!r} is this gateway (or control plane) itself: "
-                    "every request would loop back here",
-                    param="url",
-                )
-            await self._addresses.check(parsed.host, parsed.port)
-            engine_id = request.id or f"reg-{uuid.uuid4().hex[:12]}"
-            if self._registry.has_engine(engine_id):
-                raise ConflictError(
-                    f"engine id {engine_id!r} already exists", code="engine_exists", param="id"
-                )
-            now = self._clock.time()
-            info = EngineInfo(
-                id=engine_id,
-                model=request.model,
-                kind=request.kind,
-                host=parsed.host,
-                port=parsed.port,
-                url=parsed.url,
-                state=EngineState.STARTING,
-                reason="registered; waiting for a good health probe",
-                created_at=now,
-                state_changed_at=now,
+            info = await registration(
+                request, self._own, self._addresses, self._registry, self._clock.time()
             )
+            engine_id = info.id
             self._registry.put_registered(info)
             self._prober.track(engine_id)
             await self._store.put_registered(info)
@@ -208,13 +229,10 @@ class EngineCommands:
             await self._auditor.record(who, "engine.register", target, f"rejected: {exc.message}")
             raise
         await self._auditor.record(
-            who, "engine.register", engine_id, f"ok: {parsed.url} model {request.model}"
+            who, "engine.register", engine_id, f"ok: {info.url} model {request.model}"
         )
         await self._publish(self._registry.revision)
         return self._registry.engine(engine_id)
-
-    def _is_self(self, host: str, port: int) -> bool:
-        return is_own_address(host, port, self._own)
 
     async def start(self, request: EngineStartRequest, who: str) -> EngineInfo:
         """Place an engine and ask that agent to start it; returns the agent's answer.

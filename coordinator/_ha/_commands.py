@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import uuid
 from collections.abc import Callable
 
 import anyio
@@ -27,12 +26,11 @@ import msgspec
 
 from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
-from sage.unified.coordinator._commands import agent_error, is_own_address
-from sage.unified.coordinator._errors import ConflictError, CoordinatorError, UrlPolicyError
+from sage.unified.coordinator._commands import agent_error, registration
+from sage.unified.coordinator._errors import ConflictError, CoordinatorError
 from sage.unified.coordinator._etcd import Compare, DeleteOp, EtcdClient, PutOp
 from sage.unified.coordinator._ha._mirror import StateMirror, StoreHealth
 from sage.unified.coordinator._ha._records import KeySpace, StartError, StartIntent
-from sage.unified.coordinator._netcheck import parse_engine_url
 from sage.unified.coordinator._placement import Candidate, place
 from sage.unified.coordinator._registry import Registry
 from sage.unified.coordinator._settings import CoordinatorSettings
@@ -154,32 +152,11 @@ class EtcdEngineCommands:
         target = request.id or request.url
         try:
             self._health.require()
-            parsed = parse_engine_url(request.url)
-            if is_own_address(parsed.host, parsed.port, (self._settings.host, self._settings.port)):
-                raise UrlPolicyError(
-                    f"engine url {parsed.url!r} is this gateway (or control plane) itself: "
-                    "every request would loop back here",
-                    param="url",
-                )
-            await self._addresses.check(parsed.host, parsed.port)
-            engine_id = request.id or f"reg-{uuid.uuid4().hex[:12]}"
-            if self._registry.has_engine(engine_id):
-                raise ConflictError(
-                    f"engine id {engine_id!r} already exists", code="engine_exists", param="id"
-                )
-            now = self._clock.time()
-            info = EngineInfo(
-                id=engine_id,
-                model=request.model,
-                kind=request.kind,
-                host=parsed.host,
-                port=parsed.port,
-                url=parsed.url,
-                state=EngineState.STARTING,
-                reason="registered; waiting for a good health probe",
-                created_at=now,
-                state_changed_at=now,
+            own = (self._settings.host, self._settings.port)
+            info = await registration(
+                request, own, self._addresses, self._registry, self._clock.time()
             )
+            engine_id = info.id
             key = self._keys.registered(engine_id)
             with self._health.guard():
                 result = await self._etcd.txn(
@@ -194,7 +171,7 @@ class EtcdEngineCommands:
             await self._auditor.record(who, "engine.register", target, f"rejected: {exc.message}")
             raise
         await self._auditor.record(
-            who, "engine.register", engine_id, f"ok: {parsed.url} model {request.model}"
+            who, "engine.register", engine_id, f"ok: {info.url} model {request.model}"
         )
         return self._registry.engine(engine_id) if self._registry.has_engine(engine_id) else info
 
