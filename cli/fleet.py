@@ -13,6 +13,7 @@ from cyclopts import Parameter
 from sage.unified.cli._common import (
     AdminTokenOpt,
     GatewayUrlOpt,
+    VerboseOpt,
     admin_token,
     client_errors,
     gateway_url,
@@ -127,6 +128,7 @@ def apply(
     url: GatewayUrlOpt = None,
     token: AdminTokenOpt = None,
     json: bool = False,
+    verbose: VerboseOpt = False,
 ) -> int:
     """Apply the deployments of a fleet file (TOML, YAML or JSON): the control plane starts,
     replaces or removes replicas until what runs matches.
@@ -145,7 +147,7 @@ def apply(
     from sage.unified.cli._fleet_file import load_fleet_file
 
     fleet = load_fleet_file(file)
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         if dry_run:
             plan = client.plan_deployments(fleet.deployments)
@@ -168,7 +170,11 @@ def apply(
 
 
 def deployments(
-    *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None, json: bool = False
+    *,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
+    json: bool = False,
+    verbose: VerboseOpt = False,
 ) -> int:
     """List the deployments: desired against ready replicas, revision, rollout, why they wait.
 
@@ -177,7 +183,7 @@ def deployments(
     json
         Print JSON for scripts.
     """
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         found = client.deployments()
     if json:
@@ -217,7 +223,13 @@ def deployments(
     return 0
 
 
-def delete(name: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
+def delete(
+    name: str,
+    *,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
+    verbose: VerboseOpt = False,
+) -> int:
     """Delete a deployment: its replicas are drained, then it is forgotten.
 
     Parameters
@@ -225,7 +237,7 @@ def delete(name: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None)
     name
         The deployment (see `sage llm deployments`).
     """
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         deployment = client.delete_deployment(name)
     print(f"{name}: deleting; draining {len(deployment.status.replicas)} replica(s)")
@@ -240,6 +252,7 @@ def rollout_status(
     url: GatewayUrlOpt = None,
     token: AdminTokenOpt = None,
     json: bool = False,
+    verbose: VerboseOpt = False,
 ) -> int:
     """Show a deployment's rollout: revision, replicas updated and ready, why it waits.
 
@@ -255,7 +268,7 @@ def rollout_status(
         Print JSON for scripts.
     """
     deadline = time.monotonic() + timeout
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         status = client.rollout_status(name)
         while wait and status.rollout.state.value == "progressing":
@@ -310,6 +323,7 @@ def rollout_undo(
     to_revision: int | None = None,
     url: GatewayUrlOpt = None,
     token: AdminTokenOpt = None,
+    verbose: VerboseOpt = False,
 ) -> int:
     """Roll a deployment back to an earlier revision's engine (as a new revision).
 
@@ -320,7 +334,7 @@ def rollout_undo(
     to_revision
         The revision to go back to (default: the one before the current).
     """
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         deployment = client.rollout_undo(name, to_revision)
     print(

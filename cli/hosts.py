@@ -8,6 +8,7 @@ from typing import Any
 from sage.unified.cli._common import (
     AdminTokenOpt,
     GatewayUrlOpt,
+    VerboseOpt,
     client_errors,
     gateway_url,
     print_json,
@@ -18,7 +19,13 @@ from sage.unified.cli.fleet import management_client
 __all__ = ["cordon", "drain", "uncordon"]
 
 
-def cordon(host: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
+def cordon(
+    host: str,
+    *,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
+    verbose: VerboseOpt = False,
+) -> int:
     """Place no new engine on a host; what runs there keeps running.
 
     Parameters
@@ -26,14 +33,20 @@ def cordon(host: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None)
     host
         Agent id or host address (see `sage gateway status`).
     """
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         agent = client.cordon(host)
     print(f"{agent.agent_id} cordoned: no new engine is placed there ({agent.engines} running)")
     return 0
 
 
-def uncordon(host: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
+def uncordon(
+    host: str,
+    *,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
+    verbose: VerboseOpt = False,
+) -> int:
     """Let a cordoned or drained host take engines again.
 
     Parameters
@@ -41,7 +54,7 @@ def uncordon(host: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = Non
     host
         Agent id or host address.
     """
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         agent = client.uncordon(host)
     print(f"{agent.agent_id} uncordoned: it takes new engines again")
@@ -56,6 +69,7 @@ def drain(
     url: GatewayUrlOpt = None,
     token: AdminTokenOpt = None,
     json: bool = False,
+    verbose: VerboseOpt = False,
 ) -> int:
     """Cordon a host and empty it: deployment replicas move to other hosts with their
     rolling rules (a new one READY before an old one drains); other engines drain now.
@@ -71,7 +85,7 @@ def drain(
     json
         Print JSON for scripts.
     """
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         result = client.drain_host(host)
         if not json:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from cyclopts import Parameter
+from typing import Any
 
 from sage.unified.cli._common import (
+    AdminTokenOpt,
+    GatewayUrlOpt,
+    VerboseOpt,
     admin_token,
     client_errors,
     gateway_url,
@@ -15,11 +16,6 @@ from sage.unified.cli._common import (
 )
 
 __all__ = ["routing"]
-
-_UrlOpt = Annotated[
-    str | None, Parameter(help="Gateway URL (default SAGE_GATEWAY_URL or http://127.0.0.1:8000).")
-]
-_TokenOpt = Annotated[str | None, Parameter(help="Admin token (default SAGE_ADMIN_TOKEN).")]
 
 
 def _pct(value: float | None) -> str:
@@ -51,9 +47,10 @@ def routing(
     model: str | None = None,
     engine: str | None = None,
     decisions: int = 0,
-    url: _UrlOpt = None,
-    token: _TokenOpt = None,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
     json: bool = False,
+    verbose: VerboseOpt = False,
 ) -> int:
     """Show how well routing captures the prefix cache: per model and engine, the hit rate
     engines delivered, the share of available reuse the picks captured, and why engines
@@ -76,7 +73,7 @@ def routing(
     """
     from sage.unified.sdk.client import GatewayManagementClient
 
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with (
         client_errors(base),
         GatewayManagementClient(base, admin_token(token), timeout=30.0) as client,

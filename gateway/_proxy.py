@@ -161,9 +161,9 @@ class DataPlane:
         metrics.active_requests = lambda: self.active
 
     def endpoint(
-        self, kind: EngineKind, path: bytes
+        self, kind: EngineKind | None, path: bytes
     ) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-        """An ASGI callable proxying ``POST path`` to backends of ``kind``."""
+        """An ASGI callable proxying ``POST path`` to backends of ``kind`` (``None``: any)."""
 
         async def proxy(scope: Scope, receive: Receive, send: Send) -> None:
             await self.handle(scope, receive, send, kind, path)
@@ -171,7 +171,7 @@ class DataPlane:
         return proxy
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, kind: EngineKind, path: bytes
+        self, scope: Scope, receive: Receive, send: Send, kind: EngineKind | None, path: bytes
     ) -> None:
         if scope["method"] != "POST":
             await send_json(send, 405, _METHOD_NOT_ALLOWED, {"allow": "POST"})
@@ -200,7 +200,7 @@ class DataPlane:
             self.active -= 1
 
     async def _parse(
-        self, scope: Scope, receive: Receive, kind: EngineKind, path: bytes, started: float
+        self, scope: Scope, receive: Receive, kind: EngineKind | None, path: bytes, started: float
     ) -> ProxyRequest | None:
         """Check and read the request; ``None`` when the client left while sending it."""
         headers: list[tuple[bytes, bytes]] = scope["headers"]
@@ -288,7 +288,7 @@ class DataPlane:
         finally:
             await prepared.finish()
 
-    def _raise_unroutable(self, model: str, kind: EngineKind, path: bytes) -> None:
+    def _raise_unroutable(self, model: str, kind: EngineKind | None, path: bytes) -> None:
         may_come_back = model in self._unavailable_models() or self._settling()
         raise unroutable_error(
             self.state,

@@ -25,19 +25,19 @@ __all__ = ["gave_up_error", "gave_up_status", "model_not_found", "unroutable_err
 def unroutable_error(
     state: RoutingState,
     model: str,
-    kind: EngineKind,
+    kind: EngineKind | None,
     path: bytes,
     *,
     may_come_back: bool,
     retry_after_s: int,
 ) -> GatewayError:
-    """The error for a request with no candidate backend.
+    """The error for a request with no candidate backend (of ``kind``; ``None``: any).
 
     ``may_come_back`` is true while the model is known but unavailable, or while the
     control plane settles after a restart (an unknown model may not be re-reported yet).
     """
     kinds = state.kinds_of(model)
-    if kinds and kind not in kinds:
+    if kind is not None and kinds and kind not in kinds:
         # Served, but not as this endpoint needs: a retry cannot help.
         serving = ", ".join(state.models(kind)) or "none"
         return BadRequestError(

@@ -75,7 +75,7 @@ class ProxyRequest:
     def __init__(
         self,
         model: str,
-        kind: EngineKind,
+        kind: EngineKind | None,
         path: bytes,
         body: bytes,
         forwarded: list[tuple[bytes, bytes]],

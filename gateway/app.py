@@ -65,16 +65,19 @@ from sage.unified.sdk.protocol.server import (
 
 __all__ = ["GatewayRuntime", "create_gateway_app", "fast_path"]
 
-_PROXIED: tuple[tuple[Endpoint[Any, Any], EngineKind], ...] = (
+# ``None``: any kind of engine serves the endpoint.
+_PROXIED: tuple[tuple[Endpoint[Any, Any], EngineKind | None], ...] = (
     (GatewayApi.CHAT, EngineKind.LLM),
     (GatewayApi.COMPLETIONS, EngineKind.LLM),
     (GatewayApi.EMBEDDINGS, EngineKind.EMBEDDING),
     # vLLM's other endpoints, by what serves them: generative models (vLLM's "generate"
     # runner, Whisper included) and pooling models (embedding, classification, scoring
     # and reranking models all run as vLLM's "pooling" runner, our "embedding" kind).
+    # vLLM attaches its tokenizer routes whatever the model's tasks (entrypoints/serve:
+    # register_vllm_serve_api_routers), so every kind of engine serves them.
     (GatewayApi.RESPONSES, EngineKind.LLM),
-    (GatewayApi.TOKENIZE, EngineKind.LLM),
-    (GatewayApi.DETOKENIZE, EngineKind.LLM),
+    (GatewayApi.TOKENIZE, None),
+    (GatewayApi.DETOKENIZE, None),
     (GatewayApi.TRANSCRIPTIONS, EngineKind.LLM),
     (GatewayApi.POOLING, EngineKind.EMBEDDING),
     (GatewayApi.CLASSIFY, EngineKind.EMBEDDING),
@@ -312,7 +315,7 @@ def create_gateway_app(
     settings = runtime.settings
     api_keys = settings.api_key_set()
 
-    def proxy_handler(endpoint: Endpoint[Any, Any], kind: EngineKind) -> Any:
+    def proxy_handler(endpoint: Endpoint[Any, Any], kind: EngineKind | None) -> Any:
         raw_path = endpoint.path.encode()
 
         async def handler(scope: Scope, receive: Receive, send: Send) -> None:

@@ -545,3 +545,55 @@ def test_vllm_endpoints_beyond_chat_are_routed_by_model(
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "model_not_found"
     assert "rr" in missing.json()["error"]["message"]
+
+
+def test_every_vllm_route_reaches_the_engine_of_its_model_and_cards_name_kinds(
+    start_simulator, start_gateway, models_ready
+) -> None:
+    chat = start_simulator("tiny", output_tokens=3)
+    embedder = start_simulator("emb", kind="embedding", embedding_dim=8)
+    # Embedded mode: the control plane knows each engine's kind from its registration.
+    gw = start_gateway(env={"SAGE_COORDINATOR_PROBE_INTERVAL_S": "0.5"})
+    for engine_id, model, kind, sim in (
+        ("chat-1", "tiny", "llm", chat),
+        ("emb-1", "emb", "embedding", embedder),
+    ):
+        registered = httpx.post(
+            f"{gw.url}/v1/management/engines/register",
+            json={"model": model, "url": sim.url, "kind": kind, "id": engine_id},
+            timeout=10,
+        )
+        assert registered.status_code == 201, registered.text
+    models_ready(gw.url, {"tiny", "emb"})
+
+    cards = {card["id"]: card for card in httpx.get(f"{gw.url}/v1/models").json()["data"]}
+    assert (cards["tiny"]["kinds"], cards["emb"]["kinds"]) == (["llm"], ["embedding"])
+    assert httpx.get(f"{gw.url}/v1/models/emb").json()["kinds"] == ["embedding"]
+
+    def served_by(path: str, body: dict[str, Any]) -> tuple[str, Any]:
+        response = httpx.post(f"{gw.url}{path}", json=body, timeout=10)
+        assert response.status_code == 200, (path, response.text)
+        return response.headers["x-sage-backend"], response.json()
+
+    engine, answer = served_by("/v1/responses", {"model": "tiny", "input": "hi"})
+    assert (engine, answer["object"], answer["status"]) == ("chat-1", "response", "completed")
+    for path in ("/score", "/v1/score"):
+        engine, scored = served_by(path, {"model": "emb", "text_1": "cat", "text_2": ["cat", "x"]})
+        assert engine == "emb-1"
+        assert scored["data"][0]["score"] == pytest.approx(1.0)  # cosine of equal vectors
+    engine, pooled = served_by("/pooling", {"model": "emb", "input": ["cat"]})
+    assert (engine, pooled["data"][0]["object"]) == ("emb-1", "pooling")
+    # vLLM serves its tokenizer routes for every model, pooling ones included.
+    for model, expected in (("tiny", "chat-1"), ("emb", "emb-1")):
+        engine, tokens = served_by("/tokenize", {"model": model, "prompt": "a b"})
+        assert (engine, tokens["count"]) == (expected, 2)
+        engine, text = served_by("/detokenize", {"model": model, "tokens": tokens["tokens"]})
+        assert (engine, text["prompt"]) == (expected, "a b")
+
+    # The other kind's routes are refused at once, naming what serves them.
+    for path, model, serving in (("/v1/responses", "emb", "tiny"), ("/pooling", "tiny", "emb")):
+        refused = httpx.post(f"{gw.url}{path}", json={"model": model, "input": "x"}, timeout=10)
+        assert refused.status_code == 400, (path, refused.text)
+        error = refused.json()["error"]
+        assert error["code"] == "model_wrong_kind"
+        assert f"models serving it: {serving}" in error["message"]
