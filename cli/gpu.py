@@ -83,7 +83,13 @@ def show(
     return 0
 
 
-def clear(target: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None) -> int:
+def clear(
+    target: str,
+    *,
+    url: GatewayUrlOpt = None,
+    token: AdminTokenOpt = None,
+    verbose: VerboseOpt = False,
+) -> int:
     """Lift a GPU's fault quarantine after you fixed it (reset, reboot or replacement);
     engines held back by it restart.
 
@@ -95,7 +101,7 @@ def clear(target: str, *, url: GatewayUrlOpt = None, token: AdminTokenOpt = None
     host, sep, index = target.rpartition(":")
     if not sep or not host or not (index.isascii() and index.isdigit()):
         raise UsageError(f"name the GPU as HOST:INDEX, e.g. gpu-01:3 (got {target!r})")
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         gpu = client.clear_gpu(host, int(index))
     state = "healthy" if gpu.healthy else f"still quarantined: {gpu.fault}"

@@ -15,6 +15,7 @@ from cyclopts import Parameter
 from sage.unified.cli._common import (
     AdminTokenOpt,
     GatewayUrlOpt,
+    VerboseOpt,
     client_errors,
     gateway_url,
     make_console,
@@ -113,6 +114,7 @@ def apply(
     rollback: bool = True,
     url: GatewayUrlOpt = None,
     token: AdminTokenOpt = None,
+    verbose: VerboseOpt = False,
 ) -> int:
     """Apply a preset's deployments: show the plan, ask, then apply them.
 
@@ -130,7 +132,7 @@ def apply(
         When one deployment fails to apply, put back those applied before it.
     """
     preset = _preset(name, file)
-    base = gateway_url(url)
+    base = gateway_url(url, verbose=verbose)
     with client_errors(base), management_client(base, token) as client:
         print_plan(client.plan_deployments(preset.deployments))
         if dry_run:

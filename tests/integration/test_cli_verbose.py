@@ -52,11 +52,16 @@ def test_fleet_host_and_routing_commands_say_which_gateway_and_why(
         ("agent", "cordon", "nope"),
         ("agent", "uncordon", "nope"),
         ("agent", "drain", "nope"),
+        ("llm", "gpu", "clear", "nope:0"),
     ):
         result = _sage(env, *args, "--verbose")
         assert result.returncode != 0, args
         assert result.stderr.startswith(chosen), (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+    preset = _sage(env, "llm", "preset", "apply", "simulated-demo", "--dry-run", "--verbose")
+    assert preset.returncode == 0, preset.stderr
+    assert preset.stderr.startswith(chosen), preset.stderr
 
     explicit = _sage(env, "llm", "deployments", "--url", gateway.url, "--verbose")
     assert f"gateway: {gateway.url} (from --url)" in explicit.stderr
