@@ -80,7 +80,10 @@ def refusal(body: dict[str, Any], chat: bool) -> str | None:
             return f"{name} (structured output cannot be continued as text)"
     if (body.get("n") or 1) != 1 or (body.get("best_of") or 1) != 1:
         return "n > 1"
-    if body.get("logprobs") or body.get("top_logprobs"):
+    # Completions' ``logprobs: 0`` still asks for the chosen token's log probability
+    # (falsy, but not absent); chat's ``logprobs: false`` asks for none.
+    logprobs = body.get("logprobs")
+    if (logprobs is not None and logprobs is not False) or body.get("top_logprobs"):
         return "log probabilities"
     if body.get("echo"):
         return "echo"

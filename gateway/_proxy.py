@@ -432,7 +432,8 @@ class DataPlane:
         """Continue a broken stream on a backend not in ``tried`` (see :data:`Resume`).
 
         Each continuation holds a retry-budget slot (and passes the retry throttle): a
-        fleet in trouble does not get a storm of continuations.
+        fleet in trouble does not get a storm of continuations. Each one that reached an
+        engine is a decision in the ledger (:meth:`RoutingLedger.record_continuation`).
         """
         if not self.throttle.allows_retry() or not self.retry_budget.has_room(self.active):
             return "no_budget"
@@ -444,6 +445,7 @@ class DataPlane:
         self.retry_budget.acquire()
         probe = self.state.acquire(backend)
         ticket = self.stalls.begin(backend) if self.stalls is not None else None
+        status = 502  # no answer, or a stream that broke too
         try:
             attempt = await send_attempt(
                 self.upstream,
@@ -455,14 +457,13 @@ class DataPlane:
                 ticket,
             )
             response = attempt.response
+            if attempt.failure is not None:
+                self._failed(backend)
             if attempt.client_left or watch.gone or response is None:
-                if attempt.failure is not None:
-                    self._failed(backend)
                 return "failed"
             try:
                 if attempt.failure is not None or attempt.payload is not None:
-                    if attempt.failure is not None:
-                        self._failed(backend)
+                    status = response.status
                     return "failed"  # refused, or answered in one piece (an error)
                 try:
                     await relay(response, ticket)
@@ -470,6 +471,7 @@ class DataPlane:
                     self._failed(backend)
                     return "broken"
                 self._succeeded(backend)
+                status = response.status
                 return "completed"
             finally:
                 response.close()
@@ -478,6 +480,9 @@ class DataPlane:
                 self.stalls.end(ticket)
             self.state.release(backend, probe)
             self.retry_budget.release()
+            if self.ledger is not None and request.routing is not None:
+                status = 499 if watch.gone else status
+                self.ledger.record_continuation(request.routing, backend.key, tried[-2], status)
 
     def _stalled(self, backend: BackendState) -> None:
         self.throttle.record_failure()

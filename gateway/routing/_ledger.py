@@ -14,6 +14,11 @@ keeps, in tokens:
 and the reason of the pick. Index units (bytes of prompt text) become tokens through the
 engine's own ``prompt_tokens`` for that request (or the policy's estimate without usage).
 
+A stream the gateway continued on another engine after its engine broke (see
+``gateway/_continuation.py``) adds one decision per continuation
+(:meth:`RoutingLedger.record_continuation`): the engine that continued it, the one it
+took over from (``continued_from``) and reason ``continuation``.
+
 Recent decisions sit in a bounded ring (the management API's
 ``/v1/management/routing/decisions``); cumulative sums per model and engine feed the
 Prometheus counters; :meth:`RoutingLedger.health` compares the three figures over the
@@ -31,7 +36,10 @@ from sage.unified.gateway.routing._policies import RoutingPolicy
 from sage.unified.gateway.routing._request import RoutingRequest
 from sage.unified.sdk.protocol import RoutingDecision
 
-__all__ = ["SIGNALS", "LedgerTotals", "ModelHealth", "RoutingLedger"]
+__all__ = ["CONTINUATION", "SIGNALS", "LedgerTotals", "ModelHealth", "RoutingLedger"]
+
+CONTINUATION = "continuation"
+"""The reason of a decision that continued a broken stream on another engine."""
 
 SIGNALS: dict[str, str] = {
     "capture_low": "the policy captured under half of the reuse the index saw available "
@@ -102,7 +110,8 @@ class ModelHealth:
 
 
 # One decision: at, request_id, model, engine_id, reason, attempts, status,
-# prompt_tokens, available_tokens, captured_tokens, delivered_tokens, ttft_s.
+# prompt_tokens, available_tokens, captured_tokens, delivered_tokens, ttft_s,
+# continued_from.
 Entry = tuple[
     float,
     bytes,
@@ -116,6 +125,7 @@ Entry = tuple[
     int | None,
     int | None,
     float | None,
+    str | None,
 ]
 
 
@@ -175,6 +185,7 @@ class RoutingLedger:
                 captured,
                 delivered,
                 request.ttft_s,
+                None,
             )
         )
         key = (request.model, engine_id)
@@ -191,6 +202,37 @@ class RoutingLedger:
             totals.prompt_tokens += usage[0]
             totals.delivered_tokens += usage[1]
         self.policy.finished(request)
+
+    def record_continuation(
+        self, request: RoutingRequest, engine_id: str, continued_from: str, status: int
+    ) -> None:
+        """``engine_id`` continued the stream of ``request`` that ``continued_from`` broke,
+        and ended with ``status`` (its own outcome: 502 if it broke too).
+
+        One pick, with no usage or cache figures (the continuation's prompt is the
+        original plus the partial answer); :meth:`health` leaves it out. The policy is
+        not told: it held nothing for the pick.
+        """
+        self._recent.append(
+            (
+                self._clock(),
+                request.request_id,
+                request.model,
+                engine_id,
+                CONTINUATION,
+                1,
+                status,
+                None,
+                None,
+                None,
+                None,
+                None,
+                continued_from,
+            )
+        )
+        totals = self._totals.setdefault((request.model, engine_id), LedgerTotals())
+        totals.requests += 1
+        totals.reasons[CONTINUATION] = totals.reasons.get(CONTINUATION, 0) + 1
 
     def decision_header(self, request: RoutingRequest, engine_id: str) -> bytes:
         """The value of ``X-Sage-Route-Decision`` for a pick (before the answer is known):
@@ -232,6 +274,7 @@ class RoutingLedger:
                     captured_tokens=entry[9],
                     delivered_tokens=entry[10],
                     ttft_s=entry[11],
+                    continued_from=entry[12],
                 )
             )
         return out
@@ -248,7 +291,7 @@ class RoutingLedger:
             health = by_model.get(entry[2])
             if health is None:
                 health = by_model[entry[2]] = ModelHealth()
-            if health.decisions >= self.window:
+            if health.decisions >= self.window or entry[12] is not None:
                 continue
             health.decisions += 1
             if entry[8] is not None:

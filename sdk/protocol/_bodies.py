@@ -131,7 +131,8 @@ class RoutingDecision(msgspec.Struct, kw_only=True):
     """The engine that answered (the last one tried; ``none`` if none was)."""
     policy: str
     reason: str
-    """``prefix``, ``load``, ``affinity``, ``fallback`` or ``round_robin``."""
+    """``prefix``, ``load``, ``affinity``, ``fallback``, ``round_robin``, or
+    ``continuation`` (this engine continued a stream another engine broke)."""
     attempts: int
     retried: bool
     status: int
@@ -140,6 +141,9 @@ class RoutingDecision(msgspec.Struct, kw_only=True):
     captured_tokens: int | None = None
     delivered_tokens: int | None = None
     ttft_s: float | None = None
+    continued_from: str | None = None
+    """Set on a continuation: the engine whose broken stream this engine continued (the
+    request's first decision names it; ``None`` on every other decision)."""
 
 
 class RoutingDecisions(msgspec.Struct, kw_only=True):

@@ -4,8 +4,8 @@ front of a simulated engine.
 
 Whatever a client sends, the gateway itself never fails with a 5xx: the only 5xx a
 client may see are 502/503/504 about the upstream, and every error is OpenAI-shaped
-JSON. Malformed JSON is 400, a body over the limit 413, broken framing is refused
-and the gateway keeps serving.
+JSON. Malformed JSON is 400 (so is JSON nested deeper than the gateway allows), a body
+over the limit 413, broken framing is refused and the gateway keeps serving.
 
 ``SAGE_FUZZ_EXAMPLES`` (default 25) bounds the examples per property.
 """
@@ -162,6 +162,31 @@ def _bodies_over_the_limit_are_413(gateway: str) -> None:
         run()
 
 
+def _deeply_nested_json_is_400(gateway: str) -> None:
+    # Issue 15.4: from about 985 levels (a 2 KB body) the body peek raised RecursionError
+    # and answered 500 with a traceback in the log.
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+
+        @FUZZ
+        @given(
+            path=st.sampled_from(PATHS),
+            field=st.sampled_from(["messages", "prompt", "input", "tools", "extra"]),
+            depth=st.sampled_from([65, 985, 2000]) | st.integers(65, 2000),
+        )
+        def run(path: str, field: str, depth: int) -> None:
+            nested = b"[" * depth + b"]" * depth
+            body = b'{"model": "tiny", "' + field.encode() + b'": ' + nested + b"}"
+            assert len(body) <= MAX_BODY  # a nesting error, not a size one
+            response = client.post(path, content=body, headers={"content-type": "application/json"})
+            assert response.status_code == 400, response.text[:300]
+            error = response.json()["error"]
+            assert {"message", "type", "param", "code"} <= set(error), response.text
+            assert "nest" in error["message"], error
+
+        run()
+        assert client.get("/health").status_code == 200
+
+
 def _raw_exchange(url: str, request: bytes) -> bytes:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -206,8 +231,9 @@ def _broken_framing_is_refused_and_the_gateway_keeps_serving(gateway: str) -> No
 
 
 def test_proxy_routes_answer_every_input_without_failing_themselves(gateway: str) -> None:
-    # One gateway for the four properties: starting one costs more than the examples.
+    # One gateway for the five properties: starting one costs more than the examples.
     _random_openai_shaped_bodies(gateway)
     _random_bytes_and_content_types(gateway)
     _bodies_over_the_limit_are_413(gateway)
+    _deeply_nested_json_is_400(gateway)
     _broken_framing_is_refused_and_the_gateway_keeps_serving(gateway)

@@ -61,6 +61,17 @@ def test_what_is_never_continued(extra: dict[str, Any], why: str) -> None:
     assert why in reason
 
 
+def test_completions_logprobs_zero_is_never_continued() -> None:
+    # ``logprobs: 0`` asks for the chosen token's log probability: falsy, but a request
+    # for log probabilities all the same (a continued stream would drop them).
+    completion = {"model": "m", "prompt": "once", "stream": True, "logprobs": 0}
+    reason = refusal(completion, chat=False)
+    assert reason is not None
+    assert "log probabilities" in reason
+    assert continuable(json.dumps(completion).encode(), b"/v1/completions") is None
+    assert refusal({**CHAT, "logprobs": False}, chat=True) is None
+
+
 def test_what_may_be_continued() -> None:
     assert refusal(CHAT, chat=True) is None
     assert refusal({**CHAT, "response_format": {"type": "text"}}, chat=True) is None

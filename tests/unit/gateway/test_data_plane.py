@@ -606,6 +606,37 @@ async def test_a_broken_stream_is_continued_on_another_engine() -> None:
     assert result.body.rstrip().endswith(b"data: [DONE]")
 
 
+async def test_each_continuation_is_a_decision_in_the_ledger() -> None:
+    first = FakeReply(
+        200, [sse("", role=True), sse("Once"), sse(" upon")], stream=True, break_after=2
+    )
+    second = FakeReply(
+        200, [sse("", role=True), sse(" a"), sse(" lost")], stream=True, break_after=2
+    )
+    third = FakeReply(
+        200, [sse("", role=True), sse(" time"), sse(finish=True), b"data: [DONE]\n\n"], stream=True
+    )
+    up = Recording({1: first, 2: second, 3: third})
+    dp = plane(up, 1, 2, 3, ledger=True)
+    dp.config.continuation_models = frozenset({"m"})
+    result = await Exchange().run(dp, STREAM_CHAT)
+    assert result.status == 200
+    assert b" time" in result.body
+    assert result.body.rstrip().endswith(b"data: [DONE]")
+    assert dp.ledger is not None
+    newest_first = [
+        (d.engine_id, d.reason, d.continued_from, d.status) for d in dp.ledger.decisions()
+    ]
+    assert newest_first == [
+        ("e1", "round_robin", None, 200),  # the request's own pick, as the client saw it
+        ("e3", "continuation", "e2", 200),
+        ("e2", "continuation", "e1", 502),  # broke too
+    ]
+    assert len({d.request_id for d in dp.ledger.decisions()}) == 1
+    totals = {engine: t.reasons for _, engine, t in dp.ledger.totals()}
+    assert totals["e3"] == {"continuation": 1}
+
+
 async def test_without_opt_in_a_broken_stream_ends_with_an_error_event() -> None:
     first = FakeReply(200, [sse("", role=True), sse("Once")], stream=True, break_after=1)
     up = Recording({1: first, 2: FakeReply(200, [sse(" time")], stream=True)})

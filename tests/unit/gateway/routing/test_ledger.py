@@ -104,6 +104,28 @@ def test_recording_tells_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert released == [True]
 
 
+def test_a_continuation_is_its_own_decision_and_no_health_sample() -> None:
+    book = ledger()
+    for _ in range(30):
+        r = request(available=3200, captured=3200)
+        # A continuation carries no usage: counted as a health sample it would raise
+        # usage_missing on a healthy fleet.
+        book.record_continuation(r, "e2", "e1", 200)
+        book.record(r, "e1", 200)
+    assert health(book) == []
+    assert book.health()["m"].decisions == 30
+    continued, original = book.decisions(limit=2)[::-1]
+    assert (continued.engine_id, continued.reason, continued.continued_from) == (
+        "e2",
+        "continuation",
+        "e1",
+    )
+    assert (continued.attempts, continued.retried, continued.delivered_tokens) == (1, False, None)
+    assert (original.engine_id, original.continued_from) == ("e1", None)
+    totals = {engine: t for _, engine, t in book.totals()}
+    assert (totals["e2"].requests, totals["e2"].reasons) == (30, {"continuation": 30})
+
+
 def health(book: RoutingLedger) -> list[str]:
     return book.health()["m"].signals
 
