@@ -25,7 +25,11 @@ from sage.unified.coordinator import (
     create_agents_router,
     create_management_router,
 )
-from sage.unified.gateway._errors import UnauthorizedError, exception_handlers
+from sage.unified.gateway._errors import (
+    NoBackendAvailableError,
+    UnauthorizedError,
+    exception_handlers,
+)
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy import DataPlane, ProxyConfig, Receive, Scope, Send
 from sage.unified.gateway._refusals import model_not_found
@@ -371,6 +375,15 @@ def _plain_handlers(runtime: GatewayRuntime, api_keys: TokenSet) -> list[Any]:
     def get_model(request: Request[Any, Any, Any], model: FromPath[str]) -> ModelCard:
         require_key(request)
         if model not in runtime.state.models():
+            if runtime.source.settling() or not runtime.is_ready():
+                # Before the first table (or while the control plane settles) a model may
+                # simply not be seen yet: 503 to retry, never a permanent 404.
+                raise NoBackendAvailableError(
+                    f"model '{model}' is not known yet (the gateway is starting); retry shortly",
+                    headers={
+                        "retry-after": str(runtime.data_plane.config.unavailable_retry_after_s)
+                    },
+                )
             raise model_not_found(model, runtime.state.models())
         return _card(runtime, model)
 

@@ -297,7 +297,13 @@ class GatewayApi:
         "models", "GET", "/v1/models", None, ModelList, summary="Models with a routable engine."
     )
     MODEL: Endpoint[None, ModelCard] = _gw(
-        "model", "GET", "/v1/models/{model}", None, ModelCard, summary="One served model."
+        "model",
+        "GET",
+        "/v1/models/{model}",
+        None,
+        ModelCard,
+        summary="One served model (503 with Retry-After before the first routing table).",
+        errors=(404, 503),
     )
     RESPONSES: Endpoint[OpenAIBody, OpenAIBody] = _gw(
         "responses",

@@ -81,6 +81,11 @@ async def test_before_the_first_table_requests_get_503_retry_after_never_404(
         assert answer.status_code == 503, answer.text
         assert answer.json()["error"]["code"] == "no_backend_available"
         assert int(answer.headers["retry-after"]) >= 1
+    # The model card too: a client checking a model before it chats must not be told it
+    # does not exist.
+    card = await client.get("/v1/models/never-served")
+    assert card.status_code == 503, card.text
+    assert int(card.headers["retry-after"]) >= 1
     ready = await client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["status"] == "starting"
@@ -93,3 +98,5 @@ async def test_before_the_first_table_requests_get_503_retry_after_never_404(
     unknown = await client.post("/v1/chat/completions", json={**CHAT, "model": "never-served"})
     assert unknown.status_code == 404
     assert unknown.json()["error"]["code"] == "model_not_found"
+    assert (await client.get("/v1/models/never-served")).status_code == 404
+    assert (await client.get("/v1/models/m")).status_code == 200
