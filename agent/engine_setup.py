@@ -18,6 +18,7 @@ from sage.unified.agent.restart_policy import RestartPolicy
 from sage.unified.agent.runtimes import build_launch_plan
 from sage.unified.agent.settings import AgentSettings
 from sage.unified.agent.supervisor import EngineSupervisor, ProcessHandle, SupervisorTiming
+from sage.unified.sdk.client import AsyncEngineClient
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.models import EngineSpec
 from sage.unified.sdk.states import EngineState
@@ -81,7 +82,8 @@ def build_supervisor(
 def _engine_probe(
     settings: AgentSettings, slot: EngineSlot, *, client: httpx.AsyncClient, clock: Clock
 ) -> HttpEngineProbe:
-    """The HTTP checks of the engine in ``slot``, on the paths its runtime serves."""
+    """The HTTP checks of the engine in ``slot`` (the paths of the protocol's ``EngineApi``,
+    which every runtime serves), on the agent's connection pool."""
     s = settings
     spec = slot.spec
     plan = build_launch_plan(
@@ -96,17 +98,10 @@ def _engine_probe(
         s.engine_bind_host if s.engine_bind_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     )
     probe_host = f"[{probe_host}]" if ":" in probe_host else probe_host
-    return HttpEngineProbe(
-        client,
-        f"http://{probe_host}:{slot.port}",
-        spec.name,
-        timeout_s=s.probe_timeout_s,
-        health_path=plan.health_path,
-        models_path=plan.models_path,
-        metrics_path=plan.metrics_path,
-        metrics_flavor=plan.metrics_flavor,
-        clock=clock,
+    engine = AsyncEngineClient(
+        f"http://{probe_host}:{slot.port}", http=client, timeout=s.probe_timeout_s
     )
+    return HttpEngineProbe(engine, spec.name, metrics_flavor=plan.metrics_flavor, clock=clock)
 
 
 def _restart_policy(settings: AgentSettings) -> RestartPolicy:

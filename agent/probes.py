@@ -1,4 +1,4 @@
-"""HTTP probes of one engine: readiness, health and load (httpx).
+"""HTTP probes of one engine: readiness, health and load, sent by the SDK's engine client.
 
 * readiness: ``/health`` answers 200 *and* ``/v1/models`` lists the served model
   name. vLLM answers ``/health`` only once the model is loaded, but a proxy or an
@@ -10,110 +10,79 @@
   (unknown), never an error, so a drain never mistakes a failed scrape for "idle".
 
 Probes never raise for a failed check; they return :class:`ProbeResult` with the
-cause (status code or error class) that ends up in the engine's ``reason``.
+cause (status code or why nothing answered) that ends up in the engine's ``reason``.
+Each request's phases (connect, write, read) are bounded by the probe timeout, or by
+the ``timeout_s`` a call gives; the whole round's deadline is the supervisor's.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-import httpx
 import msgspec
 
 from sage.unified.agent.liveness import ProbeResult
 from sage.unified.agent.telemetry import parse_engine_load
+from sage.unified.sdk.client import AsyncEngineClient, EngineAnswer
 from sage.unified.sdk.clock import Clock, SystemClock
 from sage.unified.sdk.models import EngineLoad
+from sage.unified.sdk.protocol import EngineApi, ModelList
 
 __all__ = ["HttpEngineProbe"]
 
-
-class _Model(msgspec.Struct):
-    id: str
+_MODELS = EngineApi.MODELS.path
 
 
-class _ModelList(msgspec.Struct):
-    data: list[_Model]
-
-
-def _error_detail(exc: Exception) -> str:
-    if isinstance(exc, httpx.TimeoutException):
-        return "timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused"
-    return type(exc).__name__
+def _why(answer: EngineAnswer) -> str:
+    return answer.failure or str(answer.status)
 
 
 class HttpEngineProbe:
-    """Probes of the engine at ``base_url`` through a shared ``client``.
+    """Probes of one engine through ``engine`` (whose timeout is the probe timeout).
 
-    The client is owned by the caller (one per agent, ``trust_env=False``); every
-    request carries ``timeout_s``.
+    The engine client shares the agent's connection pool (one per agent,
+    ``trust_env=False``, no redirects).
     """
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
-        base_url: str,
+        engine: AsyncEngineClient,
         served_model: str,
         *,
-        timeout_s: float = 3.0,
-        health_path: str = "/health",
-        models_path: str = "/v1/models",
-        metrics_path: str = "/metrics",
         metrics_flavor: Literal["vllm", "sglang"] = "vllm",
         clock: Clock | None = None,
     ) -> None:
-        self._client = client
-        self._base = base_url.rstrip("/")
+        self._engine = engine
         self._model = served_model
-        self._timeout = httpx.Timeout(timeout_s)
-        self._health = health_path
-        self._models = models_path
-        self._metrics = metrics_path
         self._flavor: Literal["vllm", "sglang"] = metrics_flavor
         self._clock = clock or SystemClock()
 
-    async def _get(self, path: str, timeout_s: float | None = None) -> httpx.Response:
-        timeout = self._timeout if timeout_s is None else httpx.Timeout(timeout_s)
-        return await self._client.get(self._base + path, timeout=timeout)
-
     async def health(self, timeout_s: float | None = None) -> ProbeResult:
-        try:
-            response = await self._get(self._health, timeout_s)
-        except httpx.HTTPError as exc:
-            timed_out = isinstance(exc, httpx.TimeoutException)
-            return ProbeResult(False, _error_detail(exc), timed_out=timed_out)
-        if response.status_code != 200:
-            return ProbeResult(False, str(response.status_code))
+        answer = await self._engine.read(EngineApi.HEALTH, timeout_s=timeout_s)
+        if answer.status != 200:
+            return ProbeResult(False, _why(answer), timed_out=answer.timed_out)
         return ProbeResult(True)
 
     async def readiness(self) -> ProbeResult:
         health = await self.health()
         if not health.ok:
             return ProbeResult(False, f"/health: {health.detail}")
+        answer = await self._engine.read(EngineApi.MODELS)
+        if answer.status != 200:
+            return ProbeResult(False, f"{_MODELS}: {_why(answer)}")
         try:
-            response = await self._get(self._models)
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, f"{self._models}: {_error_detail(exc)}")
-        if response.status_code != 200:
-            return ProbeResult(False, f"{self._models}: {response.status_code}")
-        try:
-            models = msgspec.json.decode(response.content, type=_ModelList)
+            models = msgspec.json.decode(answer.content, type=ModelList)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return ProbeResult(False, f"{self._models}: not an OpenAI model list")
+            return ProbeResult(False, f"{_MODELS}: not an OpenAI model list")
         if not any(m.id == self._model for m in models.data):
-            return ProbeResult(False, f"model {self._model!r} not listed by {self._models}")
+            return ProbeResult(False, f"model {self._model!r} not listed by {_MODELS}")
         return ProbeResult(True)
 
     async def load(self, timeout_s: float | None = None) -> EngineLoad | None:
-        try:
-            response = await self._get(self._metrics, timeout_s)
-        except httpx.HTTPError:
-            return None
-        if response.status_code != 200:
+        answer = await self._engine.read(EngineApi.METRICS, timeout_s=timeout_s)
+        if answer.status != 200:
             return None
         try:
-            return parse_engine_load(response.text, flavor=self._flavor, now=self._clock.time())
+            return parse_engine_load(answer.text, flavor=self._flavor, now=self._clock.time())
         except ValueError:
             return None

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
 from sage.unified.sdk.config import sage_home
@@ -145,34 +144,29 @@ def spawn(
 
 def wait_ready(
     record: DaemonRecord,
-    path: str,
+    not_ready_because: Callable[[], str | None],
     timeout_s: float,
     *,
     on_poll: Callable[[str], None] | None = None,
 ) -> str | None:
-    """Poll ``record.url + path`` until 200. Returns ``None`` when ready, else why not.
+    """Poll ``not_ready_because`` (``None``: ready, else why not) until the process is
+    ready. Returns ``None`` when ready, else why not.
 
     ``on_poll`` gets the latest status (``"not listening yet"``, ``"/readyz answered 503"``)
     after every poll, for a progress display.
     """
     deadline = time.monotonic() + timeout_s
     last = "not listening yet"
-    with httpx.Client(timeout=1.0, trust_env=False) as client:
-        while time.monotonic() < deadline:
-            if on_poll is not None:
-                on_poll(last)
-            if not _alive(record):
-                return "the process exited during start-up"
-            try:
-                response = client.get(record.url + path)
-                if response.status_code == 200:
-                    return None
-                last = f"{path} answered {response.status_code}"
-            except httpx.ConnectError:
-                last = "not listening yet"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}"
-            time.sleep(0.1)
+    while time.monotonic() < deadline:
+        if on_poll is not None:
+            on_poll(last)
+        if not _alive(record):
+            return "the process exited during start-up"
+        why = not_ready_because()
+        if why is None:
+            return None
+        last = why
+        time.sleep(0.1)
     return f"not ready after {timeout_s:.0f} s ({last})"
 
 

@@ -9,9 +9,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import httpx
 from cyclopts import Parameter
 
 from sage.unified.cli._common import (
@@ -35,6 +34,9 @@ from sage.unified.cli._daemon import (
 from sage.unified.cli._progress import WaitProgress
 from sage.unified.cli._store import StoreOptions
 from sage.unified.cli.errors import CliError, UsageError
+
+if TYPE_CHECKING:
+    from sage.unified.sdk.client import GatewayManagementClient
 
 __all__ = ["logs", "restart", "run", "start", "status", "stop"]
 
@@ -128,8 +130,29 @@ def _settings(given: dict[str, Any]) -> Any:
 
 def _await_ready(record: DaemonRecord, timeout_s: float) -> str | None:
     """Wait for ``/readyz``, showing what is awaited and for how long; why not, or None."""
-    with WaitProgress(f"waiting for the gateway at {record.url} to become ready") as progress:
-        return wait_ready(record, "/readyz", timeout_s, on_poll=progress.update)
+    from sage.unified.sdk.client import GatewayManagementClient
+
+    with (
+        WaitProgress(f"waiting for the gateway at {record.url} to become ready") as progress,
+        GatewayManagementClient(record.url, timeout=1.0, connect_timeout=1.0) as client,
+    ):
+        return wait_ready(
+            record, lambda: _not_ready_because(client), timeout_s, on_poll=progress.update
+        )
+
+
+def _not_ready_because(client: GatewayManagementClient) -> str | None:
+    """``None`` once the gateway's ``/readyz`` answers 2xx, else what it answered."""
+    from sage.unified.sdk.client import APIStatusError, GatewayUnreachableError, SageClientError
+
+    try:
+        return None if client.readyz() else "/readyz answered 503"
+    except GatewayUnreachableError as exc:
+        return "not listening yet" if exc.connect_failed else exc.reason
+    except APIStatusError as exc:
+        return f"/readyz answered {exc.status_code}"
+    except SageClientError as exc:
+        return str(exc)
 
 
 def start(options: GatewayOptions | None = None, *, timeout: float = 60.0) -> int:
@@ -262,21 +285,12 @@ def restart(*, timeout: float = 30.0) -> int:
 def _readiness(base: str) -> dict[str, Any]:
     """The gateway's ``/readyz`` body; a one-line error when nothing or something else
     answers there."""
-    try:
-        ready = httpx.get(f"{base}/readyz", timeout=3.0, trust_env=False)
-    except httpx.HTTPError:
-        raise UsageError(
-            f"The gateway is not running at {base} — start it with `sage gateway start`."
-        ) from None
-    try:
-        body = ready.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict) or "mode" not in body:
-        answer = (
-            f"HTTP {ready.status_code}, {ready.headers.get('content-type') or 'no content type'}"
-        )
-        raise UsageError(not_sage(base, "gateway", answer))
+    from sage.unified.sdk.client import GatewayManagementClient
+
+    with client_errors(base), GatewayManagementClient(base, timeout=3.0) as client:
+        _, body = client.readiness()
+    if "mode" not in body:
+        raise UsageError(not_sage(base, "gateway", "a /readyz body without a mode"))
     return body
 
 

@@ -72,11 +72,15 @@ def _probe(url: str) -> tuple[int | None, str]:
 
 
 def _gateway_answers(url: str) -> bool:
+    """Whether a SAGE gateway (ready or not) answers at ``url``."""
+    from sage.unified.sdk.client import GatewayManagementClient, SageClientError
+
     try:
-        body = httpx.get(f"{url}/readyz", timeout=2.0, trust_env=False).json()
-    except (httpx.HTTPError, ValueError):
+        with GatewayManagementClient(url, timeout=2.0, connect_timeout=2.0) as client:
+            _, body = client.readiness()
+    except SageClientError:
         return False
-    return isinstance(body, dict) and "mode" in body
+    return "mode" in body
 
 
 def _can_open_browser() -> bool:

@@ -13,8 +13,11 @@ back into an exception.
     WireError                 base; 500 server_error internal_error unless a subclass says
     ├── GatewayError          gateway (sage.unified.gateway._errors)
     ├── CoordinatorError      control plane (sage.unified.coordinator._errors)
-    ├── AgentError            agent (sage.unified.agent.errors)
-    └── RequestError          engine simulator (sage.unified.agent.simulator._errors)
+    └── AgentError            agent (sage.unified.agent.errors)
+
+The engine simulator's ``RequestError`` (``sage.unified.agent.simulator._errors``) uses the
+same field names but is deliberately not a ``WireError``: it answers vLLM's body, whose
+``code`` is the HTTP status and ``type`` the exception class name.
 
 Pure: no I/O, no framework.
 """

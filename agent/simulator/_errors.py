@@ -4,6 +4,11 @@ Every error a client can see is a :class:`RequestError`; the server turns it int
 an OpenAI/vLLM-shaped body ``{"error": {"message", "type", "param", "code"}}``
 with ``code`` equal to the HTTP status, as vLLM's ``create_error_response`` does.
 
+The fields are named as in :class:`sage.unified.sdk.errors.WireError` (``status``,
+``type``, ``param``), but :class:`RequestError` is not a ``WireError``: the simulator
+imitates vLLM, whose ``code`` is the HTTP status and ``type`` the exception class name,
+not SAGE's OpenAI-style ``code`` and ``type``.
+
 ::
 
     SimulatorError                   base of everything raised here
@@ -39,12 +44,12 @@ class RequestError(SimulatorError):
 
     Attributes:
         status: HTTP status code (also the body's ``code``).
-        err_type: the body's ``type`` (vLLM uses the exception class name).
+        type: the body's ``type`` (vLLM uses the exception class name).
         param: the offending request field, when there is one.
     """
 
-    status = 400
-    err_type = "BadRequestError"
+    status: int = 400
+    type: str = "BadRequestError"
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -56,39 +61,39 @@ class BadRequestError(RequestError):
     """Raised for unparsable JSON or invalid/missing request fields (400)."""
 
     status = 400
-    err_type = "BadRequestError"
+    type = "BadRequestError"
 
 
 class NotFoundError(RequestError):
     """Raised for an unknown path or a model this engine does not serve (404)."""
 
     status = 404
-    err_type = "NotFoundError"
+    type = "NotFoundError"
 
 
 class MethodNotAllowedError(RequestError):
     """Raised when a known path is called with the wrong method (405)."""
 
     status = 405
-    err_type = "MethodNotAllowedError"
+    type = "MethodNotAllowedError"
 
 
 class PayloadTooLargeError(RequestError):
     """Raised when a request body exceeds the size limit (413)."""
 
     status = 413
-    err_type = "PayloadTooLargeError"
+    type = "PayloadTooLargeError"
 
 
 class InternalServerError(RequestError):
     """Raised for injected failures and for requests aborted at shutdown (500)."""
 
     status = 500
-    err_type = "InternalServerError"
+    type = "InternalServerError"
 
 
 class ServiceUnavailableError(RequestError):
     """Raised for requests that arrive while the server shuts down (503)."""
 
     status = 503
-    err_type = "ServiceUnavailableError"
+    type = "ServiceUnavailableError"

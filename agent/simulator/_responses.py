@@ -49,19 +49,19 @@ class OutputFormat(Protocol):
         """SSE events after the last token, through the end of the stream."""
 
 
-def error_body(message: str, err_type: str, code: int, param: str | None = None) -> bytes:
+def error_body(message: str, type_: str, code: int, param: str | None = None) -> bytes:
     """vLLM's error body: ``{"error": {"message", "type", "param", "code"}}``."""
-    return _enc({"error": {"message": message, "type": err_type, "param": param, "code": code}})
+    return _enc({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
 def error_of(exc: RequestError) -> bytes:
     """The body for a :class:`RequestError`."""
-    return error_body(exc.message, exc.err_type, exc.status, exc.param)
+    return error_body(exc.message, exc.type, exc.status, exc.param)
 
 
-def error_event(message: str, err_type: str, code: int) -> bytes:
+def error_event(message: str, type_: str, code: int) -> bytes:
     """An in-band SSE error event, as vLLM ends a failed stream (no ``[DONE]`` follows)."""
-    return b"data: " + error_body(message, err_type, code) + b"\n\n"
+    return b"data: " + error_body(message, type_, code) + b"\n\n"
 
 
 def models_body(served_name: str, root: str, created: int, max_model_len: int) -> bytes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from sage.unified.sdk.client._async_client import AsyncUnifiedInferenceClient
 from sage.unified.sdk.client._async_stream import AsyncChatStream
 from sage.unified.sdk.client._config import ClientConfig
-from sage.unified.sdk.client._engine import AsyncEngineClient
+from sage.unified.sdk.client._engine import AsyncEngineClient, EngineAnswer
 from sage.unified.sdk.client._errors import (
     APIStatusError,
     AttemptRecord,
@@ -71,6 +71,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "EmbeddingResult",
+    "EngineAnswer",
     "ErrorTranslator",
     "GatewayManagementClient",
     "GatewayUnreachableError",

@@ -111,11 +111,22 @@ class GatewayUnreachableError(SageClientError):
     """Raised by the management and agent clients when ``url`` cannot be reached.
 
     ``str(error)`` is a single line fit for a CLI.
+
+    Attributes:
+        url: the URL that could not be reached.
+        reason: the transport error, in one line.
+        timed_out: nothing answered in time (a server that may be there, but hangs).
+        connect_failed: no connection could be opened (refused, unresolvable): the
+            request never reached a server.
     """
 
-    def __init__(self, url: str, reason: str) -> None:
+    def __init__(
+        self, url: str, reason: str, *, timed_out: bool = False, connect_failed: bool = False
+    ) -> None:
         self.url = url
         self.reason = reason
+        self.timed_out = timed_out
+        self.connect_failed = connect_failed
         super().__init__(f"cannot reach {url}: {reason}")
 
 

@@ -246,7 +246,14 @@ class _Base(Generic[HttpT]):
     def _unreachable(self, url: str, exc: Exception) -> GatewayUnreachableError:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        return GatewayUnreachableError(url, reason)
+        error = GatewayUnreachableError(
+            url,
+            reason,
+            timed_out=isinstance(exc, httpx.TimeoutException),
+            connect_failed=isinstance(exc, httpx.ConnectError),
+        )
+        error.__cause__ = exc  # raised later, outside the except block
+        return error
 
 
 class AsyncCaller(_Base[httpx.AsyncClient]):

@@ -20,8 +20,8 @@ import httpx
 import msgspec
 
 from sage.unified.sdk.client._discovery import DiscoveryPolicy
-from sage.unified.sdk.client._errors import PERMANENT_ERRORS, SageClientError
-from sage.unified.sdk.client._executor import AsyncCaller, ErrorTranslator, SyncCaller
+from sage.unified.sdk.client._errors import PERMANENT_ERRORS, InvalidResponseError, SageClientError
+from sage.unified.sdk.client._executor import AsyncCaller, ErrorTranslator, RawReply, SyncCaller
 from sage.unified.sdk.client._management_fleet import AsyncFleetMethods, SyncFleetMethods
 from sage.unified.sdk.models import (
     AgentReport,
@@ -40,6 +40,7 @@ from sage.unified.sdk.protocol import (
     AgentApi,
     AuditRecord,
     ControlPlaneApi,
+    GatewayApi,
     HostGpus,
     RoutingApi,
     RoutingDecision,
@@ -88,6 +89,13 @@ _STOP_EXTRA_S = 60.0
 def _health_dict(content: bytes) -> dict[str, Any]:
     value = msgspec.json.decode(content) if content else {}
     return value if isinstance(value, dict) else {}
+
+
+def _readiness(reply: RawReply) -> tuple[bool, dict[str, Any]]:
+    try:
+        return reply.status < 300, msgspec.json.decode(reply.content, type=dict[str, Any])
+    except msgspec.DecodeError as exc:  # ValidationError included
+        raise InvalidResponseError(f"{reply.url}: /readyz is not a JSON object") from exc
 
 
 _CLIENT_DOC = """
@@ -273,6 +281,11 @@ class GatewayManagementClient(SyncFleetMethods, _SyncClient):
         """``GET /readyz``: ``True`` when ready, ``False`` on 503."""
         return self._caller.send(_CP.READYZ, expect=_READY).status < 300
 
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """A gateway's ``GET /readyz``: ready (``False`` on 503), and its body (``mode``,
+        ``status``...); :class:`InvalidResponseError` if the body is not a JSON object."""
+        return _readiness(self._caller.send(GatewayApi.READYZ, expect=_READY))
+
 
 class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
     __doc__ = (
@@ -336,6 +349,9 @@ class AsyncGatewayManagementClient(AsyncFleetMethods, _AsyncClient):
 
     async def readyz(self) -> bool:
         return (await self._caller.send(_CP.READYZ, expect=_READY)).status < 300
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return _readiness(await self._caller.send(GatewayApi.READYZ, expect=_READY))
 
     async def watch_table(
         self,

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from sage.unified.agent.probes import HttpEngineProbe
+from sage.unified.sdk.client import AsyncEngineClient
 from sage.unified.sdk.clock import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -21,7 +22,8 @@ vllm:kv_cache_usage_perc{model_name="m"} 0.25
 
 def _probe(handler: Callable[[httpx.Request], httpx.Response]) -> HttpEngineProbe:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return HttpEngineProbe(client, "http://engine:8900/", "qwen", timeout_s=1.0, clock=FakeClock())
+    engine = AsyncEngineClient("http://engine:8900/", http=client, timeout=1.0)
+    return HttpEngineProbe(engine, "qwen", clock=FakeClock())
 
 
 def _engine(
@@ -91,3 +93,15 @@ async def test_no_answer_is_timed_out_and_an_error_status_is_not() -> None:
     assert seen[-1] == 0.4
     failing = await _probe(_engine(health=503)).health()
     assert (failing.ok, failing.timed_out) == (False, False)
+
+
+async def test_only_200_is_healthy_and_other_failures_are_named() -> None:
+    accepted = await _probe(lambda request: httpx.Response(204)).health()
+    assert (accepted.ok, accepted.detail) == (False, "204")
+
+    def cut(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected", request=request)
+
+    dropped = await _probe(cut).health()
+    assert (dropped.ok, dropped.detail, dropped.timed_out) == (False, "RemoteProtocolError", False)
+    assert (await _probe(cut).readiness()).detail == "/health: RemoteProtocolError"

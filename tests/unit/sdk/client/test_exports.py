@@ -25,7 +25,7 @@ def test_public_names() -> None:
         "UnifiedInferenceClient", "UnprocessableEntityError", "Usage", "is_testing", "set_testing",
         # The protocol's executors and what components share with them.
         "AsyncCaller", "SyncCaller", "RawReply", "ErrorTranslator", "AsyncEngineClient",
-        "async_http_pool", "sync_http_pool", "status_error",
+        "EngineAnswer", "async_http_pool", "sync_http_pool", "status_error",
     }  # fmt: skip
     for name in client_pkg.__all__:
         assert getattr(client_pkg, name) is not None

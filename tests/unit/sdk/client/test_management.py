@@ -16,6 +16,7 @@ from sage.unified.sdk.client import (
     GatewayManagementClient,
     GatewayUnreachableError,
     InvalidResponseError,
+    NotFoundError,
 )
 from sage.unified.sdk.models import (
     AgentSummary,
@@ -177,3 +178,33 @@ async def test_async_clients() -> None:
         assert (await c.engines())[0].id == "e1"
     async with AsyncAgentClient("http://agent:8200", transport=httpx.MockTransport(rec)) as a:
         assert await a.logs("e1") == ["line1", "line2"]
+
+
+@pytest.mark.anyio
+async def test_gateway_readiness_gives_the_body_ready_or_not() -> None:
+    body = {"mode": "embedded", "status": "starting", "backends": 0}
+    for status, ready in ((200, True), (503, False)):
+        rec = Recorder({("GET", "/readyz"): j(body, status)})
+        with GatewayManagementClient("http://gw:8000", transport=httpx.MockTransport(rec)) as c:
+            assert c.readiness() == (ready, body)
+        rec = Recorder({("GET", "/readyz"): j(body, status)})
+        async_client = AsyncGatewayManagementClient(
+            "http://gw:8000", transport=httpx.MockTransport(rec)
+        )
+        assert await async_client.readiness() == (ready, body)
+        await async_client.aclose()
+
+
+def test_gateway_readiness_of_something_else_is_an_error() -> None:
+    page = httpx.Response(200, text="<html>Welcome</html>")
+    transport = httpx.MockTransport(Recorder({("GET", "/readyz"): page}))
+    with (
+        GatewayManagementClient("http://gw:8000", transport=transport) as c,
+        pytest.raises(InvalidResponseError, match="not a JSON object"),
+    ):
+        c.readiness()
+    with (
+        GatewayManagementClient("http://gw:8000", transport=httpx.MockTransport(Recorder({}))) as c,
+        pytest.raises(NotFoundError),
+    ):
+        c.readiness()

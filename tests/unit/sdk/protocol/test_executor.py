@@ -105,3 +105,25 @@ async def test_translate_error_hook() -> None:
         await c.call(AgentApi.ENGINES)
     assert isinstance(info.value.__cause__, GatewayUnreachableError)
     await c.aclose()
+
+
+@pytest.mark.parametrize(
+    ("failure", "timed_out", "connect_failed"),
+    [
+        (httpx.ConnectError("refused"), False, True),
+        (httpx.ReadTimeout("no answer"), True, False),
+        (httpx.ConnectTimeout("no SYN-ACK"), True, False),
+        (httpx.RemoteProtocolError("cut"), False, False),
+    ],
+)
+def test_an_unreachable_url_says_whether_it_hung_or_refused(
+    failure: httpx.TransportError, timed_out: bool, connect_failed: bool
+) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise failure
+
+    c = SyncCaller("http://a:1", transport=httpx.MockTransport(fail))
+    with pytest.raises(GatewayUnreachableError) as info:
+        c.call(ControlPlaneApi.ENGINES)
+    assert (info.value.timed_out, info.value.connect_failed) == (timed_out, connect_failed)
+    assert info.value.__cause__ is failure
