@@ -53,9 +53,9 @@ ANSWER = json.dumps(
         "usage": {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15},
     }
 ).encode()
-CHUNKS = [
-    b'data: {"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n' for _ in range(16)
-] + [b"data: [DONE]\n\n"]
+CHUNKS = [b'data: {"choices":[{"index":0,"delta":{"content":"tok"}}]}\n\n' for _ in range(16)] + [
+    b"data: [DONE]\n\n"
+]
 
 
 class Reply:
@@ -85,6 +85,7 @@ class FixedTable:
     def __init__(self, backends: int) -> None:
         self.urls = [f"http://127.0.0.1:{18001 + i}" for i in range(backends)]
         self.status: dict[str, Any] = {"reachable": True, "last_update": None, "mode": "static"}
+        self.applied = asyncio.Event()
 
     def unavailable_models(self) -> frozenset[str]:
         return frozenset()
@@ -99,6 +100,7 @@ class FixedTable:
         ]
         state.update(RoutingTable(revision=1, backends=backends))
         self.status["last_update"] = time.time()
+        self.applied.set()
         await asyncio.Event().wait()
 
 
@@ -130,12 +132,12 @@ async def _per_request_us(backends: int, stream: bool) -> float:
         )
         app = create_gateway_app(settings)
         runtime = app.state.runtime
-        runtime.source = FixedTable(backends)
+        source = runtime.source = FixedTable(backends)
         serve = fast_path(app, runtime)
         async with app.lifespan():
             runtime.data_plane.upstream = InstantUpstream(stream)
-            while not runtime.is_ready():
-                await asyncio.sleep(0.01)
+            await asyncio.wait_for(source.applied.wait(), 10)
+            assert runtime.is_ready()
             body = json.dumps({**CHAT, "stream": stream}).encode()
             headers = [
                 (b"host", b"127.0.0.1:8000"),
