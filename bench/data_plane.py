@@ -28,7 +28,7 @@ import asyncio
 import json
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +164,7 @@ async def _per_request_us(backends: int, stream: bool) -> float:
             async def receive() -> dict[str, Any]:
                 return request
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: MutableMapping[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     statuses.append(message["status"])
 
