@@ -71,9 +71,6 @@ class LaunchPlan:
 
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
-    health_path: str = "/health"
-    models_path: str = "/v1/models"
-    metrics_path: str = "/metrics"
     metrics_flavor: Literal["vllm", "sglang"] = "vllm"
 
 
