@@ -56,7 +56,7 @@ unit: install
 chromium:
 	@if [ ! -x $(CHROMIUM) ]; then \
 		if [ "$$(id -u)" != 0 ]; then \
-			echo "tests/browser need Debian's chromium at $(CHROMIUM): run 'sudo apt-get install chromium' once, or make test as root"; \
+			echo "tests/browser need Debian's chromium at $(CHROMIUM): run 'sudo apt-get install chromium' once, or run make test-system as root"; \
 			exit 1; \
 		fi; \
 		echo "installing Debian's chromium for tests/browser (apt-get, log: /tmp/sage-chromium-install.log)"; \
