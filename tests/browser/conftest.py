@@ -1,10 +1,10 @@
 """Headless Chromium (Debian's ``chromium``) driven by Playwright, against real gateways.
 
-The browser comes from apt (``make test`` installs it; see the Makefile), never from
-``playwright install``. Each test gets a fresh profile. Every test fails if the page
-throws or logs a JavaScript error; "Failed to load resource" lines are the browser's
-own notes about HTTP error statuses, which the console handles and shows, so they are
-not errors of the page. Screenshots go to ``<tmp>/screenshots``; with
+The browser comes from apt (``make test-system`` or ``make chromium`` installs it; see the
+Makefile), never from ``playwright install``. Each test gets a fresh profile. Every test
+fails if the page throws or logs a JavaScript error; "Failed to load resource" lines are
+the browser's own notes about HTTP error statuses, which the console handles and shows,
+so they are not errors of the page. Screenshots go to ``<tmp>/screenshots``; with
 ``SAGE_UPDATE_SCREENSHOTS=1`` the ones docs/studio.md shows are also copied to
 ``docs/studio/``.
 """
@@ -48,8 +48,8 @@ FAST_AGENT = {
 def playwright() -> Iterator[Playwright]:
     if not CHROMIUM.exists():
         pytest.fail(
-            f"{CHROMIUM} is missing: run `make test` as root once (it installs Debian's "
-            "chromium), or `apt-get install chromium`",
+            f"{CHROMIUM} is missing: run `make chromium` (or `make test-system`) as root "
+            "once (it installs Debian's chromium), or `apt-get install chromium`",
             pytrace=False,
         )
     with sync_playwright() as p:

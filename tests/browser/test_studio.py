@@ -27,6 +27,13 @@ def _engines(url: str) -> list[dict[str, Any]]:
     return list(data["engines"])
 
 
+def _agents(url: str) -> list[dict[str, Any]]:
+    data: dict[str, Any] = httpx.get(
+        f"{url}/v1/management/agents", headers=ADMIN, timeout=10
+    ).json()
+    return list(data["agents"])
+
+
 def _start_engine_api(url: str, model: str, **simulator: Any) -> str:
     spec = {"model": model, "runtime": "simulated", "simulator": simulator}
     response = httpx.post(
@@ -88,6 +95,18 @@ def test_start_an_engine_chat_rename_delete_and_drain(
     stored = httpx.get(f"{url}/sessions/{sessions[0]['id']}", timeout=10).json()["messages"]
     assert stored[-1]["metadata"]["incomplete"] is True
 
+    # Clear the conversation: it stays, with no messages.
+    clear = item.get_by_role("button", name=re.compile("^Clear"))
+    clear.click()
+    expect(clear).to_have_text("Confirm clear")
+    clear.click()
+    expect(page.locator("#sessions-status")).to_contain_text("1 conversation(s), 0 message(s)")
+    expect(page.locator("#session-list li.session").first).to_contain_text("0 msg")
+    expect(page.locator("#chat-log .bubble")).to_have_count(0)
+    sessions = httpx.get(f"{url}/sessions", timeout=10).json()["sessions"]
+    assert len(sessions) == 1
+    assert httpx.get(f"{url}/sessions/{sessions[0]['id']}", timeout=10).json()["messages"] == []
+
     # Rename, then delete the conversation.
     item.get_by_role("button", name=re.compile("^Rename")).click()
     page.get_by_label("New title").fill("Gateway questions")
@@ -120,6 +139,66 @@ def test_start_an_engine_chat_rename_delete_and_drain(
     table = httpx.get(f"{url}/v1/management/backends", headers=ADMIN, timeout=10).json()
     assert "demo-chat" not in {b["model"] for b in table["backends"]}
     expect(row.locator("td.no")).to_have_text("no")
+
+
+def test_start_on_a_chosen_host_restart_and_stop(
+    studio_gateway, page: Page, login: Callable[..., None]
+) -> None:
+    url = studio_gateway.url
+    _open(page, url)
+    login(page)
+    expect(page.locator("#hosts article")).to_have_count(1)
+    (agent,) = _agents(url)
+
+    # Start on the host chosen in the form: the request names it, the engine runs there.
+    page.locator("#start-model").fill("hosted-chat")
+    page.get_by_label("Runtime").select_option("simulated")
+    page.get_by_label("Host", exact=True).select_option(agent["agent_id"])
+    with page.expect_request("**/v1/management/engines/start") as sent:
+        page.get_by_role("button", name="Start engine").click()
+    body: dict[str, Any] = json.loads(sent.value.post_data or "{}")
+    assert body["host"] == agent["agent_id"]
+    expect(page.locator("#activity li").first).to_contain_text("READY at", timeout=60_000)
+    (first,) = _engines(url)
+    assert first["agent_id"] == agent["agent_id"]
+    assert first["state"] == "READY"
+
+    # Restart (replaces the engine): the old one STOPPED, a new one READY on the same host.
+    row = page.locator(f'#engines-table tbody tr[data-engine="{first["id"]}"]')
+    restart = row.get_by_role("button", name=re.compile("^Restart"))
+    restart.click()
+    expect(restart).to_have_text("Confirm restart")
+    restart.click()
+    newest = page.locator("#activity li").first
+    expect(newest).to_contain_text("Restart: start hosted-chat")
+    expect(newest).to_contain_text("READY at", timeout=60_000)
+    expect(newest).to_have_attribute("data-status", "done")
+    expect(page.locator("#activity li").nth(1)).to_contain_text(f"Restart: stop {first['id']}")
+    expect(page.locator("#activity li").nth(1)).to_have_attribute("data-status", "done")
+    engines = {e["id"]: e for e in _engines(url)}
+    assert engines[first["id"]]["state"] == "STOPPED"
+    (second,) = [e for e in engines.values() if e["id"] != first["id"]]
+    assert second["state"] == "READY"
+    assert second["model"] == "hosted-chat"
+    assert second["agent_id"] == agent["agent_id"]
+    expect(row).to_have_attribute("data-state", "STOPPED")
+
+    # Stop the new engine (no drain): STOPPED, out of routing.
+    row = page.locator(f'#engines-table tbody tr[data-engine="{second["id"]}"]')
+    expect(row).to_have_attribute("data-state", "READY")
+    stop = row.get_by_role("button", name=re.compile("^Stop"))
+    stop.click()
+    expect(stop).to_have_text("Confirm stop")
+    stop.click()
+    newest = page.locator("#activity li").first
+    expect(newest).to_contain_text(f"Stop {second['id']}")
+    expect(newest).to_contain_text("STOPPED", timeout=60_000)
+    expect(newest).to_have_attribute("data-status", "done")
+    expect(row).to_have_attribute("data-state", "STOPPED")
+    expect(row.locator("td.no")).to_have_text("no")
+    assert {e["id"]: e["state"] for e in _engines(url)}[second["id"]] == "STOPPED"
+    table = httpx.get(f"{url}/v1/management/backends", headers=ADMIN, timeout=10).json()
+    assert table["backends"] == []
 
 
 def test_actions_and_the_fleet_are_refused_without_the_token(
@@ -205,6 +284,16 @@ def test_hosts_show_gpus_and_which_engine_holds_them(
                 utilization_percent=0,
                 temperature_c=35,
             ),
+            GpuInfo(
+                index=2,
+                name="NVIDIA H100 80GB HBM3",
+                memory_total_bytes=80 * gib,
+                memory_used_bytes=1 * gib,
+                utilization_percent=0,
+                temperature_c=41,
+                healthy=False,
+                fault="XID 79: GPU has fallen off the bus",
+            ),
         ],
     )
     answer = httpx.put(
@@ -214,17 +303,48 @@ def test_hosts_show_gpus_and_which_engine_holds_them(
         timeout=10,
     )
     assert answer.status_code == 200, answer.text
+    cordon = httpx.post(f"{url}/v1/management/agents/gpu-node-1/cordon", headers=ADMIN, timeout=10)
+    assert cordon.status_code == 200, cordon.text
     _start_engine_api(url, "demo-chat")
+    local = next(a for a in _agents(url) if a["agent_id"] != "gpu-node-1")
     _open(page, url)
     login(page)
-    card = page.locator("article", has_text="gpu-node-1")
+    card = page.get_by_role("article", name="Agent gpu-node-1")
     expect(card).to_contain_text("H100")
-    expect(card.locator("tbody tr").first).to_contain_text("71.0 GiB / 80.0 GiB")
-    expect(card.locator("tbody tr").first).to_contain_text("qwen-7b-a1b2")
-    expect(card.locator("tbody tr").nth(1)).to_contain_text("free")
+    expect(card.locator("h3")).to_contain_text("CORDONED")
+    expect(card).to_contain_text("Cordoned: no new engines are placed here")
+    expect(card.locator("dl.facts")).to_contain_text(re.compile(r"Version\s*0\.1\.0"))
+    expect(card.locator("dl.facts")).to_contain_text(re.compile(r"Last report\s*\d+(s|m \d+s) ago"))
+    held = card.locator("tbody tr").first
+    expect(held).to_contain_text("71.0 GiB / 80.0 GiB")
+    expect(held).to_contain_text("87 %")
+    expect(held).to_contain_text("64 °C")
+    expect(held).to_contain_text("qwen-7b-a1b2")
+    free = card.locator("tbody tr").nth(1)
+    expect(free).to_contain_text("35 °C")
+    expect(free.locator("td").last).to_have_text("free")
+    expect(free).not_to_contain_text("QUARANTINED")
+    # A quarantined GPU is never shown as free, and says why.
+    faulty = card.locator("tbody tr").nth(2)
+    expect(faulty.locator(".badge")).to_have_text("QUARANTINED")
+    expect(faulty).to_contain_text("Fault: XID 79: GPU has fallen off the bus")
+    expect(faulty.locator("td").last).to_have_text("none (quarantined)")
+    # The local agent: its lease counts down while it reports, with its version.
+    live = page.get_by_role("article", name=f"Agent {local['agent_id']}")
+    expect(live.locator("h3")).to_contain_text(re.compile(r"lease \d+s"))
+    expect(live.locator("h3")).not_to_contain_text("CORDONED")
+    expect(live.locator("dl.facts")).to_contain_text(f"Version{local['version']}")
     expect(page.locator("#engines-table")).to_contain_text("loading weights")
     expect(page.locator("#engines-table tbody tr", has_text="demo-chat")).to_contain_text("READY")
     shoot(page, "fleet", docs=True, full_page=True)
+
+    # Draining the local host: its card says so.
+    drained = httpx.post(
+        f"{url}/v1/management/agents/{local['agent_id']}/drain", headers=ADMIN, timeout=30
+    )
+    assert drained.status_code == 200, drained.text
+    expect(live.locator("h3")).to_contain_text("DRAINING")
+    expect(live).to_contain_text("Draining: no new engines are placed here")
 
 
 def test_an_unreachable_gateway_is_said_clearly(

@@ -194,9 +194,10 @@ def test_sessions_survive_a_gateway_restart(start_simulator, start_gateway, mode
 
 
 def test_a_session_stays_on_one_engine(start_simulator, start_gateway, models_ready) -> None:
+    # The default policy (cache_aware) keeps a session on its engine: no --policy flag.
     sims = [start_simulator("tiny", output_tokens=2) for _ in range(3)]
     flags = [arg for sim in sims for arg in ("--backend", sim.url)]
-    gw = start_gateway(*flags, "--policy", "session")
+    gw = start_gateway(*flags)
     models_ready(gw.url, {"tiny"})
     for name in ("conv-a", "conv-b"):
         backends = {_chat(gw.url, name, f"turn {i}").headers["x-sage-backend"] for i in range(5)}

@@ -36,22 +36,52 @@ function gpuRow(agent, gpu) {
           ` ${fmtBytes(used)} / ${fmtBytes(total)}`,
         );
   const held = holders(agent.agent_id, gpu.index);
+  // Older agents omit `healthy`: only an explicit false is a quarantine.
+  const quarantined = gpu.healthy === false;
+  const fault = gpu.fault || "fault";
+  const holder = held.length ? held.join(", ") : quarantined ? "none (quarantined)" : "free";
   return h(
     "tr",
-    {},
-    h("td", { text: String(gpu.index) }),
+    { class: quarantined ? "quarantined" : null, "data-gpu": String(gpu.index) },
+    h(
+      "td",
+      {},
+      String(gpu.index),
+      quarantined
+        ? [" ", h("span", { class: "badge bad", text: "QUARANTINED", title: `quarantined: ${fault}` })]
+        : null,
+      quarantined ? h("div", { class: "reason small", text: `Fault: ${fault}. Cleared with sage llm gpu clear.` }) : null,
+    ),
     h("td", { text: gpu.name || "–" }),
     h("td", {}, meter),
     h("td", { text: gpu.utilization_percent == null ? "–" : `${fmtNumber(gpu.utilization_percent, 0)} %` }),
     h("td", { text: gpu.temperature_c == null ? "–" : `${fmtNumber(gpu.temperature_c, 0)} °C` }),
-    h("td", { text: held.length ? held.join(", ") : "free" }),
+    h("td", { text: holder }),
   );
+}
+
+// A draining host is cordoned too: one badge says the stronger of the two.
+function cordonBadge(agent) {
+  if (agent.draining) {
+    return {
+      badge: h("span", { class: "badge busy", text: "DRAINING" }),
+      note: "Draining: no new engines are placed here, and its engines are being moved off or drained (sage agent uncordon ends it).",
+    };
+  }
+  if (agent.cordoned) {
+    return {
+      badge: h("span", { class: "badge busy", text: "CORDONED" }),
+      note: "Cordoned: no new engines are placed here; running engines keep serving (sage agent uncordon ends it).",
+    };
+  }
+  return null;
 }
 
 function agentCard(agent) {
   const lease = agent.lost
     ? h("span", { class: "badge bad", text: "LOST" })
     : h("span", { class: "badge ok", text: `lease ${fmtNumber(agent.lease_expires_in_s, 0)}s` });
+  const cordon = cordonBadge(agent);
   const metrics = agent.host_metrics || {};
   const facts = h(
     "dl",
@@ -86,7 +116,8 @@ function agentCard(agent) {
   return h(
     "article",
     { class: "card", "aria-label": `Agent ${agent.agent_id}` },
-    h("h3", {}, agent.agent_id, " ", lease),
+    h("h3", {}, agent.agent_id, " ", lease, cordon ? [" ", cordon.badge] : null),
+    cordon ? h("p", { class: "notice small", text: cordon.note }) : null,
     facts,
     gpuTable,
   );
