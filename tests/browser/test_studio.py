@@ -100,6 +100,8 @@ def test_start_an_engine_chat_rename_delete_and_drain(
     clear.click()
     expect(clear).to_have_text("Confirm clear")
     clear.click()
+    # What the action did stays in view after the list refreshes.
+    expect(page.locator("#sessions-status")).to_contain_text("Cleared")
     expect(page.locator("#sessions-status")).to_contain_text("1 conversation(s), 0 message(s)")
     expect(page.locator("#session-list li.session").first).to_contain_text("0 msg")
     expect(page.locator("#chat-log .bubble")).to_have_count(0)

@@ -39,15 +39,18 @@ async function refreshModels() {
 
 // ---- sessions ----
 
-async function refreshSessions() {
+// `note` (what an action just did, or why it failed) stays in front of the counts: the
+// refresh after an action must not wipe its outcome.
+async function refreshSessions(note = "", kind = "muted") {
   try {
     const data = await json("/sessions", { auth: "key" });
     sessions = data.sessions;
     renderSessions();
     const stats = data.stats;
-    status(`${stats.total_sessions} conversation(s), ${stats.total_messages} message(s)`);
+    const counts = `${stats.total_sessions} conversation(s), ${stats.total_messages} message(s)`;
+    status(note ? `${note} ${counts}` : counts, kind);
   } catch (error) {
-    status(`Conversations could not be listed: ${error.message}`, "error");
+    status(`${note} Conversations could not be listed: ${error.message}`.trim(), "error");
   }
 }
 
@@ -66,13 +69,14 @@ function renameForm(session, item) {
           input.focus();
           return;
         }
+        let note = `Renamed to “${title}”.`;
+        let kind = "muted";
         try {
           await json(`/sessions/${encodeURIComponent(session.id)}/title`, { method: "PATCH", auth: "key", body: { title } });
-          status(`Renamed to “${title}”.`);
         } catch (error) {
-          status(`Rename failed: ${error.message}`, "error");
+          [note, kind] = [`Rename failed: ${error.message}.`, "error"];
         }
-        await refreshSessions();
+        await refreshSessions(note, kind);
         if (current === session.id) $("#chat-title").textContent = title;
       },
       onkeydown: (event) => {
@@ -90,20 +94,22 @@ function renameForm(session, item) {
 
 async function sessionAction(session, action) {
   const path = `/sessions/${encodeURIComponent(session.id)}`;
+  let note;
+  let kind = "muted";
   try {
     if (action === "clear") {
       await json(`${path}/clear`, { method: "POST", auth: "key" });
-      status(`Cleared “${session.title}”.`);
+      note = `Cleared “${session.title}”.`;
       if (current === session.id) await openSession(session.id);
     } else {
       await json(path, { method: "DELETE", auth: "key" });
-      status(`Deleted “${session.title}”.`);
+      note = `Deleted “${session.title}”.`;
       if (current === session.id) newConversation();
     }
   } catch (error) {
-    status(`${action === "clear" ? "Clear" : "Delete"} failed: ${error.message}`, "error");
+    [note, kind] = [`${action === "clear" ? "Clear" : "Delete"} failed: ${error.message}.`, "error"];
   }
-  await refreshSessions();
+  await refreshSessions(note, kind);
 }
 
 function sessionItem(session) {
