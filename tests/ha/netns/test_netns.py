@@ -3,7 +3,9 @@ faults cut and slow them, and nothing is left behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -138,6 +140,47 @@ def test_loss_drops_a_share_of_packets(two_hosts) -> None:  # type: ignore[no-un
     h1.degrade(loss=0.5)  # h1's datagrams; h2's echoes come back intact
     echoed = _probe(h1, h2, mode="udp", count=200)["echoed"]
     assert 30 < echoed < 170
+
+
+def _stand_in_tc(directory, monkeypatch, script: str):  # type: ignore[no-untyped-def]
+    """A `tc` first on PATH (also inside `ip netns exec`) that logs its namespace and
+    arguments to ``directory/tc.calls`` and then runs ``script``; returns the log's path."""
+    calls = directory / "tc.calls"
+    tc = directory / "bin" / "tc"
+    tc.parent.mkdir()
+    tc.write_text(f'#!/bin/sh\necho "$(ip netns identify): $*" >> {calls}\n{script}\n')
+    tc.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tc.parent}{os.pathsep}{os.environ['PATH']}")
+    return calls
+
+
+def test_a_kernel_without_netem_is_told_apart(netns_tools, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    calls = _stand_in_tc(
+        tmp_path, monkeypatch, 'echo "Error: Specified qdisc kind is unknown." >&2; exit 2'
+    )
+    assert not netns_tools.probe_support().netem
+    # Tried in a throw-away namespace, never on the machine's own loopback.
+    assert calls.read_text() == f"sgt-{os.getpid()}-probe: qdisc add dev lo root netem delay 1ms\n"
+
+
+def test_degrade_uses_tc_netem_where_the_kernel_has_it(netns_tools, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # The development VM's kernel has no sch_netem: a stand-in `tc` that takes netem shows
+    # the harness then asks tc for it (on the host's own link) and splices in no wire.py.
+    calls = _stand_in_tc(tmp_path, monkeypatch, "exit 0")
+    assert netns_tools.probe_support().netem
+    netns_tools.support = dataclasses.replace(netns_tools.support, netem=True)
+    network = netns_tools.new_network()
+    host = network.add_host("h1")
+    host.degrade(delay_s=0.1, loss=0.02)
+    switch_links = netns_tools.ip("-n", network.switch, "-o", "link", "show").stdout
+    host.restore()
+    namespace = f"{network.switch.removesuffix('switch')}h1"
+    assert calls.read_text().splitlines()[1:] == [
+        f"{namespace}: qdisc add dev eth0 root netem delay 100.000ms loss 2.000%",
+        f"{namespace}: qdisc del dev eth0 root",
+    ]
+    assert " w0@" not in switch_links  # no user-space cable
+    assert not list(network.log_dir.glob("wire-*.log"))
 
 
 def test_everything_is_removed_even_when_left_dirty(netns_tools) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,9 @@ Hosts (one network namespace each, see ``../conftest.py``)::
 The test process sends the load (the SDK's client with both gateway URLs) and reads the
 management API through the bridge. Leases are short so scenarios stay quick: agents'
 lease TTL 4 s (heartbeat 1 s), the leader's 3 s, etcd's election timeout 500 ms.
-``SAGE_HA_FULL=1`` runs the outage (60 s) and partition (30 s) scenarios at full length.
+``SAGE_HA_FULL=1`` runs the outage (60 s), partition (30 s) and latency (30 s) scenarios
+at full length; without it the outage and partition last 10 s and the latency scenario
+watches for three lease TTLs (12 s).
 
 Each scenario begins with :meth:`HaCluster.converge` (every process running, the network
 healed, both gateways holding the same table of the three engines) and leaves what it
@@ -36,6 +38,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from sage.unified.sdk.client import UnifiedInferenceClient
 
@@ -49,6 +52,9 @@ MODEL = "m"
 FULL = os.environ.get("SAGE_HA_FULL") == "1"
 OUTAGE_S = 60.0 if FULL else 10.0
 PARTITION_S = 30.0 if FULL else 10.0
+FLAP_WATCH_S = 30.0 if FULL else 3 * LEASE_TTL_S
+"""How long the latency scenario watches the tables: a flapping lease would show within
+one TTL, three give it room to show more than once."""
 ENGINES = {"host1": 2, "host2": 1}
 
 _FIGURES: list[dict[str, Any]] = []
@@ -203,6 +209,7 @@ class HaCluster:
     leader_ttl_s = LEADER_TTL_S
     outage_s = OUTAGE_S
     partition_s = PARTITION_S
+    flap_watch_s = FLAP_WATCH_S
     model = MODEL
     admin_token = ADMIN
 
@@ -345,6 +352,17 @@ class HaCluster:
                 if view(shown) != own:
                     return False
         return True
+
+    def metric(self, service: Service, name: str, **labels: str) -> float:
+        """The sum of the samples ``name`` (``..._total`` for a counter) in ``service``'s
+        ``/metrics`` whose labels include ``labels``; 0 when there is none."""
+        text = self.http.get(service.url + "/metrics", timeout=2).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
     def readyz(self, service: Service) -> dict[str, Any]:
         body: dict[str, Any] = self.http.get(service.url + "/readyz", timeout=2).json()

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -109,16 +110,37 @@ def test_killing_one_gateway_of_two_fails_no_request_of_a_client_given_both(ha: 
     assert errors == []
 
 
+@dataclass(frozen=True)
+class _Avoidance:
+    """What one gateway did about the killed engine, from its ``/metrics``."""
+
+    ejected: bool
+    """The engine is out of this gateway's rotation now (passive ejection)."""
+    ejections: float
+    """Times this gateway ejected it (a failed half-open probe ejects it again)."""
+    retries: float
+    """Requests this gateway retried on another engine (a failed attempt on the engine)."""
+
+
+def _avoidance(ha: Any, gateway: Any, engine_id: str) -> _Avoidance:
+    return _Avoidance(
+        ejected=ha.metric(gateway, "sage_gateway_backend_ejected", backend=engine_id) == 1,
+        ejections=ha.metric(gateway, "sage_gateway_ejections_total", backend=engine_id),
+        retries=ha.metric(gateway, "sage_gateway_retries_total", model=ha.model),
+    )
+
+
 def test_all_etcd_members_down_routing_goes_on_and_writes_get_503(ha: Any) -> None:
     engines = ha.engines()
     victim = next(e for e in engines.values() if e["agent_id"] == "host1")
+    gateways = list(ha.gateways.values())
     with ha.load() as load:
         load.wait_for_requests(30)
         for member in ha.members:
             member.kill()
         down = time.monotonic()
         degraded_s = ha.wait_for(
-            lambda: not any(ha.readyz(g)["control_plane_reachable"] for g in ha.gateways.values()),
+            lambda: not any(ha.readyz(g)["control_plane_reachable"] for g in gateways),
             15,
             "gateways degraded",
         )
@@ -128,23 +150,54 @@ def test_all_etcd_members_down_routing_goes_on_and_writes_get_503(ha: Any) -> No
             headers={"authorization": f"Bearer {ha.admin_token}"},
             timeout=10,
         )
-        os.kill(victim["pid"], signal.SIGKILL)  # an engine dies while etcd is down
-        while time.monotonic() - down < ha.outage_s:
-            assert all(ha.table(url) == ha.engine_ids for url in ha.gateway_urls)
-            time.sleep(0.5)
-        during = len(load.errors())
+        # An engine dies while etcd is down and stays dead until the outage ends. Its agent
+        # is frozen first (SIGSTOP to the agent's process group; each engine runs in its
+        # own): left running, it would restart the engine at the same address 2 s later and
+        # a half-open probe would find it healthy, which would prove nothing about
+        # avoidance. Frozen, it changes nothing else: its reports could not reach the
+        # store anyway.
+        agent = ha.agents["host1"]
+        agent.send(signal.SIGSTOP)
+        try:
+            os.kill(victim["pid"], signal.SIGKILL)
+            killed = time.monotonic()
+            ejected_s = ha.wait_for(
+                lambda: any(_avoidance(ha, g, victim["id"]).ejected for g in gateways),
+                15,
+                "the killed engine ejected",
+                poll=0.1,
+            )
+            time.sleep(1.0)  # requests already on their way to it when it was ejected end
+            at_ejection = [_avoidance(ha, g, victim["id"]) for g in gateways]
+            while time.monotonic() - down < ha.outage_s:
+                assert all(ha.table(url) == ha.engine_ids for url in ha.gateway_urls)
+                time.sleep(0.5)
+            at_end = [_avoidance(ha, g, victim["id"]) for g in gateways]
+            during = len(load.errors())
+        finally:
+            agent.send(signal.SIGCONT)
         back = time.monotonic()
         for member in ha.members:
             member.start()
         ha.wait_for(
-            lambda: all(ha.readyz(g)["control_plane_reachable"] for g in ha.gateways.values()),
+            lambda: all(ha.readyz(g)["control_plane_reachable"] for g in gateways),
             60,
             "gateways reaching etcd again",
         )
         ha.wait_tables(ha.engine_ids, 60)
         converged_s = time.monotonic() - back
+        # The agent, thawed, restarts the engine; the gateways learn it from the store.
+        ha.wait_for(ha.views_agree, 60, "gateways showing the restarted engine")
+        ha.wait_tables(ha.engine_ids, 60)
+        restarted_s = time.monotonic() - back
         load.wait_for_requests(30)
     errors = load.errors()
+    # Once a gateway ejected the engine, it sends it only half-open probes (one per
+    # ejection period), each failing and ejecting it again: every later attempt on it is
+    # one retry elsewhere, matched by one more ejection.
+    out = [(a, b) for a, b in zip(at_ejection, at_end, strict=True) if a.ejected]
+    attempts_after = sum(b.retries - a.retries for a, b in out)
+    probes = sum(b.ejections - a.ejections for a, b in out)
     ha.record(
         f"all etcd members down for {ha.outage_s:g} s",
         requests=load.sent,
@@ -152,12 +205,23 @@ def test_all_etcd_members_down_routing_goes_on_and_writes_get_503(ha: Any) -> No
         errors_during_outage=during,
         degraded_after_s=round(degraded_s, 2),
         write_status=refused.status_code,
+        killed_engine_ejected_after_s=round(ejected_s, 2),
+        gateways_ejecting=len(out),
+        attempts_on_it_after_ejection=int(attempts_after),
+        half_open_probes=int(probes),
+        still_ejected_at_end=all(b.ejected for _, b in out),
         converged_after_restart_s=round(converged_s, 2),
+        killed_engine_back_s=round(restarted_s, 2),
+        dead_during_outage_s=round(back - killed, 1),
     )
     assert errors == []
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "control_plane_unavailable"
     assert refused.headers["retry-after"]
+    assert out, "no gateway ejected the killed engine"
+    for before, after in out:
+        assert after.ejected  # still out of rotation when the outage ended
+        assert after.retries - before.retries <= after.ejections - before.ejections
     assert not any(a["lost"] for a in ha.agents_seen().values())
 
 
@@ -235,7 +299,7 @@ def test_200_ms_between_hosts_makes_nothing_flap(ha: Any) -> None:
             load.wait_for_requests(20, timeout=60)
             seen = {url: ha.table(url) for url in ha.gateway_urls}
             started = time.monotonic()
-            while time.monotonic() - started < 10:
+            while time.monotonic() - started < ha.flap_watch_s:
                 for url in ha.gateway_urls:
                     table = ha.table(url)
                     transitions += len(table ^ seen[url])
@@ -249,6 +313,9 @@ def test_200_ms_between_hosts_makes_nothing_flap(ha: Any) -> None:
         "200 ms between hosts",
         requests=load.sent,
         errors=len(errors),
+        delayed_by="tc netem" if ha.network.support.netem else "wire.py",
+        watched_s=ha.flap_watch_s,
+        lease_ttl_s=ha.lease_ttl_s,
         routing_transitions=transitions,
     )
     assert transitions == 0
