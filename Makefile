@@ -16,7 +16,7 @@ help:
 	@echo "make demo      start gateway + agent + simulated engines on loopback and send real requests"
 	@echo "make demo-stop stop what make demo started"
 	@echo "make test      ruff + mypy --strict + the pytest suite (asyncio and trio) but the system suites"
-	@echo "make test-system  the system suites: chaos, HA on etcd with emulated hosts, Studio in headless chromium"
+	@echo "make test-system  the system suites: chaos, HA scenarios on emulated hosts, Studio in headless chromium"
 	@echo "make test-ha   only the HA tests (etcd, emulated hosts), at full length"
 	@echo "make bench     run the benchmarks in bench/ (prints numbers)"
 	@echo "make fuzz      long schemathesis run against the gateway, coordinator and agent APIs"
@@ -79,9 +79,10 @@ ha-tools:
 	fi
 
 # `make test` stays under 12 minutes on 2 cores; the system suites (whole fleets under
-# faults, etcd clusters on emulated hosts, a real browser) are `make test-system`, which
-# CI (.ci/run) runs as well.
-SYSTEM_SUITES := tests/chaos tests/ha tests/browser
+# faults, HA scenarios on emulated hosts, a real browser) are `make test-system`, which
+# CI (.ci/run) runs as well. The HA tests against real etcd that need no emulated hosts
+# (about a minute) stay in `make test`.
+SYSTEM_SUITES := tests/chaos tests/ha/netns tests/browser
 
 test: lint typecheck
 	$(BIN)/pytest $(foreach suite,$(SYSTEM_SUITES),--ignore=$(suite)) $(PYTEST_ARGS)
@@ -91,7 +92,7 @@ test: lint typecheck
 test-system: install chromium ha-tools
 	SAGE_HA_FULL=1 $(BIN)/pytest $(SYSTEM_SUITES) $(PYTEST_ARGS)
 
-# Only the HA tests (etcd, emulated hosts), at full length.
+# Only the HA tests (etcd, and the scenarios on emulated hosts at full length).
 test-ha: install ha-tools
 	SAGE_HA_FULL=1 $(BIN)/pytest tests/ha $(PYTEST_ARGS)
 
