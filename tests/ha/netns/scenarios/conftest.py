@@ -142,8 +142,11 @@ class Outcome:
 class Load:
     """Chat requests through the SDK client given both gateway URLs, from a few threads."""
 
-    def __init__(self, urls: list[str], workers: int = 3, pause_s: float = 0.03) -> None:
+    def __init__(
+        self, urls: list[str], workers: int = 3, pause_s: float = 0.03, model: str = MODEL
+    ) -> None:
         self._urls = urls
+        self._model = model
         self._workers = workers
         self._pause_s = pause_s
         self._stop = threading.Event()
@@ -170,7 +173,7 @@ class Load:
             while not self._stop.is_set():
                 error = None
                 try:
-                    client.chat([{"role": "user", "content": "hello"}], model=MODEL)
+                    client.chat([{"role": "user", "content": "hello"}], model=self._model)
                 except Exception as exc:  # every failure is a client error to count
                     error = f"{type(exc).__name__}: {exc}"[:300]
                 with self._lock:
@@ -213,9 +216,10 @@ class HaCluster:
     model = MODEL
     admin_token = ADMIN
 
-    def load(self, workers: int = 3) -> Load:
-        """The SDK's client, given both gateway URLs, sending chat requests in threads."""
-        return Load(self.gateway_urls, workers)
+    def load(self, workers: int = 3, model: str = MODEL) -> Load:
+        """The SDK's client, given both gateway URLs, sending chat requests for ``model``
+        in threads."""
+        return Load(self.gateway_urls, workers, model=model)
 
     @staticmethod
     def record(scenario: str, **figures: Any) -> None:
