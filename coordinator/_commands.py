@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import httpx
 import msgspec
@@ -58,6 +58,52 @@ def is_own_address(host: str, port: int, own: tuple[str, int] | None) -> bool:
     return is_loopback_host(host) and (
         is_loopback_host(own_host) or own_host in ("0.0.0.0", "::", "")
     )
+
+
+def candidates(
+    registry: Registry, is_cordoned: Callable[[str], bool] = lambda _agent_id: False
+) -> list[Candidate]:
+    """Every live agent as placement sees it."""
+    return [
+        Candidate.of(summary, len(engines), cordoned=is_cordoned(summary.agent_id))
+        for summary, engines in registry.live_agents()
+    ]
+
+
+async def stop_engine(
+    request: EngineStopRequest,
+    who: str,
+    registry: Registry,
+    agent: Callable[[str], AsyncAgentClient],
+    unregister: Callable[[str], Awaitable[EngineInfo]],
+    auditor: Auditor,
+    check: Callable[[], None] = lambda: None,
+) -> EngineInfo:
+    """Drain or stop an agent's engine (through ``agent(url)``), or ``unregister`` an engine
+    no agent manages; audited either way. One rule for both control planes (``check``
+    raises first when the store cannot take the change).
+
+    Raises:
+        NotFoundError: unknown engine.
+        AgentUnreachableError, AgentRejectedError: the agent call failed.
+    """
+    try:
+        check()
+        owner = registry.agent_of(request.engine_id)
+        if owner is None:
+            info = await unregister(request.engine_id)
+        else:
+            client = agent(owner[1])
+            if request.drain:
+                info = await client.drain(request.engine_id, timeout_s=request.timeout_s)
+            else:
+                info = await client.stop(request.engine_id)
+    except CoordinatorError as exc:
+        await auditor.record(who, "engine.stop", request.engine_id, f"rejected: {exc.message}")
+        raise
+    action = "drain" if request.drain and owner is not None else "stop"
+    await auditor.record(who, f"engine.{action}", request.engine_id, f"ok: {info.state.value}")
+    return info
 
 
 async def registration(
@@ -244,21 +290,8 @@ class EngineCommands:
         """
         target = request.spec.name
         try:
-            candidates = [
-                Candidate(
-                    agent_id=summary.agent_id,
-                    host=summary.host,
-                    url=summary.url,
-                    lost=summary.lost,
-                    gpus=summary.gpus,
-                    engines=len(engines),
-                    gpu_error=summary.gpu_error,
-                    gpu_free_runtimes=summary.gpu_free_runtimes,
-                    cordoned=self._is_cordoned(summary.agent_id),
-                )
-                for summary, engines in self._registry.live_agents()
-            ]
-            chosen = place(request.spec, candidates, request.host)
+            known = candidates(self._registry, self._is_cordoned)
+            chosen = place(request.spec, known, request.host)
             info = await self.agent(chosen.url).start_engine(request.spec)
             if not self._registry.has_engine(info.id):
                 await self._starts.add(
@@ -279,26 +312,9 @@ class EngineCommands:
             NotFoundError: unknown engine.
             AgentUnreachableError, AgentRejectedError: the agent call failed.
         """
-        try:
-            owner = self._registry.agent_of(request.engine_id)
-            if owner is None:
-                info = await self._unregister(request.engine_id)
-            else:
-                agent = self.agent(owner[1])
-                if request.drain:
-                    info = await agent.drain(request.engine_id, timeout_s=request.timeout_s)
-                else:
-                    info = await agent.stop(request.engine_id)
-        except CoordinatorError as exc:
-            await self._auditor.record(
-                who, "engine.stop", request.engine_id, f"rejected: {exc.message}"
-            )
-            raise
-        action = "drain" if request.drain and owner is not None else "stop"
-        await self._auditor.record(
-            who, f"engine.{action}", request.engine_id, f"ok: {info.state.value}"
+        return await stop_engine(
+            request, who, self._registry, self.agent, self._unregister, self._auditor
         )
-        return info
 
     async def _unregister(self, engine_id: str) -> EngineInfo:
         current = self._registry.engine(engine_id)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import msgspec
 
 from sage.unified.coordinator._errors import PlacementError
-from sage.unified.sdk.models import EngineSpec, GpuInfo, Runtime
+from sage.unified.sdk.models import AgentSummary, EngineSpec, GpuInfo, Runtime
 
 __all__ = [
     "DEFAULT_GPU_MEMORY_UTILIZATION",
@@ -50,6 +50,21 @@ class Candidate:
     """Runtimes this agent runs without GPUs (besides ``simulated``)."""
     cordoned: bool = False
     """Takes no new engine (``sage agent cordon`` or ``drain``)."""
+
+    @classmethod
+    def of(cls, summary: AgentSummary, engines: int, *, cordoned: bool = False) -> Candidate:
+        """An agent's summary as placement sees it (``engines``: how many it runs)."""
+        return cls(
+            agent_id=summary.agent_id,
+            host=summary.host,
+            url=summary.url,
+            lost=summary.lost,
+            gpus=summary.gpus,
+            engines=engines,
+            gpu_error=summary.gpu_error,
+            gpu_free_runtimes=summary.gpu_free_runtimes,
+            cordoned=cordoned,
+        )
 
     def needs_gpu(self, runtime: Runtime) -> bool:
         return runtime is not Runtime.SIMULATED and runtime not in self.gpu_free_runtimes

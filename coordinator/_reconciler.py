@@ -171,17 +171,7 @@ class Reconciler:
         views = []
         for summary, engines in self._registry.live_agents():
             cordon = self._fleet.cordon_of(summary.agent_id)
-            candidate = Candidate(
-                agent_id=summary.agent_id,
-                host=summary.host,
-                url=summary.url,
-                lost=summary.lost,
-                gpus=summary.gpus,
-                engines=len(engines),
-                gpu_error=summary.gpu_error,
-                gpu_free_runtimes=summary.gpu_free_runtimes,
-                cordoned=cordon is not None,
-            )
+            candidate = Candidate.of(summary, len(engines), cordoned=cordon is not None)
             views.append(
                 HostView(
                     candidate=candidate,

@@ -26,12 +26,17 @@ import msgspec
 
 from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
-from sage.unified.coordinator._commands import agent_error, registration
+from sage.unified.coordinator._commands import (
+    agent_error,
+    candidates,
+    registration,
+    stop_engine,
+)
 from sage.unified.coordinator._errors import ConflictError, CoordinatorError
 from sage.unified.coordinator._etcd import Compare, DeleteOp, EtcdClient, PutOp
 from sage.unified.coordinator._ha._mirror import StateMirror, StoreHealth
 from sage.unified.coordinator._ha._records import KeySpace, StartError, StartIntent
-from sage.unified.coordinator._placement import Candidate, place
+from sage.unified.coordinator._placement import place
 from sage.unified.coordinator._registry import Registry
 from sage.unified.coordinator._settings import CoordinatorSettings
 from sage.unified.sdk.client import AsyncAgentClient
@@ -57,26 +62,6 @@ def new_engine_id(name: str) -> str:
     base = name.rsplit("/", 1)[-1] or name
     slug = re.sub(r"[^a-z0-9]+", "-", base.lower()).strip("-")[:48].strip("-") or "engine"
     return f"{slug}-{secrets.token_hex(3)}"
-
-
-def candidates(
-    registry: Registry, is_cordoned: Callable[[str], bool] = lambda _agent_id: False
-) -> list[Candidate]:
-    """Every agent as placement sees it."""
-    return [
-        Candidate(
-            agent_id=summary.agent_id,
-            host=summary.host,
-            url=summary.url,
-            lost=summary.lost,
-            gpus=summary.gpus,
-            engines=len(engines),
-            gpu_error=summary.gpu_error,
-            gpu_free_runtimes=summary.gpu_free_runtimes,
-            cordoned=is_cordoned(summary.agent_id),
-        )
-        for summary, engines in registry.live_agents()
-    ]
 
 
 def start_error(error: StartError) -> CoordinatorError:
@@ -242,27 +227,15 @@ class EtcdEngineCommands:
             NotFoundError, AgentUnreachableError, AgentRejectedError: as the local
                 coordinator.
         """
-        try:
-            self._health.require()
-            owner = self._registry.agent_of(request.engine_id)
-            if owner is None:
-                info = await self._unregister(request.engine_id)
-            else:
-                agent = self.agent(owner[1])
-                if request.drain:
-                    info = await agent.drain(request.engine_id, timeout_s=request.timeout_s)
-                else:
-                    info = await agent.stop(request.engine_id)
-        except CoordinatorError as exc:
-            await self._auditor.record(
-                who, "engine.stop", request.engine_id, f"rejected: {exc.message}"
-            )
-            raise
-        action = "drain" if request.drain and owner is not None else "stop"
-        await self._auditor.record(
-            who, f"engine.{action}", request.engine_id, f"ok: {info.state.value}"
+        return await stop_engine(
+            request,
+            who,
+            self._registry,
+            self.agent,
+            self._unregister,
+            self._auditor,
+            check=self._health.require,
         )
-        return info
 
     async def _unregister(self, engine_id: str) -> EngineInfo:
         current = self._registry.engine(engine_id)

@@ -22,13 +22,14 @@ import anyio
 import msgspec
 
 from sage.unified.coordinator._audit import Auditor
+from sage.unified.coordinator._commands import candidates
 from sage.unified.coordinator._errors import (
     AgentRejectedError,
     AgentUnreachableError,
     CoordinatorError,
 )
 from sage.unified.coordinator._etcd import Compare, DeleteOp, EtcdClient, EtcdError, PutOp
-from sage.unified.coordinator._ha._commands import EtcdEngineCommands, candidates
+from sage.unified.coordinator._ha._commands import EtcdEngineCommands
 from sage.unified.coordinator._ha._mirror import StateMirror
 from sage.unified.coordinator._ha._records import KeySpace, StartError, StartIntent
 from sage.unified.coordinator._placement import place
