@@ -10,13 +10,13 @@ PYTEST_ARGS ?=
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: help venv install ha-tools chromium test test-system test-ha lint typecheck unit demo demo-stop bench fuzz test-vllm clean
+.PHONY: help venv install ha-tools chromium prometheus test test-system test-ha lint typecheck unit demo demo-stop bench fuzz test-vllm clean
 
 help:
 	@echo "make demo      start gateway + agent + simulated engines on loopback and send real requests"
 	@echo "make demo-stop stop what make demo started"
 	@echo "make test      ruff + mypy --strict + the pytest suite (asyncio and trio) but the system suites"
-	@echo "make test-system  the system suites: chaos, HA scenarios on emulated hosts, Studio in headless chromium"
+	@echo "make test-system  the system suites: chaos, HA scenarios on emulated hosts, Studio in headless chromium, a real Prometheus scraping every component"
 	@echo "make test-ha   only the HA tests (etcd, emulated hosts), at full length"
 	@echo "make bench     run the benchmarks in bench/ (prints numbers)"
 	@echo "make fuzz      long schemathesis run against the gateway, coordinator and agent APIs"
@@ -78,18 +78,32 @@ ha-tools:
 		fi; \
 	fi
 
+# tests/scrape run Debian's prometheus (2.42 on Debian 12) against real components; each
+# test starts its own server on a free loopback port, so the package's service never matters.
+prometheus:
+	@if ! command -v prometheus >/dev/null 2>&1; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "tests/scrape need Debian's prometheus: run 'sudo apt-get install --no-install-recommends prometheus' once, or run make test-system as root"; \
+			exit 1; \
+		fi; \
+		echo "installing Debian's prometheus for tests/scrape (apt-get, log: /tmp/sage-prometheus-install.log)"; \
+		(apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			prometheus) > /tmp/sage-prometheus-install.log 2>&1 \
+			|| (tail -20 /tmp/sage-prometheus-install.log; exit 1); \
+	fi
+
 # `make test` stays under 12 minutes on 2 cores; the system suites (whole fleets under
-# faults, HA scenarios on emulated hosts, a real browser) are `make test-system`, which
-# CI (.ci/run) runs as well. The HA tests against real etcd that need no emulated hosts
-# (about a minute) stay in `make test`.
-SYSTEM_SUITES := tests/chaos tests/ha/netns tests/browser
+# faults, HA scenarios on emulated hosts, a real browser, a real Prometheus) are
+# `make test-system`, which CI (.ci/run) runs as well. The HA tests against real etcd
+# that need no emulated hosts (about a minute) stay in `make test`.
+SYSTEM_SUITES := tests/chaos tests/ha/netns tests/browser tests/scrape
 
 test: lint typecheck
 	$(BIN)/pytest $(foreach suite,$(SYSTEM_SUITES),--ignore=$(suite)) $(PYTEST_ARGS)
 
 # The HA scenarios run at full length here (an etcd outage of 60 s, a partition of 30 s);
 # SAGE_HA_FULL unset shortens both to 10 s for a quick `pytest tests/ha`.
-test-system: install chromium ha-tools
+test-system: install chromium ha-tools prometheus
 	SAGE_HA_FULL=1 $(BIN)/pytest $(SYSTEM_SUITES) $(PYTEST_ARGS)
 
 # Only the HA tests (etcd, and the scenarios on emulated hosts at full length).
