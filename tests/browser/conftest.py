@@ -24,6 +24,9 @@ from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwrigh
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "studio"
 ADMIN_TOKEN = "studio-admin-token"
+AGENT_TOKEN = "studio-agent-token"
+"""What a (fake) agent on another host sends with its reports: with an admin token set,
+reports to the gateway need the agent token too."""
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -122,7 +125,14 @@ def studio_gateway(start_gateway):  # type: ignore[no-untyped-def]
     # Engines get ports away from 8900-8999, which other suites on this machine use.
     low = random.randrange(30_000, 60_000, 100)
     ports = {"SAGE_AGENT_ENGINE_PORT_RANGE": f"{low}-{low + 99}"}
-    return start_gateway(env={"SAGE_ADMIN_TOKEN": ADMIN_TOKEN, **FAST_AGENT, **ports})
+    return start_gateway(
+        env={
+            "SAGE_ADMIN_TOKEN": ADMIN_TOKEN,
+            "SAGE_AGENT_TOKEN": AGENT_TOKEN,
+            **FAST_AGENT,
+            **ports,
+        }
+    )
 
 
 def enter_token(page: Page, token: str = ADMIN_TOKEN) -> None:

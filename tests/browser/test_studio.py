@@ -17,6 +17,7 @@ from playwright.sync_api import Page, expect
 from sage.unified.sdk.models import AgentReport, EngineInfo, EngineState, GpuInfo, Runtime
 
 ADMIN = {"authorization": "Bearer studio-admin-token"}
+AGENT = {"authorization": "Bearer studio-agent-token"}  # conftest.AGENT_TOKEN
 pytestmark = pytest.mark.slow
 
 
@@ -301,7 +302,7 @@ def test_hosts_show_gpus_and_which_engine_holds_them(
     answer = httpx.put(
         f"{url}/v1/agents/gpu-node-1",
         content=msgspec.json.encode(report),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **AGENT},
         timeout=10,
     )
     assert answer.status_code == 200, answer.text
