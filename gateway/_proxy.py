@@ -170,7 +170,15 @@ class DataPlane:
         try:
             request = await parse_request(scope, receive, self.config, kind, path, started)
             if request is not None:
-                await self._serve(send, receive, request)
+                sessions = self.sessions
+                if (
+                    sessions is None
+                    or request.path != _CHAT_PATH
+                    or not sessions.wants(request.body)  # a byte search: no coroutine per chat
+                ):
+                    await self._proxy(send, receive, request)
+                else:
+                    await self._serve_session(send, receive, request, sessions)
         except _ClientGone:
             pass  # recorded as 499 where it was noticed
         except GatewayError as exc:
@@ -188,17 +196,11 @@ class DataPlane:
         finally:
             self.active -= 1
 
-    async def _serve(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
-        """Proxy ``request``; a chat with a ``session_id`` goes through the session hook
-        (stored history prepended, the relayed answer stored)."""
-        sessions = self.sessions
-        if (
-            sessions is None
-            or request.path != _CHAT_PATH
-            or not sessions.wants(request.body)  # a byte search: no coroutine per chat
-        ):
-            await self._proxy(send, receive, request)
-            return
+    async def _serve_session(
+        self, send: Send, receive: Receive, request: ProxyRequest, sessions: SessionChat
+    ) -> None:
+        """Proxy a chat that may carry a ``session_id`` through the session hook (stored
+        history prepended, the relayed answer stored)."""
         prepared = await sessions.prepare(request.body, request.authorization)
         if prepared is None:
             await self._proxy(send, receive, request)
