@@ -160,7 +160,8 @@ async def send_attempt(
     (generation has no side effects). A client that leaves meanwhile ends the attempt;
     an engine found hung (``ticket.stalled``) fails it as ``STALLED``.
     """
-    task = watch.waiting = asyncio.current_task()
+    # The ticket was made in this task: it knows the task already.
+    task = watch.waiting = ticket.task if ticket is not None else asyncio.current_task()
     try:
         response = await upstream.request(b"POST", origin, path, headers, body)
     except asyncio.CancelledError:
@@ -188,10 +189,14 @@ async def send_attempt(
     # A non-streamed body is read in full before the client sees a byte, so an engine
     # dying mid-answer is still a retryable failure, not a broken response; one larger
     # than ``buffer_limit`` is relayed as it comes instead of held in memory.
+    parts: list[bytes] = []
+    size = 0
     try:
-        payload, prefix = await _read_up_to(response, buffer_limit)
-        if prefix is not None:
-            return Attempt(response, prefix=prefix)
+        async for chunk in response:  # inlined: one coroutine less per request
+            parts.append(chunk)
+            size += len(chunk)
+            if size > buffer_limit:
+                return Attempt(response, prefix=parts)
     except UpstreamError as exc:
         response.close()
         if watch.gone:  # our own close: the client left, the engine did nothing wrong
@@ -202,19 +207,7 @@ async def send_attempt(
         if _ours(task, ticket is not None and ticket.stalled):
             return _stalled()
         raise
-    return Attempt(response, payload=payload)
-
-
-async def _read_up_to(response: UpstreamReply, limit: int) -> tuple[bytes, list[bytes] | None]:
-    """The whole body, or (when it passes ``limit``) the chunks read so far."""
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in response:
-        parts.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"", parts
-    return (parts[0] if len(parts) == 1 else b"".join(parts)), None
+    return Attempt(response, payload=parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 def _stalled() -> Attempt:

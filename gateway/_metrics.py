@@ -4,17 +4,23 @@ Label values are bounded: ``model`` and ``backend`` come from the routing table 
 for a model the table does not know is answered before anything is recorded with a
 model label), ``status`` is an HTTP status class (``2xx`` … ``5xx``, ``4xx`` includes the
 499 of a client that left). Labelled children are cached so the hot path pays one dict lookup
-and one ``inc()`` per request.
+and one addition per request (:mod:`._metric_series`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sage.unified.gateway._metric_series import (
+    CounterSeries,
+    CountSeries,
+    HistogramSeries,
+    ObservedSeries,
+)
 from sage.unified.gateway.routing import SIGNALS, CacheAwarePolicy, RoutingLedger, RoutingState
 
 __all__ = ["GatewayMetrics"]
@@ -167,26 +173,27 @@ class GatewayMetrics:
 
     def __init__(self, state: RoutingState, source_status: dict[str, object]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._requests = Counter(
+        # Updated on every request: plain numbers, exported as prometheus_client would.
+        self._requests = CounterSeries(
             "sage_gateway_requests",
             "Proxied requests by model, backend and status class",
             ["model", "backend", "status"],
-            registry=self.registry,
         )
-        self._latency = Histogram(
+        self.registry.register(self._requests)
+        self._latency = HistogramSeries(
             "sage_gateway_request_duration_seconds",
             "Time from request to the last response byte",
             ["model"],
-            buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            _LATENCY_BUCKETS,
         )
-        self._ttft = Histogram(
+        self.registry.register(self._latency)
+        self._ttft = HistogramSeries(
             "sage_gateway_time_to_first_token_seconds",
             "Time from request to the first streamed chunk",
             ["model"],
-            buckets=_TTFT_BUCKETS,
-            registry=self.registry,
+            _TTFT_BUCKETS,
         )
+        self.registry.register(self._ttft)
         # Read at scrape time from the data plane's own counter (set by the data plane): a
         # gauge updated twice per request costs two lock round-trips on the hot path.
         self.active_requests: Callable[[], int] = lambda: 0
@@ -234,20 +241,21 @@ class GatewayMetrics:
                 lambda: self.connections_refused(),
             )
         )
-        self._request_children: dict[tuple[str, str, str], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
-        self._ttft_children: dict[str, Histogram] = {}
+        self._request_children: dict[tuple[str, str, int], CountSeries] = {}
+        self._latency_children: dict[str, ObservedSeries] = {}
+        self._ttft_children: dict[str, ObservedSeries] = {}
 
     def watch_ledger(self, ledger: RoutingLedger) -> None:
         """Export the cache-capture ledger (read at scrape time)."""
         self.registry.register(_LedgerCollector(ledger))
 
     def request_done(self, model: str, backend: str, status: int, seconds: float) -> None:
-        key = (model, backend, f"{status // 100}xx")
+        key = (model, backend, status // 100)
         child = self._request_children.get(key)
         if child is None:
-            child = self._request_children[key] = self._requests.labels(*key)
-        child.inc()
+            child = self._requests.labels(model, backend, f"{status // 100}xx")
+            self._request_children[key] = child
+        child.value += 1
         latency = self._latency_children.get(model)
         if latency is None:
             latency = self._latency_children[model] = self._latency.labels(model)

@@ -30,24 +30,19 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from sage.unified.gateway._asgi import Receive, Scope, Send, read_body, send_json
-from sage.unified.gateway._attempts import Attempt, ClientWatch, Origin, Upstream, send_attempt
-from sage.unified.gateway._continuation import continuable
+from sage.unified.gateway._asgi import Receive, Scope, Send, send_json
+from sage.unified.gateway._attempts import (
+    Attempt,
+    ClientWatch,
+    Origin,
+    Upstream,
+    send_attempt,
+)
 from sage.unified.gateway._errors import (
-    BadRequestError,
     GatewayError,
-    HeadersTooLargeError,
-    LoopDetectedError,
-    PayloadTooLargeError,
-    UnauthorizedError,
     error_bytes,
 )
-from sage.unified.gateway._headers import (
-    loop_detected,
-    new_request_id,
-    scan_request_headers,
-    upstream_headers,
-)
+from sage.unified.gateway._intake import parse_request
 from sage.unified.gateway._metrics import GatewayMetrics
 from sage.unified.gateway._proxy_config import ProxyConfig
 from sage.unified.gateway._refusals import gave_up_error, gave_up_status, unroutable_error
@@ -58,19 +53,15 @@ from sage.unified.gateway._upstream_api import UpstreamReply, parse_origin
 from sage.unified.gateway.routing import (
     BackendState,
     OutlierDetector,
-    PeekError,
     RetryBudget,
     RetryThrottle,
     RoutingLedger,
     RoutingPolicy,
     RoutingRequest,
     RoutingState,
-    peek_form,
-    peek_request,
 )
 from sage.unified.gateway.sessions import SessionChat
 from sage.unified.gateway.upstream import UpstreamError
-from sage.unified.sdk.auth import bearer_token
 from sage.unified.sdk.models import EngineKind
 
 __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send"]
@@ -78,8 +69,6 @@ __all__ = ["DataPlane", "ProxyConfig", "Receive", "Scope", "Send"]
 log = logging.getLogger("sage.unified.gateway")
 
 _CHAT_PATH = b"/v1/chat/completions"
-_FORM_PATH = b"/v1/audio/transcriptions"
-"""The one proxied route whose body is a form (multipart), not JSON."""
 _METHOD_NOT_ALLOWED = error_bytes("method not allowed; use POST", "invalid_request_error", 405)
 
 
@@ -179,9 +168,17 @@ class DataPlane:
         started = time.monotonic()
         self.active += 1
         try:
-            request = await self._parse(scope, receive, kind, path, started)
+            request = await parse_request(scope, receive, self.config, kind, path, started)
             if request is not None:
-                await self._serve(send, receive, request)
+                sessions = self.sessions
+                if (
+                    sessions is None
+                    or request.path != _CHAT_PATH
+                    or not sessions.wants(request.body)  # a byte search: no coroutine per chat
+                ):
+                    await self._proxy(send, receive, request)
+                else:
+                    await self._serve_session(send, receive, request, sessions)
         except _ClientGone:
             pass  # recorded as 499 where it was noticed
         except GatewayError as exc:
@@ -199,84 +196,11 @@ class DataPlane:
         finally:
             self.active -= 1
 
-    async def _parse(
-        self, scope: Scope, receive: Receive, kind: EngineKind | None, path: bytes, started: float
-    ) -> ProxyRequest | None:
-        """Check and read the request; ``None`` when the client left while sending it."""
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        info = scan_request_headers(headers)
-        config = self.config
-        if info.count > config.max_headers or info.size > config.max_header_bytes:
-            raise HeadersTooLargeError(
-                f"request headers exceed the limit ({config.max_headers} headers, {config.max_header_bytes} bytes)"
-            )
-        if config.api_keys:
-            presented = (
-                bearer_token(info.authorization.decode("latin-1")) if info.authorization else None
-            )
-            if not config.api_keys.verify(presented):
-                raise UnauthorizedError(
-                    "missing or invalid API key; send it as 'Authorization: Bearer <key>'"
-                )
-        if loop_detected(info):
-            raise LoopDetectedError(
-                "this request already passed this gateway (Via): an engine URL points back "
-                "at a gateway; fix the registration"
-            )
-        if info.content_length is not None and info.content_length > config.max_body_bytes:
-            raise PayloadTooLargeError(f"request body exceeds {config.max_body_bytes} bytes")
-        body = await read_body(receive, config.max_body_bytes)
-        if body is None:
-            return None
-        try:
-            peek = peek_form(body, info.content_type) if path == _FORM_PATH else peek_request(body)
-        except PeekError as exc:
-            raise BadRequestError(str(exc)) from None
-        model = peek.model
-        if not model:
-            raise BadRequestError("you must provide a model parameter", param="model")
-        request_id = info.request_id or new_request_id()
-        client = scope.get("client")
-        forwarded = upstream_headers(
-            headers,
-            info,
-            request_id=request_id,
-            client_host=client[0] if client else None,
-            scheme=scope.get("scheme", "http"),
-            engine_authorization=config.engine_authorization,
-        )
-        session_key = info.session_id.decode("latin-1") if info.session_id else peek.user
-        request = ProxyRequest(
-            model,
-            kind,
-            path,
-            body,
-            forwarded,
-            session_key,
-            request_id,
-            started,
-            info.authorization,
-            info.want_route,
-        )
-        if peek.stream and (info.continue_stream or self._continues(model)):
-            request.continuation = continuable(body, path)
-        return request
-
-    def _continues(self, model: str) -> bool:
-        models = self.config.continuation_models
-        return bool(models) and (model in models or "*" in models)
-
-    async def _serve(self, send: Send, receive: Receive, request: ProxyRequest) -> None:
-        """Proxy ``request``; a chat with a ``session_id`` goes through the session hook
-        (stored history prepended, the relayed answer stored)."""
-        sessions = self.sessions
-        if (
-            sessions is None
-            or request.path != _CHAT_PATH
-            or not sessions.wants(request.body)  # a byte search: no coroutine per chat
-        ):
-            await self._proxy(send, receive, request)
-            return
+    async def _serve_session(
+        self, send: Send, receive: Receive, request: ProxyRequest, sessions: SessionChat
+    ) -> None:
+        """Proxy a chat that may carry a ``session_id`` through the session hook (stored
+        history prepended, the relayed answer stored)."""
         prepared = await sessions.prepare(request.body, request.authorization)
         if prepared is None:
             await self._proxy(send, receive, request)

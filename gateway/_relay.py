@@ -25,7 +25,6 @@ from sage.unified.gateway.routing import (
     BackendState,
     RoutingLedger,
     RoutingRequest,
-    UsageSniffer,
     find_usage,
 )
 from sage.unified.gateway.upstream import UpstreamError
@@ -200,15 +199,9 @@ class Relay:
             transcript = StreamTranscript(request.kind_is_chat)
             if ticket is not None:
                 ticket.continuable = True
-        sniffer = UsageSniffer()
         try:
-            await self._pump(
-                send,
-                response,
-                request,
-                ticket,
-                transcript.feed if transcript else None,
-                sniff=sniffer.feed,
+            tail = await self._pump(
+                send, response, request, ticket, transcript.feed if transcript else None
             )
         except UpstreamError as exc:
             if watch.gone:
@@ -237,7 +230,7 @@ class Relay:
             self._done(request, backend, 502)
             return
         if request.routing is not None:
-            request.routing.usage = sniffer.usage()
+            request.routing.usage = find_usage(tail)
         if watch.gone:
             self._done(request, backend, 499)
             return
@@ -254,28 +247,30 @@ class Relay:
         shape: Callable[[bytes], bytes] | None = None,
         *,
         first: bool = True,
-        sniff: Callable[[bytes], None] | None = None,
-    ) -> None:
-        """Relay the stream's chunks (through ``shape`` when given, each seen by ``sniff``
-        for its usage); a hung engine (the stall monitor cancelled us) raises
-        :class:`EngineHung` like any broken stream."""
+    ) -> bytes:
+        """Relay the stream's chunks (through ``shape`` when given); the last three chunks
+        read, where the engine's usage is (see :class:`UsageSniffer`). A hung engine (the
+        stall monitor cancelled us) raises :class:`EngineHung` like any broken stream."""
+        # Per chunk, so inlined: the ticket's progress and the sniffer's window.
+        monotonic = time.monotonic
+        older = old = last = b""
         try:
             async for chunk in response:
                 if ticket is not None:
-                    ticket.progress()
+                    ticket.at = monotonic()
                 if first:
                     first = False
-                    ttft = time.monotonic() - request.started
+                    ttft = monotonic() - request.started
                     self.metrics.first_token(request.model, ttft)
                     if request.routing is not None:
                         request.routing.first_byte(ttft)
-                if sniff is not None:
-                    sniff(chunk)
+                older, old, last = old, last, chunk
                 if shape is not None:
                     chunk = shape(chunk)
                     if not chunk:
                         continue
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            return older + old + last
         except asyncio.CancelledError:
             task = asyncio.current_task()
             ours = ticket is not None and (ticket.stalled or ticket.handoff)

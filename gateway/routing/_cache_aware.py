@@ -185,9 +185,9 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
             keys, prompt = self._request_keys(request)
         slots = self._slots(candidates)
         unit = self._unit
-        matched = self.index.match(keys, slots) if keys else [0] * n
+        matched = self.index.match(keys, slots) if keys else None
         in_flight = [b.in_flight for b in candidates]
-        costs = self._costs(candidates, slots, matched, in_flight, prompt)
+        costs = self._costs(candidates, slots, matched, prompt)
         bound = math.ceil(self.load_factor * sum(in_flight) / n + 1)
         eligible: Sequence[int]
         if max(in_flight) <= bound:
@@ -214,8 +214,10 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         if session_key is not None:
             self._remember(session_key, backend.key)
         slot = slots[chosen]
-        captured = matched[chosen] * unit
-        available = max(matched) * unit
+        captured = available = 0
+        if matched is not None:
+            captured = matched[chosen] * unit
+            available = max(matched) * unit
         if not reason:
             if not keys:
                 reason = "fallback" if request is None or not prompt else "load"
@@ -272,21 +274,23 @@ class CacheAwarePolicy(RoutingPolicy, name="cache_aware"):
         self,
         candidates: Sequence[BackendState],
         slots: Sequence[EngineSlot],
-        matched: Sequence[int],
-        in_flight: Sequence[int],
+        matched: Sequence[int] | None,
         prompt: int,
     ) -> list[float]:
         unit = self._unit
         per_request = self.decode_weight * self._mean_prompt
-        costs = [
-            slot.pending + prompt - m * unit + per_request * f
-            for slot, m, f in zip(slots, matched, in_flight, strict=True)
-        ]
         mean_uncached = self._mean_uncached
+        costs: list[float] = []
         for i, b in enumerate(candidates):
+            slot = slots[i]
+            cost: float = slot.pending + prompt
+            if matched is not None:
+                cost -= matched[i] * unit
+            cost += per_request * b.in_flight
             # Queued at the engine and not sent by us: other gateways' requests.
-            if b.waiting > slots[i].pending_requests:
-                costs[i] += (b.waiting - slots[i].pending_requests) * mean_uncached
+            if b.waiting > slot.pending_requests:
+                cost += (b.waiting - slot.pending_requests) * mean_uncached
+            costs.append(cost)
         return costs
 
     def _sticky(

@@ -76,17 +76,12 @@ def _content_text(content: str | list[_Part] | None) -> str:
     return "\n".join(part.text for part in content if part.text is not None)
 
 
-def prompt_text(path: bytes, body: bytes) -> str | None:
-    """The rendered prompt of a chat or completions body (module docstring), or ``None``
-    when the body has no prompt the gateway can read (never raises)."""
+def _decoded_prompt(path: bytes, body: bytes) -> list[_Message] | str | None:
+    """A chat body's messages or a completions body's prompt (``None``: no readable
+    prompt; never raises)."""
     try:
         if path == _CHAT_PATH:
-            messages = _chat_decoder.decode(body).messages
-            if not messages:
-                return None
-            parts = [f"<|{m.role}|>\n{_content_text(m.content)}\n" for m in messages]
-            parts.append("<|assistant|>\n")
-            return "".join(parts)
+            return _chat_decoder.decode(body).messages or None
         if path == _COMPLETIONS_PATH:
             prompt = _completion_decoder.decode(body).prompt
             if isinstance(prompt, list):
@@ -95,6 +90,35 @@ def prompt_text(path: bytes, body: bytes) -> str | None:
     except msgspec.DecodeError:  # includes ValidationError: an unexpected shape
         return None
     return None
+
+
+def _rendered(prompt: list[_Message] | str) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    parts = [f"<|{m.role}|>\n{_content_text(m.content)}\n" for m in prompt]
+    parts.append("<|assistant|>\n")
+    return "".join(parts)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _rendered_size(prompt: list[_Message] | str) -> int:
+    """``len(_rendered(prompt).encode(...))`` without rendering it."""
+    if isinstance(prompt, str):
+        return _utf8_size(prompt)
+    size = len("<|assistant|>\n")
+    for m in prompt:  # "<|{role}|>\n{content}\n"
+        size += _utf8_size(m.role) + _utf8_size(_content_text(m.content)) + 6
+    return size
+
+
+def prompt_text(path: bytes, body: bytes) -> str | None:
+    """The rendered prompt of a chat or completions body (module docstring), or ``None``
+    when the body has no prompt the gateway can read (never raises)."""
+    prompt = _decoded_prompt(path, body)
+    return None if prompt is None else _rendered(prompt)
 
 
 def _chunk_keys(data: bytes, size: int) -> tuple[int, ...]:
@@ -186,10 +210,16 @@ class RoutingRequest:
         there is no readable prompt. Computed once (the first size asked wins)."""
         chunks = self._chunks
         if chunks is None:
-            text = prompt_text(self.path, self.body)
-            data = text.encode("utf-8", "surrogatepass") if text else b""
-            self.prompt_units = len(data)
-            chunks = self._chunks = _chunk_keys(data, chunk_bytes)
+            prompt = _decoded_prompt(self.path, self.body)
+            size = 0 if prompt is None else _rendered_size(prompt)
+            if size < chunk_bytes:  # no full chunk: the size is all there is to know
+                self.prompt_units = size
+                chunks = self._chunks = ()
+            else:
+                assert prompt is not None
+                data = _rendered(prompt).encode("utf-8", "surrogatepass")
+                self.prompt_units = len(data)
+                chunks = self._chunks = _chunk_keys(data, chunk_bytes)
         return chunks
 
     # -- lifecycle hooks -----------------------------------------------------------

@@ -64,6 +64,26 @@ def test_shared_prefixes_share_leading_chunk_keys() -> None:
     assert set(moved.chunk_hashes()).isdisjoint(a)
 
 
+def test_a_prompt_shorter_than_a_chunk_counts_its_rendered_bytes() -> None:
+    # Measured without rendering: it must still be the rendered prompt's UTF-8 size.
+    bodies = [
+        (CHAT, chat(("user", "héllo \ud83d\ude00 \n tab\t"))),
+        (CHAT, chat(("rôle", [{"type": "text", "text": "a"}, {"type": "text", "text": "é"}]))),
+        (CHAT, chat(("system", None), ("user", "x"))),
+        (COMPLETIONS, json.dumps({"prompt": "naïve"}).encode()),
+        (COMPLETIONS, b'{"prompt": ""}'),
+    ]
+    for path, body in bodies:
+        text = prompt_text(path, body)
+        assert text is not None
+        request = RoutingRequest("m", path, body)
+        assert request.chunk_hashes() == ()
+        assert request.prompt_units == len(text.encode("utf-8", "surrogatepass")), body
+    unreadable = RoutingRequest("m", CHAT, b'{"messages": []}')
+    assert unreadable.chunk_hashes() == ()
+    assert unreadable.prompt_units == 0
+
+
 def test_chunk_keys_are_the_same_in_every_process() -> None:
     # Several gateways must agree (the tie-break hashes the first key): no salted hash().
     code = (
