@@ -249,9 +249,9 @@ class Relay:
         first: bool = True,
     ) -> bytes:
         """Relay the stream's chunks (through ``shape`` when given); the last three chunks
-        read, where the engine's usage is (see :class:`UsageSniffer`). A hung engine (the
+        read, where the engine's usage is (see :mod:`.routing._usage`). A hung engine (the
         stall monitor cancelled us) raises :class:`EngineHung` like any broken stream."""
-        # Per chunk, so inlined: the ticket's progress and the sniffer's window.
+        # Per chunk, so inlined: the ticket's progress and the usage's window.
         monotonic = time.monotonic
         older = old = last = b""
         try:

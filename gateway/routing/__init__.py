@@ -7,7 +7,7 @@
 - :class:`RoutingRequest` — what a policy may read of one request (its prompt chunks,
   computed only when asked) and the decision it annotates.
 - :class:`RoutingLedger` — the cache-capture ledger: reuse available, captured and
-  delivered per request (:class:`UsageSniffer` finds the engine's usage in its answer).
+  delivered per request (:func:`find_usage` finds the engine's usage in its answer).
 - :class:`OutlierDetector` — passive ejection after consecutive failures.
 - :class:`RetryBudget` — retries capped at a share of active requests; back-off.
 - :func:`peek_request` — ``model``/``stream``/``user`` from a body without a full parse.
@@ -20,7 +20,7 @@ Per request the data plane does::
     b = policy.select(cands, session_key=key, rng=rng, request=routing)
     probe = state.acquire(b)
     try: ...send...; detector.record_success(b, now) / record_failure(b, now)
-         routing.first_byte(ttft); routing.usage = find_usage(body)  # or a UsageSniffer
+         routing.first_byte(ttft); routing.usage = find_usage(body)  # a stream: its last 3 chunks
     finally: state.release(b, probe)
     ledger.record(routing, b.key, status)
 
@@ -70,7 +70,7 @@ from sage.unified.gateway.routing._request import (
 )
 from sage.unified.gateway.routing._retry_budget import RetryBudget, RetryThrottle
 from sage.unified.gateway.routing._table import BackendState, RoutingState
-from sage.unified.gateway.routing._usage import UsageSniffer, find_usage
+from sage.unified.gateway.routing._usage import find_usage
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -97,7 +97,6 @@ __all__ = [
     "RoutingState",
     "SessionAffinityPolicy",
     "UnknownPolicyError",
-    "UsageSniffer",
     "find_usage",
     "get_policy",
     "peek_form",

@@ -6,10 +6,10 @@ The ledger's "delivered" figure is the engine's own count of cached prompt token
 hands the answer over as it passes:
 
 * a non-streamed body: whole, to :func:`find_usage`;
-* a stream: every chunk to :meth:`UsageSniffer.feed`, which only keeps the last few
-  (an assignment per chunk); the usage event is the last data event before ``[DONE]``
-  (when the client asked for it with ``stream_options.include_usage``), so
-  :meth:`UsageSniffer.usage` looks there once, at the end.
+* a stream: the last three chunks read, joined, once at the end (the relay keeps them
+  as it goes, an assignment per chunk): the usage event is the last data event before
+  ``[DONE]`` (when the client asked for it with ``stream_options.include_usage``), it may
+  be cut across two reads, and ``[DONE]`` may arrive in a third.
 
 The search is bytes-level: ``"prompt_tokens"`` (with its closing quote, so
 ``"prompt_tokens_details"`` does not match) appears in JSON only as a key of a usage
@@ -18,7 +18,7 @@ object, since a quote inside a JSON string is escaped. The last occurrence wins.
 
 from __future__ import annotations
 
-__all__ = ["UsageSniffer", "find_usage"]
+__all__ = ["find_usage"]
 
 _PROMPT_KEY = b'"prompt_tokens"'
 _CACHED_KEY = b'"cached_tokens"'
@@ -59,28 +59,3 @@ def find_usage(data: bytes) -> tuple[int, int] | None:
     cached_at = data.find(_CACHED_KEY, start, start + _WINDOW)
     cached = _number_after(data, cached_at) if cached_at >= 0 else None
     return prompt, cached or 0
-
-
-class UsageSniffer:
-    """Keeps the last chunks of a stream to find its usage at the end (module docstring).
-
-    Three chunks: the usage event may be cut across two reads, and ``[DONE]`` may
-    arrive in a third.
-    """
-
-    __slots__ = ("_first", "_last", "_middle")
-
-    def __init__(self) -> None:
-        self._first = b""
-        self._middle = b""
-        self._last = b""
-
-    def feed(self, chunk: bytes) -> None:
-        """One relayed chunk (cheap: nothing is searched here)."""
-        self._first = self._middle
-        self._middle = self._last
-        self._last = chunk
-
-    def usage(self) -> tuple[int, int] | None:
-        """``(prompt_tokens, cached_tokens)`` of the last usage seen, or ``None``."""
-        return find_usage(self._first + self._middle + self._last)

@@ -319,15 +319,21 @@ async def test_the_ledger_records_what_the_engine_delivered() -> None:
 
 
 async def test_the_ledger_finds_the_usage_of_a_stream() -> None:
-    tail = b"data: " + usage_body(64, 48) + b"\n\ndata: [DONE]\n\n"
-    up = FakeUpstream({1: FakeReply(200, [*SSE[:2], tail[:20], tail[20:]], stream=True)})
-    dp = plane(up, 1, ledger=True, policy=get_policy("cache_aware")())
-    result = await Exchange().run(dp)
-    assert result.status == 200
-    assert dp.ledger is not None
-    (decision,) = dp.ledger.decisions()
-    assert (decision.prompt_tokens, decision.delivered_tokens) == (64, 48)
-    assert decision.reason == "only"  # one engine: no choice
+    event = b"data: " + usage_body(64, 48) + b"\n\n"
+    cut = event.index(b"cached_tokens") + 3
+    # The usage event cut across two reads, [DONE] in a third; or all in one read.
+    for tail in (
+        [event[:cut], event[cut:], b"data: [DONE]\n\n"],
+        [event + b"data: [DONE]\n\n"],
+    ):
+        up = FakeUpstream({1: FakeReply(200, [*SSE[:2], *tail], stream=True)})
+        dp = plane(up, 1, ledger=True, policy=get_policy("cache_aware")())
+        result = await Exchange().run(dp)
+        assert result.status == 200
+        assert dp.ledger is not None
+        (decision,) = dp.ledger.decisions()
+        assert (decision.prompt_tokens, decision.delivered_tokens) == (64, 48)
+        assert decision.reason == "only"  # one engine: no choice
 
 
 async def test_failures_are_recorded_too() -> None:

@@ -21,7 +21,6 @@ def test_public_names() -> None:
             "PrefixIndex",
             "RoutingLedger",
             "RoutingRequest",
-            "UsageSniffer",
             "find_usage",
             "prompt_text",
             "LeastLoadPolicy",

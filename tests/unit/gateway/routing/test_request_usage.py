@@ -11,7 +11,6 @@ import sys
 from sage.unified.gateway.routing import (
     DEFAULT_CHUNK_BYTES,
     RoutingRequest,
-    UsageSniffer,
     find_usage,
     prompt_text,
 )
@@ -146,20 +145,3 @@ def test_find_usage_in_a_whole_answer() -> None:
     ) == (5, 3)
     assert find_usage(json.dumps(body).encode()) is None  # the quoted text is not a key
     assert find_usage(b'{"usage": {"prompt_tokens": null}}') is None
-
-
-def test_the_sniffer_finds_a_stream_usage_cut_across_reads() -> None:
-    event = b"data: " + json.dumps({"choices": [], "usage": usage(100, 64)}).encode() + b"\n\n"
-    stream = [b'data: {"choices": [{"delta": {"content": "a"}}]}\n\n'] * 5 + [
-        event + b"data: [DONE]\n\n"
-    ]
-    whole = b"".join(stream)
-    cut = whole.index(b"cached_tokens") + 3
-    for chunks in (stream, [whole[:cut], whole[cut:-14], whole[-14:]]):
-        sniffer = UsageSniffer()
-        for chunk in chunks:
-            sniffer.feed(chunk)
-        assert sniffer.usage() == (100, 64)
-    sniffer = UsageSniffer()
-    sniffer.feed(stream[0])
-    assert sniffer.usage() is None  # the client did not ask for include_usage
