@@ -379,7 +379,7 @@ def _plain_handlers(runtime: GatewayRuntime, api_keys: TokenSet) -> list[Any]:
                 # Before the first table (or while the control plane settles) a model may
                 # simply not be seen yet: 503 to retry, never a permanent 404.
                 raise NoBackendAvailableError(
-                    f"model '{model}' is not known yet (the gateway is starting); retry shortly",
+                    f"model '{model}' is not known yet (the routing table is still filling); retry shortly",
                     headers={
                         "retry-after": str(runtime.data_plane.config.unavailable_retry_after_s)
                     },
