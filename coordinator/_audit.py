@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from sage.unified.coordinator._errors import CoordinatorError
+from sage.unified.coordinator._etcd import EtcdError
 from sage.unified.coordinator._store import AuditEntry
 from sage.unified.sdk.clock import Clock
 from sage.unified.sdk.logsafe import safe_log_value
@@ -58,8 +60,20 @@ class Auditor:
         )
         try:
             await self._store.audit(entry)
+        except (CoordinatorError, EtcdError) as exc:
+            # The store is unreachable (an etcd outage): expected, one line per entry.
+            log.warning(
+                "audit entry not stored (%s): action=%s target=%s",
+                exc,
+                safe_log_value(entry.action),
+                safe_log_value(entry.target),
+            )
         except Exception:  # the audit trail must not turn a control action into a 500
-            log.exception("could not write audit entry %r", entry)
+            log.exception(
+                "could not store audit entry: action=%s target=%s",
+                safe_log_value(entry.action),
+                safe_log_value(entry.target),
+            )
 
     async def entries(self, limit: int = 100) -> list[AuditRecord]:
         """The newest ``limit`` entries, newest first."""

@@ -15,7 +15,7 @@ table publisher, queries, metrics.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,7 +35,7 @@ from sage.unified.sdk.models import (
     RegisterEngineRequest,
 )
 
-__all__ = ["ControlPlaneBackend", "LeaderTask", "StoreStatus", "run_leader_tasks"]
+__all__ = ["ControlPlaneBackend", "LeaderTask", "StoreStatus", "keep_running", "run_leader_tasks"]
 
 log = logging.getLogger("sage.unified.coordinator")
 
@@ -122,19 +122,21 @@ class ControlPlaneBackend(Protocol):
         ...
 
 
+async def keep_running(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Run a background loop until cancelled; when it raises or returns, log it and start
+    it again after a second: one failure never stops a control plane's loop for good
+    (a task group would otherwise take every other loop down with it)."""
+    while True:
+        try:
+            await run()
+            log.warning("%s returned; starting it again", name)
+        except Exception:
+            log.exception("%s failed; starting it again", name)
+        await anyio.sleep(_TASK_RESTART_S)
+
+
 async def run_leader_tasks(tasks: Sequence[LeaderTask]) -> None:
-    """Run every task until cancelled; one that raises or returns is logged and started
-    again after a second, so one bad task never stops the others."""
-
-    async def keep_running(task: LeaderTask) -> None:
-        while True:
-            try:
-                await task.run()
-                log.warning("leader task %r returned; starting it again", task)
-            except Exception:
-                log.exception("leader task %r failed; starting it again", task)
-            await anyio.sleep(_TASK_RESTART_S)
-
+    """Run every task until cancelled, each under :func:`keep_running`."""
     async with anyio.create_task_group() as task_group:
         for task in tasks:
-            task_group.start_soon(keep_running, task)
+            task_group.start_soon(keep_running, f"leader task {task!r}", task.run)

@@ -19,6 +19,7 @@ until etcd answers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ import httpx
 
 from sage.unified.coordinator._addresses import AddressPolicy
 from sage.unified.coordinator._audit import Auditor
-from sage.unified.coordinator._backend import LeaderTask, StoreStatus
+from sage.unified.coordinator._backend import LeaderTask, StoreStatus, keep_running
 from sage.unified.coordinator._etcd import EtcdClient, EtcdError, EtcdTls
 from sage.unified.coordinator._fleet import Fleet
 from sage.unified.coordinator._fleet_service import FleetService
@@ -212,12 +213,16 @@ class EtcdBackend:
                 self.health.failed(exc)
                 log.warning("etcd at %s cannot be read yet (%s); retrying", self.etcd.target, exc)
             self.publisher.open()
-            task_group.start_soon(self.batcher.run)
-            task_group.start_soon(self.mirror.run)
-            task_group.start_soon(self.publisher.run)
-            task_group.start_soon(self.health.probe, self.etcd, self.keys.state, 2.0)
-            task_group.start_soon(self.leases.run)
-            task_group.start_soon(self.election.run)
+            probe = functools.partial(self.health.probe, self.etcd, self.keys.state, 2.0)
+            for name, loop in (
+                ("etcd writer", self.batcher.run),
+                ("etcd mirror", self.mirror.run),
+                ("table publisher", self.publisher.run),
+                ("etcd health probe", probe),
+                ("lease keeper", self.leases.run),
+                ("leader election", self.election.run),
+            ):
+                task_group.start_soon(keep_running, name, loop)
             self._stack = stack.pop_all()
         log.info("coordinator %s started on etcd %s", self.identity, self.etcd.target)
         return self

@@ -10,7 +10,11 @@ gets its own slice of the answer; when one fails, each transaction is sent again
 own, so a conflict stays the caller's. Transactions that touch the same key are never
 joined (etcd refuses a key twice in one transaction).
 
-Callers wait for their own answer; an etcd error reaches every caller of the batch.
+Callers wait for their own answer; an etcd error reaches every caller of the batch. Any
+other failure of a send (a bug, an error the client did not map) reaches its callers as
+an :class:`EtcdUnavailableError` that may have been applied, and the batcher goes on: one
+bad transaction must not stop every write of the control plane (a gateway whose batcher
+died answered every report with 500 until restarted).
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ from dataclasses import dataclass, field
 import anyio
 import anyio.abc
 
-from sage.unified.coordinator._etcd import Compare, EtcdClient, EtcdError, TxnResult
+from sage.unified.coordinator._etcd import (
+    Compare,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailableError,
+    TxnResult,
+)
 from sage.unified.coordinator._etcd._types import TxnOp, as_bytes
 
 __all__ = ["MAX_OPS", "TxnBatcher"]
@@ -73,7 +83,8 @@ class TxnBatcher:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        assert pending.result is not None
+        if pending.result is None:  # the batcher stopped before sending it
+            raise EtcdUnavailableError("the etcd writer stopped before this transaction")
         return pending.result
 
     async def run(self) -> None:
@@ -85,7 +96,10 @@ class TxnBatcher:
                     await self._kick.wait()
                 batch = self._take()
                 # One batch in flight at a time: the next one gathers meanwhile.
-                await self._send(batch, task_group)
+                try:
+                    await self._send(batch, task_group)
+                except Exception as exc:  # a bad batch must not stop the writer
+                    _fail(batch, exc)
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -135,5 +149,20 @@ class TxnBatcher:
             )
         except EtcdError as exc:
             pending.error = exc
+        except Exception as exc:  # the caller gets it; the writer goes on
+            _fail([pending], exc)
         finally:
+            pending.done.set()
+
+
+def _fail(batch: Sequence[_Pending], exc: Exception) -> None:
+    """An unexpected failure of a send: its callers get an unavailable store (the write may
+    have been applied), with the cause logged once."""
+    log.error("etcd transaction failed unexpectedly: %r", exc, exc_info=exc)
+    error = EtcdUnavailableError(
+        f"etcd transaction failed unexpectedly ({type(exc).__name__})", maybe_applied=True
+    )
+    for pending in batch:
+        if not pending.done.is_set():
+            pending.error = error
             pending.done.set()
