@@ -120,6 +120,7 @@ bench: install
 	$(BIN)/python bench/simulator_throughput.py
 	$(BIN)/python bench/upstream_client.py
 	$(BIN)/python bench/routing_overhead.py
+	$(BIN)/python bench/data_plane.py
 	$(BIN)/python bench/coordinator_scale.py --duration 20
 	$(BIN)/python bench/etcd_client.py
 	bench/gateway_overhead.sh
